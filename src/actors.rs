@@ -1,0 +1,5 @@
+//! The actors of the runtime: supervisor, router and handler actors.
+
+pub(crate) mod handler;
+pub(crate) mod router;
+pub(crate) mod supervisor;

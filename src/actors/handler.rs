@@ -1,0 +1,434 @@
+//! HandlerActor: wraps one user handler behind a bounded mailbox. The router sends it
+//! [`Deliver`] batches; it retries failures with backoff, dead-letters what keeps failing, and
+//! asks the supervisor what to do when the handler panics.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+
+use crate::actors::supervisor::{Decision, HandlerPanicked, SupervisorActor};
+use crate::dead_letter::DeadLetters;
+use crate::error::HandlerError;
+use crate::event::{DomainEvent, Envelope, Record};
+use crate::policy::RetryPolicy;
+use crate::stats::HandlerCounters;
+
+/// User code that reacts to events of type `E`. It owns its state (`&mut self`): one
+/// handler instance per handler actor, so no locking is needed inside.
+///
+/// Return `Err` to have the event retried with the subscription's [`RetryPolicy`]; after the
+/// last attempt it becomes a dead letter and the handler moves on. A panic is caught, counts
+/// as an attempt, and the handler is rebuilt from its factory after the restart backoff.
+///
+/// Handlers run on the actix arbiter that built the bus, so they must not block: for
+/// blocking work see [`blocking`](crate::blocking). To publish from a handler, spawn the
+/// publish (`actix::spawn`) rather than awaiting it inline: the handler's own mailbox is
+/// part of the pipeline that `publish` may be waiting on.
+///
+/// ```
+/// use actorbus::{DomainEvent, Envelope, EventHandler, HandlerError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Serialize, Deserialize)] struct OrderPlaced { id: u64 }
+/// # impl DomainEvent for OrderPlaced { const EVENT_TYPE: &'static str = "order.placed";
+/// #     fn stream_id(&self) -> String { self.id.to_string() } }
+///
+/// #[derive(Default)]
+/// struct OrderCount(u64);
+///
+/// impl EventHandler<OrderPlaced> for OrderCount {
+///     async fn handle(&mut self, _event: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+///         self.0 += 1;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait EventHandler<E: DomainEvent>: 'static {
+    /// Handles one event.
+    ///
+    /// # Errors
+    /// Any error: the event is retried after backoff, then dead-lettered.
+    fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>>;
+}
+
+/// A handler made of a synchronous closure; see [`handler_fn`].
+#[derive(Debug, Clone)]
+pub struct HandlerFn<F>(F);
+
+/// Turns a closure into an [`EventHandler`], for handlers that need no `async`.
+///
+/// ```
+/// use actorbus::{handler_fn, DomainEvent, Envelope, HandlerError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Serialize, Deserialize)] struct Pinged;
+/// # impl DomainEvent for Pinged { const EVENT_TYPE: &'static str = "pinged";
+/// #     fn stream_id(&self) -> String { "p".into() } }
+/// let h = handler_fn(|e: &Envelope<Pinged>| -> Result<(), HandlerError> {
+///     println!("{}", e.id());
+///     Ok(())
+/// });
+/// ```
+pub fn handler_fn<E, F>(f: F) -> HandlerFn<F>
+where
+    E: DomainEvent,
+    F: FnMut(&Envelope<E>) -> Result<(), HandlerError> + 'static,
+{
+    HandlerFn(f)
+}
+
+impl<E, F> EventHandler<E> for HandlerFn<F>
+where
+    E: DomainEvent,
+    F: FnMut(&Envelope<E>) -> Result<(), HandlerError> + 'static,
+{
+    fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>> {
+        std::future::ready((self.0)(event))
+    }
+}
+
+/// The message an existing actix actor receives when it subscribes through a `Recipient`
+/// ([`BusBuilder::recipient`](crate::BusBuilder::recipient)). Reply `Err` to have it retried.
+#[derive(Debug)]
+pub struct Handle<E: DomainEvent>(pub Envelope<E>);
+
+impl<E: DomainEvent> Message for Handle<E> {
+    type Result = Result<(), HandlerError>;
+}
+
+/// Forwards events to an actix `Recipient`, so that existing actors get retries, dead
+/// letters and ordering like any handler.
+pub(crate) struct RecipientHandler<E: DomainEvent>(pub(crate) Recipient<Handle<E>>);
+
+impl<E: DomainEvent> EventHandler<E> for RecipientHandler<E> {
+    async fn handle(&mut self, event: &Envelope<E>) -> Result<(), HandlerError> {
+        self.0.send(Handle(event.clone())).await?
+    }
+}
+
+/// A batch of events for one handler actor, in per-stream order. Sent with `send().await`,
+/// which resolves once the actor has taken it from its mailbox.
+pub(crate) struct Deliver(pub(crate) Vec<Record>);
+
+impl Message for Deliver {
+    type Result = ();
+}
+
+/// Lifecycle requests for a handler actor.
+pub(crate) enum Control {
+    /// Answered once everything delivered before it has been handled.
+    Drain,
+    /// Leave the parked state (after a fix, before a redrive) with a fresh handler.
+    Resume,
+}
+
+impl Message for Control {
+    type Result = ();
+}
+
+/// Builds handler instances; called at start and after every panic.
+pub(crate) type Factory<H> = Arc<dyn Fn() -> H>;
+
+/// What one handler actor shares with its siblings of the same subscription.
+pub(crate) struct HandlerSetup<H> {
+    pub(crate) name: Arc<str>,
+    pub(crate) factory: Factory<H>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) counters: Arc<HandlerCounters>,
+    pub(crate) dead_letters: Arc<DeadLetters>,
+    pub(crate) supervisor: Addr<SupervisorActor>,
+}
+
+impl<H> Clone for HandlerSetup<H> {
+    fn clone(&self) -> Self {
+        Self {
+            name: Arc::clone(&self.name),
+            factory: Arc::clone(&self.factory),
+            retry: self.retry,
+            counters: Arc::clone(&self.counters),
+            dead_letters: Arc::clone(&self.dead_letters),
+            supervisor: self.supervisor.clone(),
+        }
+    }
+}
+
+/// Events not yet handled when a handler panicked: `batch[at..]`, the first at `attempt`.
+struct Pending {
+    batch: Vec<Record>,
+    at: usize,
+    attempt: u32,
+}
+
+/// How a run over a batch ended.
+enum Outcome<H> {
+    Done(Box<H>),
+    Panicked { pending: Pending, message: String },
+}
+
+pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
+    setup: HandlerSetup<H>,
+    index: usize,
+    /// `None` while a batch is being handled (the future owns it) or while parked. Boxed:
+    /// actors must be `Unpin`, user handlers need not be.
+    handler: Option<Box<H>>,
+    parked: bool,
+    /// The factory panicked at start; handled like a handler panic once the actor runs.
+    start_panic: Option<String>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
+    /// Starts the actor with a handler from the factory.
+    pub(crate) fn start(setup: HandlerSetup<H>, index: usize) -> Addr<Self> {
+        let (handler, start_panic) = match build_handler(&setup.factory) {
+            Ok(h) => (Some(h), None),
+            Err(message) => (None, Some(message)),
+        };
+        Self {
+            setup,
+            index,
+            handler,
+            parked: false,
+            start_panic,
+            _event: PhantomData,
+        }
+        .start()
+    }
+
+    fn run(&mut self, pending: Pending, ctx: &mut Context<Self>) {
+        let Some(handler) = self.handler.take() else {
+            self.dead_letter_rest(pending, "handler is parked");
+            return;
+        };
+        let setup = self.setup.clone();
+        let fut = run_batch::<E, H>(handler, pending, setup);
+        ctx.wait(fut.into_actor(self).map(|outcome, act, ctx| match outcome {
+            Outcome::Done(h) => act.handler = Some(h),
+            Outcome::Panicked { pending, message } => act.on_panic(pending, message, ctx),
+        }));
+    }
+
+    /// The handler panicked (or its factory did): its instance is gone. Ask the supervisor
+    /// whether to rebuild it after a backoff, or to give up.
+    fn on_panic(&mut self, pending: Pending, message: String, ctx: &mut Context<Self>) {
+        log::error!(
+            "handler `{}` #{} panicked: {message}",
+            self.setup.name,
+            self.index
+        );
+        let ask = HandlerPanicked {
+            handler: Arc::clone(&self.setup.name),
+            index: self.index,
+        };
+        ctx.wait(
+            self.setup
+                .supervisor
+                .send(ask)
+                .into_actor(self)
+                .map(move |decision, act, ctx| match decision {
+                    Ok(Decision::Restart(delay)) => {
+                        ctx.wait(actix::clock::sleep(delay).into_actor(act).map(
+                            move |(), act, ctx| act.restart(pending, ctx),
+                        ));
+                    }
+                    Ok(Decision::Park) => act.park(pending, "restart budget spent"),
+                    Ok(Decision::StopBus) => act.park(pending, "the bus was halted"),
+                    Err(_) => act.park(pending, "supervisor is gone"),
+                }),
+        );
+    }
+
+    fn restart(&mut self, pending: Pending, ctx: &mut Context<Self>) {
+        match build_handler(&self.setup.factory) {
+            Ok(handler) => {
+                HandlerCounters::add(&self.setup.counters.restarts, 1);
+                log::info!("handler `{}` #{} restarted", self.setup.name, self.index);
+                self.handler = Some(handler);
+                self.run(pending, ctx);
+            }
+            Err(message) => self.on_panic(pending, message, ctx),
+        }
+    }
+
+    fn park(&mut self, pending: Pending, why: &str) {
+        log::error!(
+            "handler `{}` #{} parked: {why}; its events go to the dead letters",
+            self.setup.name,
+            self.index
+        );
+        self.parked = true;
+        self.handler = None;
+        self.setup.counters.parked.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.dead_letter_rest(pending, &format!("handler parked: {why}"));
+    }
+
+    fn dead_letter_rest(&self, pending: Pending, why: &str) {
+        let Pending { batch, at, attempt } = pending;
+        for (i, record) in batch.into_iter().enumerate().skip(at) {
+            let attempts = if i == at { attempt.saturating_sub(1) } else { 0 };
+            self.setup
+                .dead_letters
+                .push(&self.setup.name, record, attempts, why.to_owned());
+            HandlerCounters::add(&self.setup.counters.dead_letters, 1);
+        }
+    }
+}
+
+impl<E: DomainEvent, H: EventHandler<E>> Actor for HandlerActor<E, H> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(message) = self.start_panic.take() {
+            let nothing = Pending {
+                batch: Vec::new(),
+                at: 0,
+                attempt: 1,
+            };
+            self.on_panic(nothing, format!("handler factory panicked: {message}"), ctx);
+        }
+    }
+}
+
+impl<E: DomainEvent, H: EventHandler<E>> Handler<Deliver> for HandlerActor<E, H> {
+    type Result = ();
+
+    fn handle(&mut self, Deliver(batch): Deliver, ctx: &mut Context<Self>) {
+        HandlerCounters::add(&self.setup.counters.taken, batch.len() as u64);
+        // ctx.wait keeps further deliveries in the (bounded) mailbox until this batch is
+        // done: that is what makes a slow handler slow the router down.
+        self.run(
+            Pending {
+                batch,
+                at: 0,
+                attempt: 1,
+            },
+            ctx,
+        );
+    }
+}
+
+impl<E: DomainEvent, H: EventHandler<E>> Handler<Control> for HandlerActor<E, H> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) {
+        match msg {
+            Control::Drain => {}
+            Control::Resume if self.parked => {
+                let resumed = Pending {
+                    batch: Vec::new(),
+                    at: 0,
+                    attempt: 1,
+                };
+                self.parked = false;
+                self.setup.counters.parked.store(false, std::sync::atomic::Ordering::Relaxed);
+                self.restart(resumed, ctx);
+            }
+            Control::Resume => {}
+        }
+    }
+}
+
+/// Handles `pending.batch[pending.at..]` in order. Returns the handler when done, or where
+/// it panicked (the handler is dropped then: its state may be half-updated).
+async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
+    mut handler: Box<H>,
+    pending: Pending,
+    setup: HandlerSetup<H>,
+) -> Outcome<H> {
+    let Pending { batch, at, attempt } = pending;
+    let counters = &*setup.counters;
+    let retry = setup.retry;
+    let mut latencies = Vec::with_capacity(batch.len() - at.min(batch.len()));
+    let mut first_attempt = attempt;
+    for i in at..batch.len() {
+        let record = &batch[i];
+        let mut attempt = std::mem::replace(&mut first_attempt, 1);
+        let envelope = match record.envelope::<E>() {
+            Ok(envelope) => envelope,
+            Err(why) => {
+                // Retrying cannot make a payload decode: straight to the dead letters.
+                setup
+                    .dead_letters
+                    .push(&setup.name, record.clone(), 0, why);
+                HandlerCounters::add(&counters.dead_letters, 1);
+                continue;
+            }
+        };
+        loop {
+            if attempt > 1 {
+                HandlerCounters::add(&counters.retries, 1);
+            }
+            match AssertUnwindSafe(handler.handle(&envelope)).catch_unwind().await {
+                Ok(Ok(())) => {
+                    latencies.push(record.published_at.elapsed().as_nanos() as u64);
+                    HandlerCounters::add(&counters.handled, 1);
+                    break;
+                }
+                Ok(Err(error)) => {
+                    HandlerCounters::add(&counters.failed_attempts, 1);
+                    if attempt >= retry.max_attempts() {
+                        setup
+                            .dead_letters
+                            .push(&setup.name, record.clone(), attempt, error.to_string());
+                        HandlerCounters::add(&counters.dead_letters, 1);
+                        break;
+                    }
+                    log::debug!(
+                        "handler `{}` failed on {} (attempt {attempt}): {error}",
+                        setup.name,
+                        record.meta.id
+                    );
+                    actix::clock::sleep(retry.backoff_policy().delay_for(attempt)).await;
+                    attempt += 1;
+                }
+                Err(panic) => {
+                    HandlerCounters::add(&counters.failed_attempts, 1);
+                    counters.record_latencies(&latencies);
+                    let message = panic_message(&*panic);
+                    // The panic counts as an attempt; give up on this event once they are spent.
+                    let pending = if attempt >= retry.max_attempts() {
+                        setup.dead_letters.push(
+                            &setup.name,
+                            record.clone(),
+                            attempt,
+                            format!("handler panicked: {message}"),
+                        );
+                        HandlerCounters::add(&counters.dead_letters, 1);
+                        Pending {
+                            batch,
+                            at: i + 1,
+                            attempt: 1,
+                        }
+                    } else {
+                        Pending {
+                            batch,
+                            at: i,
+                            attempt: attempt + 1,
+                        }
+                    };
+                    return Outcome::Panicked { pending, message };
+                }
+            }
+        }
+    }
+    counters.record_latencies(&latencies);
+    Outcome::Done(handler)
+}
+
+/// Builds a handler instance; a panicking factory is reported, not propagated.
+fn build_handler<H>(factory: &Factory<H>) -> Result<Box<H>, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| Box::new(factory())))
+        .map_err(|panic| panic_message(&*panic))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

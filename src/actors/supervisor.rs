@@ -1,0 +1,178 @@
+//! SupervisorActor: starts the router and every handler actor, decides on restarts when a
+//! handler panics (backoff within a budget), and escalates when the budget is spent.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::actors::router::RouterActor;
+use crate::bus::Lifecycle;
+use crate::policy::{Escalation, RestartPolicy};
+
+/// Sent by a handler actor whose handler panicked; answered with what to do.
+pub(crate) struct HandlerPanicked {
+    pub(crate) handler: Arc<str>,
+    pub(crate) index: usize,
+}
+
+/// The supervisor's answer to [`HandlerPanicked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Rebuild the handler after this delay and retry the event.
+    Restart(Duration),
+    /// Stop calling the handler; keep its events as dead letters.
+    Park,
+    /// Halt the bus.
+    StopBus,
+}
+
+impl Message for HandlerPanicked {
+    type Result = Decision;
+}
+
+/// Forget the restart history of a handler (it was fixed and resumed).
+pub(crate) struct ResetBudget(pub(crate) Arc<str>);
+
+impl Message for ResetBudget {
+    type Result = ();
+}
+
+pub(crate) struct SupervisorActor {
+    policies: HashMap<Arc<str>, RestartPolicy>,
+    /// Restart times per handler actor, pruned to the policy's window.
+    history: HashMap<(Arc<str>, usize), VecDeque<Instant>>,
+    lifecycle: Arc<Lifecycle>,
+    router: Option<Addr<RouterActor>>,
+}
+
+impl SupervisorActor {
+    pub(crate) fn new(policies: HashMap<Arc<str>, RestartPolicy>, lifecycle: Arc<Lifecycle>) -> Self {
+        Self {
+            policies,
+            history: HashMap::new(),
+            lifecycle,
+            router: None,
+        }
+    }
+
+    pub(crate) fn set_router(&mut self, router: Addr<RouterActor>) {
+        self.router = Some(router);
+    }
+
+    fn decide(&mut self, handler: &Arc<str>, index: usize, now: Instant) -> (Decision, u32) {
+        let policy = self.policies.get(handler).copied().unwrap_or_default();
+        let history = self.history.entry((Arc::clone(handler), index)).or_default();
+        while history
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.within())
+        {
+            history.pop_front();
+        }
+        if history.len() as u32 >= policy.max_restarts() {
+            history.clear();
+            let decision = match policy.escalation_policy() {
+                Escalation::ParkHandler => Decision::Park,
+                Escalation::StopBus => Decision::StopBus,
+            };
+            return (decision, policy.max_restarts());
+        }
+        history.push_back(now);
+        let n = history.len() as u32;
+        (Decision::Restart(policy.backoff_policy().delay_for(n)), n)
+    }
+}
+
+impl Actor for SupervisorActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<HandlerPanicked> for SupervisorActor {
+    type Result = MessageResult<HandlerPanicked>;
+
+    fn handle(&mut self, msg: HandlerPanicked, _ctx: &mut Context<Self>) -> Self::Result {
+        let (decision, n) = self.decide(&msg.handler, msg.index, Instant::now());
+        match decision {
+            Decision::Restart(delay) => log::warn!(
+                "restarting handler `{}` #{} in {delay:?} (restart {n} in window)",
+                msg.handler,
+                msg.index
+            ),
+            Decision::Park => log::error!(
+                "handler `{}` #{} spent its restart budget ({n}): parking it",
+                msg.handler,
+                msg.index
+            ),
+            Decision::StopBus => {
+                let reason = format!(
+                    "handler `{}` #{} spent its restart budget ({n})",
+                    msg.handler, msg.index
+                );
+                log::error!("{reason}: stopping the bus");
+                self.lifecycle.halt(reason);
+                if let Some(router) = &self.router {
+                    router.do_send(crate::actors::router::CloseIntake);
+                }
+            }
+        }
+        MessageResult(decision)
+    }
+}
+
+impl Handler<ResetBudget> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, ResetBudget(handler): ResetBudget, _ctx: &mut Context<Self>) {
+        self.history.retain(|(name, _), _| *name != handler);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Backoff;
+
+    fn supervisor(policy: RestartPolicy) -> (SupervisorActor, Arc<str>) {
+        let name: Arc<str> = Arc::from("h");
+        let policies = HashMap::from([(Arc::clone(&name), policy)]);
+        (SupervisorActor::new(policies, Arc::new(Lifecycle::default())), name)
+    }
+
+    #[test]
+    fn restarts_back_off_then_escalate_when_the_budget_is_spent() {
+        let backoff = Backoff::new(Duration::from_millis(10)).jitter(0.0);
+        let (mut sup, h) = supervisor(
+            RestartPolicy::new(3, Duration::from_secs(60)).backoff(backoff),
+        );
+        let t = Instant::now();
+        let decisions: Vec<_> = (0..4).map(|_| sup.decide(&h, 0, t).0).collect();
+        assert_eq!(
+            decisions,
+            vec![
+                Decision::Restart(Duration::from_millis(10)),
+                Decision::Restart(Duration::from_millis(20)),
+                Decision::Restart(Duration::from_millis(40)),
+                Decision::Park,
+            ]
+        );
+        // Another actor of the same subscription has a budget of its own.
+        assert!(matches!(sup.decide(&h, 1, t).0, Decision::Restart(_)));
+    }
+
+    #[test]
+    fn restarts_outside_the_window_are_forgotten() {
+        let (mut sup, h) = supervisor(
+            RestartPolicy::new(1, Duration::from_secs(1)).escalation(Escalation::StopBus),
+        );
+        let t = Instant::now();
+        assert!(matches!(sup.decide(&h, 0, t).0, Decision::Restart(_)));
+        assert_eq!(sup.decide(&h, 0, t).0, Decision::StopBus);
+        let later = t + Duration::from_secs(5);
+        assert!(matches!(sup.decide(&h, 0, later).0, Decision::Restart(_)));
+        assert!(matches!(
+            sup.decide(&h, 0, later + Duration::from_secs(2)).0,
+            Decision::Restart(_)
+        ));
+    }
+}

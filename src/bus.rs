@@ -1,0 +1,315 @@
+//! EventBus: the handle applications hold. It puts published events into the router's
+//! bounded intake and reads stats and dead letters; the actors do the rest.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::actors::router::{AwaitDrained, CloseIntake, Intake, Redrive, RouterActor};
+use crate::actors::supervisor::{ResetBudget, SupervisorActor};
+use crate::config::BusBuilder;
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::error::{Error, Result};
+use crate::event::{DomainEvent, PublishOptions, Record};
+use crate::stats::{BusCounters, HandlerCounters, Stats};
+
+/// What `publish` tells about an accepted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Receipt {
+    /// The event id (UUIDv7).
+    pub id: Uuid,
+    /// Global position, where the bus is durable.
+    pub position: Option<u64>,
+    /// Version within its stream, where the store assigns one.
+    pub stream_version: Option<u64>,
+}
+
+const RUNNING: u8 = 0;
+const STOPPING: u8 = 1;
+const HALTED: u8 = 2;
+
+/// Whether the bus accepts events; shared by the handle and the supervisor.
+#[derive(Debug, Default)]
+pub(crate) struct Lifecycle {
+    state: AtomicU8,
+    reason: Mutex<Option<String>>,
+}
+
+impl Lifecycle {
+    fn check(&self) -> Result<()> {
+        match self.state.load(Ordering::Acquire) {
+            RUNNING => Ok(()),
+            HALTED => Err(self.halted()),
+            _ => Err(Error::Stopped),
+        }
+    }
+
+    fn halted(&self) -> Error {
+        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Error::Halted {
+            reason: reason.unwrap_or_default(),
+        }
+    }
+
+    /// The error for a send that found the intake closed.
+    fn closed(&self) -> Error {
+        match self.state.load(Ordering::Acquire) {
+            HALTED => self.halted(),
+            _ => Error::Stopped,
+        }
+    }
+
+    pub(crate) fn halt(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.state.store(HALTED, Ordering::Release);
+    }
+
+    fn begin_stop(&self) {
+        let _ = self
+            .state
+            .compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+pub(crate) struct BusShared {
+    pub(crate) intake: mpsc::Sender<Intake>,
+    pub(crate) intake_capacity: usize,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) counters: Arc<BusCounters>,
+    pub(crate) handlers: Vec<Arc<HandlerCounters>>,
+    pub(crate) group_index: HashMap<String, usize>,
+    pub(crate) dead_letters: Arc<DeadLetters>,
+    pub(crate) router: Addr<RouterActor>,
+    pub(crate) supervisor: Addr<SupervisorActor>,
+}
+
+/// The handle to a running bus: cheap to clone, `Send + Sync`.
+///
+/// ```
+/// use actorbus::{handler_fn, DomainEvent, Envelope, EventBus, HandlerError};
+/// use serde::{Deserialize, Serialize};
+/// use std::time::Duration;
+///
+/// #[derive(Debug, Serialize, Deserialize)]
+/// struct OrderPlaced { order_id: u64 }
+/// impl DomainEvent for OrderPlaced {
+///     const EVENT_TYPE: &'static str = "order.placed";
+///     fn stream_id(&self) -> String { format!("order-{}", self.order_id) }
+/// }
+///
+/// #[actix::main]
+/// async fn main() -> Result<(), actorbus::Error> {
+///     let bus = EventBus::builder()
+///         .handler("printer", || handler_fn(|e: &Envelope<OrderPlaced>| -> Result<(), HandlerError> {
+///             println!("order {} placed", e.order_id);
+///             Ok(())
+///         }))
+///         .build()?;
+///     bus.publish(OrderPlaced { order_id: 1 }).await?;
+///     bus.shutdown(Duration::from_secs(5)).await?; // drains: the handler has run
+///     assert_eq!(bus.stats().handler("printer").unwrap().handled, 1);
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct EventBus {
+    shared: Arc<BusShared>,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("intake_capacity", &self.shared.intake_capacity)
+            .field("handlers", &self.shared.handlers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventBus {
+    /// Starts configuring a bus.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    pub(crate) fn from_shared(shared: BusShared) -> Self {
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Publishes one event; waits while the pipeline is full.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] after `shutdown`, [`Error::Halted`] after an escalation stopped the bus.
+    pub async fn publish<E: DomainEvent>(&self, event: E) -> Result<Receipt> {
+        self.publish_with(event, PublishOptions::default()).await
+    }
+
+    /// Publishes one event with correlation, causation and headers.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish).
+    pub async fn publish_with<E: DomainEvent>(
+        &self,
+        event: E,
+        options: PublishOptions,
+    ) -> Result<Receipt> {
+        self.shared.lifecycle.check()?;
+        let record = Record::new(event, options);
+        let receipt = receipt(&record);
+        self.shared
+            .intake
+            .send(Intake::One(record))
+            .await
+            .map_err(|_| self.shared.lifecycle.closed())?;
+        HandlerCounters::add(&self.shared.counters.published, 1);
+        Ok(receipt)
+    }
+
+    /// Publishes a batch; the events are routed together and in order.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish).
+    pub async fn publish_all<E: DomainEvent>(
+        &self,
+        events: impl IntoIterator<Item = E>,
+    ) -> Result<Vec<Receipt>> {
+        self.shared.lifecycle.check()?;
+        let records: Vec<Record> = events
+            .into_iter()
+            .map(|e| Record::new(e, PublishOptions::default()))
+            .collect();
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let receipts = records.iter().map(receipt).collect::<Vec<_>>();
+        self.shared
+            .intake
+            .send(Intake::Many(records))
+            .await
+            .map_err(|_| self.shared.lifecycle.closed())?;
+        HandlerCounters::add(&self.shared.counters.published, receipts.len() as u64);
+        Ok(receipts)
+    }
+
+    /// Publishes one event if the pipeline has room, without waiting.
+    ///
+    /// # Errors
+    /// [`Error::Full`] at once when the intake is full; otherwise as [`publish`](Self::publish).
+    pub fn try_publish<E: DomainEvent>(&self, event: E) -> Result<Receipt> {
+        self.shared.lifecycle.check()?;
+        let record = Record::new(event, PublishOptions::default());
+        let receipt = receipt(&record);
+        self.shared
+            .intake
+            .try_send(Intake::One(record))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Full {
+                    capacity: self.shared.intake_capacity,
+                },
+                mpsc::error::TrySendError::Closed(_) => self.shared.lifecycle.closed(),
+            })?;
+        HandlerCounters::add(&self.shared.counters.published, 1);
+        Ok(receipt)
+    }
+
+    /// Stops intake, lets every handler finish what it was given, then stops the actors.
+    /// Calling it again waits for the same drain.
+    ///
+    /// # Errors
+    /// [`Error::ShutdownTimeout`] when the mailboxes did not drain within `timeout`; intake
+    /// stays closed.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
+        self.shared.lifecycle.begin_stop();
+        let router = self.shared.router.clone();
+        let drained = async move {
+            // A router that is gone has nothing left to drain.
+            if router.send(CloseIntake).await.is_ok() {
+                let _ = router.send(AwaitDrained).await;
+            }
+        };
+        actix_rt::time::timeout(timeout, drained)
+            .await
+            .map_err(|_| Error::ShutdownTimeout(timeout))?;
+        Ok(())
+    }
+
+    /// Whether the bus still accepts events.
+    pub fn is_running(&self) -> bool {
+        self.shared.lifecycle.check().is_ok()
+    }
+
+    /// A snapshot of every counter and latency histogram.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            published: self.shared.counters.published.load(Ordering::Relaxed),
+            unrouted: self.shared.counters.unrouted.load(Ordering::Relaxed),
+            handlers: self.shared.handlers.iter().map(|h| h.snapshot()).collect(),
+        }
+    }
+
+    /// The dead letters of `handler` (all handlers when `None`), oldest first.
+    ///
+    /// # Errors
+    /// [`Error::UnknownHandler`] for a name no subscription has.
+    pub fn dead_letters(&self, handler: Option<&str>) -> Result<Vec<DeadLetter>> {
+        self.check_handler(handler)?;
+        Ok(self.shared.dead_letters.list(handler))
+    }
+
+    /// Hands the dead letters of `handler` back to it, in their original order, and resumes
+    /// it if it was parked (with a fresh restart budget). Returns how many were redriven.
+    ///
+    /// # Errors
+    /// [`Error::UnknownHandler`], or [`Error::Stopped`] after shutdown.
+    pub async fn redrive(&self, handler: &str) -> Result<usize> {
+        let group = self.check_handler(Some(handler))?.expect("a name was given");
+        self.shared.lifecycle.check()?;
+        let letters = self.shared.dead_letters.take(Some(handler));
+        let records: Vec<Record> = letters.into_iter().map(|l| l.record).collect();
+        let n = records.len();
+        let _ = self.shared.supervisor.send(ResetBudget(Arc::from(handler))).await;
+        self.shared
+            .router
+            .send(Redrive { group, records })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(n)
+    }
+
+    /// Deletes the dead letters of `handler` (all when `None`). Returns how many.
+    ///
+    /// # Errors
+    /// [`Error::UnknownHandler`].
+    pub fn purge_dead_letters(&self, handler: Option<&str>) -> Result<usize> {
+        self.check_handler(handler)?;
+        Ok(self.shared.dead_letters.take(handler).len())
+    }
+
+    fn check_handler(&self, handler: Option<&str>) -> Result<Option<usize>> {
+        match handler {
+            None => Ok(None),
+            Some(name) => self
+                .shared
+                .group_index
+                .get(name)
+                .copied()
+                .map(Some)
+                .ok_or_else(|| Error::UnknownHandler(name.to_owned())),
+        }
+    }
+}
+
+fn receipt(record: &Record) -> Receipt {
+    Receipt {
+        id: record.meta.id,
+        position: record.meta.position,
+        stream_version: record.meta.stream_version,
+    }
+}

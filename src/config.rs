@@ -1,0 +1,317 @@
+//! The bus builder: intake capacity and the subscriptions (handler, name, options).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::actors::handler::{EventHandler, Handle, HandlerActor, HandlerSetup, RecipientHandler};
+use crate::actors::router::{Group, RouterActor, Slot};
+use crate::actors::supervisor::SupervisorActor;
+use crate::bus::{BusShared, EventBus, Lifecycle};
+use crate::dead_letter::DeadLetters;
+use crate::error::{Error, Result};
+use crate::event::DomainEvent;
+use crate::policy::{RestartPolicy, RetryPolicy};
+use crate::stats::{BusCounters, HandlerCounters};
+
+/// Default intake capacity: events accepted by `publish` but not yet routed.
+pub const DEFAULT_INTAKE_CAPACITY: usize = 8192;
+/// Default mailbox capacity of a handler actor, in events.
+pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
+
+/// Options of one subscription.
+///
+/// ```
+/// use actorbus::{HandlerOptions, RetryPolicy};
+///
+/// let opts = HandlerOptions::new().concurrency(4).mailbox_capacity(256).retry(RetryPolicy::new(3));
+/// assert_eq!(opts.concurrency_level(), 4);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HandlerOptions {
+    concurrency: usize,
+    mailbox_capacity: usize,
+    retry: RetryPolicy,
+    restart: RestartPolicy,
+}
+
+impl Default for HandlerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
+            retry: RetryPolicy::default(),
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+impl HandlerOptions {
+    /// One actor, 1024-event mailbox, default retry and restart policies.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of handler actors (and handler instances). Events of one stream always go to
+    /// the same actor, so per-stream order holds at any concurrency.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Most events waiting in one actor's mailbox; a full mailbox slows the router down.
+    pub fn mailbox_capacity(mut self, n: usize) -> Self {
+        self.mailbox_capacity = n;
+        self
+    }
+
+    /// How failing events are retried.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How the actor is restarted after a panic.
+    pub fn restart(mut self, restart: RestartPolicy) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// The configured concurrency.
+    pub fn concurrency_level(&self) -> usize {
+        self.concurrency
+    }
+
+    fn validate(&self, name: &str) -> Result<()> {
+        if name.trim().is_empty() {
+            return Err(Error::Config("a handler name must not be empty".into()));
+        }
+        if self.concurrency == 0 {
+            return Err(Error::Config(format!("concurrency of `{name}` must be at least 1")));
+        }
+        if self.mailbox_capacity == 0 {
+            return Err(Error::Config(format!("mailbox capacity of `{name}` must be at least 1")));
+        }
+        if self.retry.max_attempts() == 0 {
+            return Err(Error::Config(format!("retry policy of `{name}` must allow at least 1 attempt")));
+        }
+        Ok(())
+    }
+}
+
+/// What the bus needs to start the actors of one subscription.
+struct SpawnArgs {
+    counters: Arc<HandlerCounters>,
+    dead_letters: Arc<DeadLetters>,
+    supervisor: Addr<SupervisorActor>,
+}
+
+struct Subscription {
+    name: Arc<str>,
+    event_type: &'static str,
+    options: HandlerOptions,
+    spawn: Box<dyn FnOnce(SpawnArgs) -> Vec<Slot>>,
+}
+
+/// Builds an [`EventBus`]: `EventBus::builder()`, then one call per subscription, then
+/// [`build`](Self::build) inside a running actix system.
+///
+/// ```
+/// use actorbus::{handler_fn, DomainEvent, Envelope, EventBus, HandlerError, HandlerOptions};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Serialize, Deserialize)] struct OrderPlaced { id: u64 }
+/// # impl DomainEvent for OrderPlaced { const EVENT_TYPE: &'static str = "order.placed";
+/// #     fn stream_id(&self) -> String { self.id.to_string() } }
+///
+/// # actix::System::new().block_on(async {
+/// let bus = EventBus::builder()
+///     .intake_capacity(1024)
+///     .handler_with("audit", HandlerOptions::new().concurrency(2), || {
+///         handler_fn(|e: &Envelope<OrderPlaced>| -> Result<(), HandlerError> { Ok(()) })
+///     })
+///     .build()?;
+/// # bus.shutdown(std::time::Duration::from_secs(1)).await?;
+/// # Ok::<_, actorbus::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct BusBuilder {
+    intake_capacity: usize,
+    subscriptions: Vec<Subscription>,
+}
+
+impl std::fmt::Debug for BusBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field("intake_capacity", &self.intake_capacity)
+            .field(
+                "subscriptions",
+                &self.subscriptions.iter().map(|s| &*s.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Default for BusBuilder {
+    fn default() -> Self {
+        Self {
+            intake_capacity: DEFAULT_INTAKE_CAPACITY,
+            subscriptions: Vec::new(),
+        }
+    }
+}
+
+impl BusBuilder {
+    /// Events `publish` may have handed over before the router takes them; when full,
+    /// `publish` waits and `try_publish` answers [`Error::Full`].
+    pub fn intake_capacity(mut self, n: usize) -> Self {
+        self.intake_capacity = n;
+        self
+    }
+
+    /// Subscribes a handler to events of type `E` with default options. `factory` builds a
+    /// handler instance per actor, and a fresh one after each panic.
+    pub fn handler<E, H>(self, name: &str, factory: impl Fn() -> H + 'static) -> Self
+    where
+        E: DomainEvent,
+        H: EventHandler<E>,
+    {
+        self.handler_with(name, HandlerOptions::default(), factory)
+    }
+
+    /// Subscribes a handler to events of type `E` with `options`.
+    pub fn handler_with<E, H>(
+        mut self,
+        name: &str,
+        options: HandlerOptions,
+        factory: impl Fn() -> H + 'static,
+    ) -> Self
+    where
+        E: DomainEvent,
+        H: EventHandler<E>,
+    {
+        let name: Arc<str> = Arc::from(name);
+        let factory: Arc<dyn Fn() -> H> = Arc::new(factory);
+        let retry = options.retry;
+        let spawn_name = Arc::clone(&name);
+        let spawn = move |args: SpawnArgs| {
+            let setup = HandlerSetup {
+                name: spawn_name,
+                factory,
+                retry,
+                counters: args.counters,
+                dead_letters: args.dead_letters,
+                supervisor: args.supervisor,
+            };
+            (0..options.concurrency)
+                .map(|index| {
+                    let addr = HandlerActor::<E, H>::start(setup.clone(), index);
+                    Slot {
+                        deliver: addr.clone().recipient(),
+                        control: addr.recipient(),
+                    }
+                })
+                .collect()
+        };
+        self.subscriptions.push(Subscription {
+            name,
+            event_type: E::EVENT_TYPE,
+            options,
+            spawn: Box::new(spawn),
+        });
+        self
+    }
+
+    /// Subscribes an existing actix actor: it receives [`Handle<E>`] messages and replies
+    /// `Ok` or `Err` (retried like any handler).
+    pub fn recipient<E: DomainEvent>(
+        self,
+        name: &str,
+        options: HandlerOptions,
+        recipient: Recipient<Handle<E>>,
+    ) -> Self {
+        self.handler_with(name, options, move || RecipientHandler(recipient.clone()))
+    }
+
+    /// Starts the supervisor, the router and every handler actor on the current arbiter.
+    ///
+    /// # Errors
+    /// [`Error::NoSystem`] outside a running actix system, [`Error::DuplicateHandler`] for a
+    /// repeated name, [`Error::Config`] for a zero capacity, concurrency or attempt count.
+    pub fn build(self) -> Result<EventBus> {
+        if actix_rt::Arbiter::try_current().is_none() {
+            return Err(Error::NoSystem);
+        }
+        if self.intake_capacity == 0 {
+            return Err(Error::Config("intake capacity must be at least 1".into()));
+        }
+        let mut names = HashSet::new();
+        for s in &self.subscriptions {
+            s.options.validate(&s.name)?;
+            if !names.insert(Arc::clone(&s.name)) {
+                return Err(Error::DuplicateHandler(s.name.to_string()));
+            }
+        }
+
+        let lifecycle = Arc::new(Lifecycle::default());
+        let bus_counters = Arc::new(BusCounters::default());
+        let dead_letters = Arc::new(DeadLetters::default());
+        let (tx, rx) = mpsc::channel(self.intake_capacity);
+        let policies = self
+            .subscriptions
+            .iter()
+            .map(|s| (Arc::clone(&s.name), s.options.restart))
+            .collect();
+        let mut handler_counters = Vec::new();
+        let mut group_index = HashMap::new();
+        let mut router_addr = None;
+
+        let supervisor = SupervisorActor::create(|ctx| {
+            let mut supervisor = SupervisorActor::new(policies, Arc::clone(&lifecycle));
+            let mut groups = Vec::new();
+            for (i, s) in self.subscriptions.into_iter().enumerate() {
+                let counters =
+                    HandlerCounters::new(&s.name, s.event_type, s.options.concurrency);
+                handler_counters.push(Arc::clone(&counters));
+                group_index.insert(s.name.to_string(), i);
+                let slots = (s.spawn)(SpawnArgs {
+                    counters: Arc::clone(&counters),
+                    dead_letters: Arc::clone(&dead_letters),
+                    supervisor: ctx.address(),
+                });
+                groups.push(Group {
+                    event_type: s.event_type.to_owned(),
+                    slots,
+                    capacity: s.options.mailbox_capacity,
+                    counters,
+                });
+            }
+            // The router takes at most this many intake items at once, so that no delivery
+            // is larger than the smallest mailbox (a Many item may still be split per slot).
+            let chunk = groups
+                .iter()
+                .map(|g| g.capacity)
+                .min()
+                .unwrap_or(DEFAULT_MAILBOX_CAPACITY)
+                .min(self.intake_capacity);
+            let router =
+                RouterActor::new(groups, rx, tx.clone(), chunk, Arc::clone(&bus_counters)).start();
+            supervisor.set_router(router.clone());
+            router_addr = Some(router);
+            supervisor
+        });
+
+        Ok(EventBus::from_shared(BusShared {
+            intake: tx,
+            intake_capacity: self.intake_capacity,
+            lifecycle,
+            counters: bus_counters,
+            handlers: handler_counters,
+            group_index,
+            dead_letters,
+            router: router_addr.expect("router started with the supervisor"),
+            supervisor,
+        }))
+    }
+}

@@ -1,0 +1,52 @@
+//! Errors of the library: one enum for the bus, plus the boxed error user handlers return.
+
+use std::time::Duration;
+
+/// What a user handler returns when it fails. Any error type converts into it with `?`,
+/// `anyhow::Error` included, so handlers may use whatever error crate they like.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias of the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when building, publishing to or operating an [`EventBus`].
+///
+/// [`EventBus`]: crate::EventBus
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `try_publish` found the pipeline full. Back off and retry, or use `publish`, which waits.
+    #[error("event queue is full (max: {capacity})")]
+    Full {
+        /// The intake capacity of the bus.
+        capacity: usize,
+    },
+    /// The bus was shut down; nothing more is accepted. A configuration or lifecycle bug in the caller.
+    #[error("the bus is shut down")]
+    Stopped,
+    /// A handler spent its restart budget and its escalation stopped the bus.
+    /// Inspect the dead letters, fix the handler, start a new bus.
+    #[error("the bus was stopped: {reason}")]
+    Halted {
+        /// Which handler stopped the bus, and why.
+        reason: String,
+    },
+    /// The builder was given an invalid setting. A configuration bug: fix the call.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Two subscriptions share one name. Names key checkpoints and dead letters: make them unique.
+    #[error("a handler named `{0}` is already registered")]
+    DuplicateHandler(String),
+    /// No subscription has this name. Check the spelling against `EventBus::stats`.
+    #[error("no handler named `{0}`")]
+    UnknownHandler(String),
+    /// `shutdown` gave up before every mailbox was drained; undrained events were not handled.
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(Duration),
+    /// The bus must be built inside a running actix system (`#[actix::main]`, `System::new`).
+    #[error("no actix system is running on this thread: build the bus inside one")]
+    NoSystem,
+    /// An event could not be serialized to JSON. A bug in the event's `Serialize` impl.
+    #[error("event could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}

@@ -1,0 +1,360 @@
+//! Domain events and their envelopes: what the application publishes, what handlers receive,
+//! and the type-erased [`Record`] the router and the store move around.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// A domain event: a fact that happened to one aggregate (its *stream*), named in the past
+/// tense (`OrderPlaced`).
+///
+/// `EVENT_TYPE` is the stable name stored and routed on; it must not change when the Rust
+/// type is renamed or moved. Bump `SCHEMA_VERSION` when the payload's shape changes.
+///
+/// ```
+/// use actorbus::DomainEvent;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize)]
+/// struct OrderPlaced { order_id: String, total_cents: u64 }
+///
+/// impl DomainEvent for OrderPlaced {
+///     const EVENT_TYPE: &'static str = "order.placed";
+///     fn stream_id(&self) -> String { format!("order-{}", self.order_id) }
+/// }
+/// ```
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The stable event-type name, e.g. `"order.placed"`.
+    const EVENT_TYPE: &'static str;
+    /// The payload's schema version, stored beside it.
+    const SCHEMA_VERSION: u32 = 1;
+    /// The id of the stream (aggregate) this event belongs to. Events of one stream are
+    /// delivered to each handler in publish order.
+    fn stream_id(&self) -> String;
+}
+
+/// Everything the runtime knows about one event besides its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metadata {
+    /// Unique event id (UUIDv7, so ids sort by creation time). Use it as an idempotency key.
+    pub id: Uuid,
+    /// The stream (aggregate) id.
+    pub stream_id: String,
+    /// Version of the event within its stream (1-based), where the store assigns one.
+    pub stream_version: Option<u64>,
+    /// Global position in the store (monotonic), where the bus is durable.
+    pub position: Option<u64>,
+    /// The stable event-type name.
+    pub event_type: String,
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// When the event was published.
+    pub occurred_at: SystemTime,
+    /// The id shared by every event of one business transaction.
+    pub correlation_id: Option<Uuid>,
+    /// The id of the event (or command) that caused this one.
+    pub causation_id: Option<Uuid>,
+    /// Free-form headers (tenant, user, trace ids ...).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Options of one publish: correlation, causation, headers.
+///
+/// ```
+/// use actorbus::PublishOptions;
+///
+/// let opts = PublishOptions::new().header("tenant", "acme");
+/// assert_eq!(opts.headers()["tenant"], "acme");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    headers: BTreeMap<String, String>,
+}
+
+impl PublishOptions {
+    /// No correlation, no causation, no headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the correlation id.
+    pub fn correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn causation_id(mut self, id: Uuid) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+
+    /// Marks the new event as caused by `cause`: causation is `cause`'s id, correlation is
+    /// inherited (or starts at `cause`'s id).
+    pub fn caused_by<E>(self, cause: &Envelope<E>) -> Self {
+        let correlation = cause.correlation_id().unwrap_or(cause.id());
+        self.correlation_id(correlation).causation_id(cause.id())
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(key.into(), value.into());
+        self
+    }
+
+    /// The headers set so far.
+    pub fn headers(&self) -> &BTreeMap<String, String> {
+        &self.headers
+    }
+}
+
+/// An event as a handler receives it: the typed payload plus its [`Metadata`]. Cheap to
+/// clone (two reference counts); dereferences to the event.
+pub struct Envelope<E> {
+    meta: Arc<Metadata>,
+    event: Arc<E>,
+}
+
+impl<E> Clone for Envelope<E> {
+    fn clone(&self) -> Self {
+        Self {
+            meta: Arc::clone(&self.meta),
+            event: Arc::clone(&self.event),
+        }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for Envelope<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("meta", &self.meta)
+            .field("event", &self.event)
+            .finish()
+    }
+}
+
+impl<E> Deref for Envelope<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        &self.event
+    }
+}
+
+impl<E> Envelope<E> {
+    /// The event itself.
+    pub fn event(&self) -> &E {
+        &self.event
+    }
+    /// All metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+    /// The event id (UUIDv7): the idempotency key.
+    pub fn id(&self) -> Uuid {
+        self.meta.id
+    }
+    /// The stream (aggregate) id.
+    pub fn stream_id(&self) -> &str {
+        &self.meta.stream_id
+    }
+    /// Version within the stream, where the store assigns one.
+    pub fn stream_version(&self) -> Option<u64> {
+        self.meta.stream_version
+    }
+    /// Global position, where the bus is durable.
+    pub fn position(&self) -> Option<u64> {
+        self.meta.position
+    }
+    /// The stable event-type name.
+    pub fn event_type(&self) -> &str {
+        &self.meta.event_type
+    }
+    /// The payload's schema version.
+    pub fn schema_version(&self) -> u32 {
+        self.meta.schema_version
+    }
+    /// When the event was published.
+    pub fn occurred_at(&self) -> SystemTime {
+        self.meta.occurred_at
+    }
+    /// The correlation id, if any.
+    pub fn correlation_id(&self) -> Option<Uuid> {
+        self.meta.correlation_id
+    }
+    /// The causation id, if any.
+    pub fn causation_id(&self) -> Option<Uuid> {
+        self.meta.causation_id
+    }
+    /// The headers.
+    pub fn headers(&self) -> &BTreeMap<String, String> {
+        &self.meta.headers
+    }
+}
+
+/// The payload of a record: the live Rust value, or JSON read back from a store.
+#[derive(Clone)]
+pub(crate) enum Payload {
+    Typed(Arc<dyn Any + Send + Sync>),
+    Json(Arc<serde_json::Value>),
+}
+
+/// A type-erased event on its way through the router: what handler mailboxes hold.
+#[derive(Clone)]
+pub(crate) struct Record {
+    pub(crate) meta: Arc<Metadata>,
+    pub(crate) payload: Payload,
+    /// When `publish` accepted it: the start of the publish -> handled latency.
+    pub(crate) published_at: Instant,
+    /// Stable hash of the stream id: picks the handler actor of a group.
+    pub(crate) partition: u64,
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record").field("meta", &self.meta).finish_non_exhaustive()
+    }
+}
+
+impl Record {
+    /// Wraps a freshly published event.
+    pub(crate) fn new<E: DomainEvent>(event: E, opts: PublishOptions) -> Self {
+        let stream_id = event.stream_id();
+        let partition = stable_hash(stream_id.as_bytes());
+        let meta = Metadata {
+            id: Uuid::now_v7(),
+            stream_id,
+            stream_version: None,
+            position: None,
+            event_type: E::EVENT_TYPE.to_owned(),
+            schema_version: E::SCHEMA_VERSION,
+            occurred_at: SystemTime::now(),
+            correlation_id: opts.correlation_id,
+            causation_id: opts.causation_id,
+            headers: opts.headers,
+        };
+        Self {
+            meta: Arc::new(meta),
+            payload: Payload::Typed(Arc::new(event)),
+            published_at: Instant::now(),
+            partition,
+        }
+    }
+
+    /// The typed envelope a handler of `E` receives.
+    ///
+    /// # Errors
+    /// A JSON payload that does not decode into `E`, or a live value of another type.
+    pub(crate) fn envelope<E: DomainEvent>(&self) -> Result<Envelope<E>, String> {
+        let event = match &self.payload {
+            Payload::Typed(any) => Arc::clone(any).downcast::<E>().map_err(|_| {
+                format!(
+                    "event of type `{}` is not a {}",
+                    self.meta.event_type,
+                    std::any::type_name::<E>()
+                )
+            })?,
+            Payload::Json(value) => Arc::new(
+                E::deserialize(&**value)
+                    .map_err(|e| format!("payload does not decode as `{}`: {e}", E::EVENT_TYPE))?,
+            ),
+        };
+        Ok(Envelope {
+            meta: Arc::clone(&self.meta),
+            event,
+        })
+    }
+}
+
+/// FNV-1a: stable across processes and releases, unlike `DefaultHasher`, so a stream keeps
+/// its handler actor after a restart.
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Placed {
+        id: u32,
+    }
+    impl DomainEvent for Placed {
+        const EVENT_TYPE: &'static str = "placed";
+        const SCHEMA_VERSION: u32 = 3;
+        fn stream_id(&self) -> String {
+            format!("order-{}", self.id)
+        }
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Other;
+    impl DomainEvent for Other {
+        const EVENT_TYPE: &'static str = "other";
+        fn stream_id(&self) -> String {
+            "x".into()
+        }
+    }
+
+    #[test]
+    fn record_carries_type_name_schema_and_stream() {
+        let r = Record::new(Placed { id: 7 }, PublishOptions::new().header("k", "v"));
+        let env = r.envelope::<Placed>().unwrap();
+        assert_eq!(env.event(), &Placed { id: 7 });
+        assert_eq!(env.stream_id(), "order-7");
+        assert_eq!(env.event_type(), "placed");
+        assert_eq!(env.schema_version(), 3);
+        assert_eq!(env.headers()["k"], "v");
+        assert_eq!(env.id().get_version_num(), 7);
+        assert_eq!(r.partition, stable_hash(b"order-7"));
+    }
+
+    #[test]
+    fn json_payload_decodes_or_says_why_not() {
+        let mut r = Record::new(Placed { id: 1 }, PublishOptions::new());
+        r.payload = Payload::Json(Arc::new(serde_json::json!({"id": 5})));
+        assert_eq!(r.envelope::<Placed>().unwrap().id, 5);
+        r.payload = Payload::Json(Arc::new(serde_json::json!({"nope": true})));
+        let err = r.envelope::<Placed>().unwrap_err();
+        assert!(err.contains("does not decode"), "{err}");
+    }
+
+    #[test]
+    fn live_value_of_another_type_is_an_error_not_a_panic() {
+        let r = Record::new(Placed { id: 1 }, PublishOptions::new());
+        assert!(r.envelope::<Other>().is_err());
+    }
+
+    #[test]
+    fn caused_by_inherits_correlation() {
+        let cause = Record::new(Placed { id: 1 }, PublishOptions::new())
+            .envelope::<Placed>()
+            .unwrap();
+        let opts = PublishOptions::new().caused_by(&cause);
+        let effect = Record::new(Placed { id: 2 }, opts).envelope::<Placed>().unwrap();
+        assert_eq!(effect.causation_id(), Some(cause.id()));
+        assert_eq!(effect.correlation_id(), Some(cause.id()));
+    }
+
+    #[test]
+    fn stable_hash_is_fnv1a() {
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

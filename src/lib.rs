@@ -1,0 +1,82 @@
+//! actorbus: an actor-model runtime for domain events, embedded in actix applications.
+//!
+//! ```text
+//!   EventBus (cheap Clone handle: publish / try_publish / publish_all / shutdown / stats)
+//!        |  bounded intake
+//!   SupervisorActor ── starts everything below, restarts panicked handlers with backoff
+//!        |
+//!   RouterActor ── event type -> subscriptions; stream hash -> handler actor
+//!        |  Deliver batches, send().await: bounded mailboxes
+//!   HandlerActor x concurrency per subscription ── your EventHandler, retries, dead letters
+//! ```
+//!
+//! A minimal bus, end to end:
+//!
+//! ```
+//! use actorbus::{DomainEvent, Envelope, EventBus, EventHandler, HandlerError, HandlerOptions};
+//! use serde::{Deserialize, Serialize};
+//! use std::time::Duration;
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct PaymentCaptured { order_id: u64, cents: u64 }
+//! impl DomainEvent for PaymentCaptured {
+//!     const EVENT_TYPE: &'static str = "payment.captured";
+//!     fn stream_id(&self) -> String { format!("order-{}", self.order_id) }
+//! }
+//!
+//! #[derive(Default)]
+//! struct Revenue { cents: u64 }
+//! impl EventHandler<PaymentCaptured> for Revenue {
+//!     async fn handle(&mut self, e: &Envelope<PaymentCaptured>) -> Result<(), HandlerError> {
+//!         self.cents += e.cents;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! actix::System::new().block_on(async {
+//!     let bus = EventBus::builder()
+//!         .handler_with("revenue", HandlerOptions::new().concurrency(2), Revenue::default)
+//!         .build()?;
+//!     for i in 0..100 {
+//!         bus.publish(PaymentCaptured { order_id: i % 7, cents: 100 }).await?;
+//!     }
+//!     bus.shutdown(Duration::from_secs(5)).await?;
+//!     assert_eq!(bus.stats().handler("revenue").unwrap().handled, 100);
+//!     Ok::<_, actorbus::Error>(())
+//! }).unwrap();
+//! ```
+//!
+//! # Layout
+//! - [`EventBus`], [`BusBuilder`], [`HandlerOptions`]: what an application holds and configures.
+//! - [`DomainEvent`], [`Envelope`], [`Metadata`], [`PublishOptions`]: events and their metadata.
+//! - [`EventHandler`], [`handler_fn`], [`blocking`], [`Handle`]: ways to handle events.
+//! - [`RetryPolicy`], [`RestartPolicy`], [`Backoff`], [`Escalation`]: failure policies.
+//! - [`Stats`], [`DeadLetter`], [`Error`]: what the bus reports.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+mod actors;
+mod blocking;
+mod bus;
+mod config;
+mod dead_letter;
+mod error;
+mod event;
+mod policy;
+mod stats;
+
+pub use crate::actors::handler::{handler_fn, EventHandler, Handle, HandlerFn};
+pub use crate::blocking::{blocking, Blocking};
+pub use crate::bus::{EventBus, Receipt};
+pub use crate::config::{BusBuilder, HandlerOptions, DEFAULT_INTAKE_CAPACITY, DEFAULT_MAILBOX_CAPACITY};
+pub use crate::dead_letter::DeadLetter;
+pub use crate::error::{Error, HandlerError, Result};
+pub use crate::event::{DomainEvent, Envelope, Metadata, PublishOptions};
+pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
+pub use crate::stats::{HandlerStats, Latency, Stats};
