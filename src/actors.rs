@@ -2,4 +2,5 @@
 
 pub(crate) mod handler;
 pub(crate) mod router;
+pub(crate) mod storage;
 pub(crate) mod supervisor;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::actors::router::{AwaitDrained, CloseIntake, Intake, Redrive, RouterActor};
@@ -51,7 +51,11 @@ impl Lifecycle {
     }
 
     fn halted(&self) -> Error {
-        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Error::Halted {
             reason: reason.unwrap_or_default(),
         }
@@ -78,6 +82,8 @@ impl Lifecycle {
 }
 
 pub(crate) struct BusShared {
+    /// Whether events go through the store (publish then waits for the commit).
+    pub(crate) durable: bool,
     pub(crate) intake: mpsc::Sender<Intake>,
     pub(crate) intake_capacity: usize,
     pub(crate) lifecycle: Arc<Lifecycle>,
@@ -143,10 +149,12 @@ impl EventBus {
         }
     }
 
-    /// Publishes one event; waits while the pipeline is full.
+    /// Publishes one event; waits while the pipeline is full. On a durable bus it returns once
+    /// the event is committed (group commit): an `Ok` event is never lost.
     ///
     /// # Errors
-    /// [`Error::Stopped`] after `shutdown`, [`Error::Halted`] after an escalation stopped the bus.
+    /// [`Error::Stopped`] after `shutdown`, [`Error::Halted`] after an escalation stopped the
+    /// bus, [`Error::Store`] when the commit failed (nothing was stored).
     pub async fn publish<E: DomainEvent>(&self, event: E) -> Result<Receipt> {
         self.publish_with(event, PublishOptions::default()).await
     }
@@ -161,18 +169,57 @@ impl EventBus {
         options: PublishOptions,
     ) -> Result<Receipt> {
         self.shared.lifecycle.check()?;
-        let record = Record::new(event, options);
-        let receipt = receipt(&record);
-        self.shared
-            .intake
-            .send(Intake::One(record))
-            .await
-            .map_err(|_| self.shared.lifecycle.closed())?;
-        HandlerCounters::add(&self.shared.counters.published, 1);
-        Ok(receipt)
+        if !self.shared.durable {
+            if options.expected().is_some() {
+                return Err(Error::Config(
+                    "expected_version needs a durable store (sqlite://)".into(),
+                ));
+            }
+            let record = Record::new(event, options);
+            let receipt = receipt(&record);
+            self.send(Intake::One(record, None)).await?;
+            HandlerCounters::add(&self.shared.counters.published, 1);
+            return Ok(receipt);
+        }
+        let expected_version = options.expected();
+        let check_ids = options.has_event_id();
+        let record = Record::encoded(event, options)?;
+        let (ack, acked) = oneshot::channel();
+        let item = if expected_version.is_some() || check_ids {
+            Intake::Many {
+                records: vec![record],
+                expected_version,
+                check_ids,
+                ack: Some(ack),
+            }
+        } else {
+            Intake::One(record, Some(ack))
+        };
+        let receipts = self.send_and_wait(item, acked).await?;
+        receipts.into_iter().next().ok_or(Error::Stopped)
     }
 
-    /// Publishes a batch; the events are routed together and in order.
+    async fn send(&self, item: Intake) -> Result<()> {
+        self.shared
+            .intake
+            .send(item)
+            .await
+            .map_err(|_| self.shared.lifecycle.closed())
+    }
+
+    async fn send_and_wait(
+        &self,
+        item: Intake,
+        acked: oneshot::Receiver<Result<Vec<Receipt>>>,
+    ) -> Result<Vec<Receipt>> {
+        self.send(item).await?;
+        let receipts = acked.await.map_err(|_| self.shared.lifecycle.closed())??;
+        HandlerCounters::add(&self.shared.counters.published, receipts.len() as u64);
+        Ok(receipts)
+    }
+
+    /// Publishes a batch; the events are stored in one transaction (all or nothing) and
+    /// routed together, in order.
     ///
     /// # Errors
     /// As [`publish`](Self::publish).
@@ -181,34 +228,59 @@ impl EventBus {
         events: impl IntoIterator<Item = E>,
     ) -> Result<Vec<Receipt>> {
         self.shared.lifecycle.check()?;
-        let records: Vec<Record> = events
-            .into_iter()
-            .map(|e| Record::new(e, PublishOptions::default()))
-            .collect();
+        let records: Vec<Record> = if self.shared.durable {
+            events
+                .into_iter()
+                .map(|e| Record::encoded(e, PublishOptions::default()))
+                .collect::<serde_json::Result<_>>()?
+        } else {
+            events
+                .into_iter()
+                .map(|e| Record::new(e, PublishOptions::default()))
+                .collect()
+        };
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        if self.shared.durable {
+            let (ack, acked) = oneshot::channel();
+            let item = Intake::Many {
+                records,
+                expected_version: None,
+                check_ids: false,
+                ack: Some(ack),
+            };
+            return self.send_and_wait(item, acked).await;
+        }
         let receipts = records.iter().map(receipt).collect::<Vec<_>>();
-        self.shared
-            .intake
-            .send(Intake::Many(records))
-            .await
-            .map_err(|_| self.shared.lifecycle.closed())?;
+        self.send(Intake::Many {
+            records,
+            expected_version: None,
+            check_ids: false,
+            ack: None,
+        })
+        .await?;
         HandlerCounters::add(&self.shared.counters.published, receipts.len() as u64);
         Ok(receipts)
     }
 
-    /// Publishes one event if the pipeline has room, without waiting.
+    /// Hands one event over if the pipeline has room, without waiting for anything. On a
+    /// durable bus `Ok` means *accepted*, not yet committed (the receipt has no position):
+    /// use [`publish`](Self::publish) where the caller must know the event is stored.
     ///
     /// # Errors
     /// [`Error::Full`] at once when the intake is full; otherwise as [`publish`](Self::publish).
     pub fn try_publish<E: DomainEvent>(&self, event: E) -> Result<Receipt> {
         self.shared.lifecycle.check()?;
-        let record = Record::new(event, PublishOptions::default());
+        let record = if self.shared.durable {
+            Record::encoded(event, PublishOptions::default())?
+        } else {
+            Record::new(event, PublishOptions::default())
+        };
         let receipt = receipt(&record);
         self.shared
             .intake
-            .try_send(Intake::One(record))
+            .try_send(Intake::One(record, None))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => Error::Full {
                     capacity: self.shared.intake_capacity,
@@ -269,12 +341,18 @@ impl EventBus {
     /// # Errors
     /// [`Error::UnknownHandler`], or [`Error::Stopped`] after shutdown.
     pub async fn redrive(&self, handler: &str) -> Result<usize> {
-        let group = self.check_handler(Some(handler))?.expect("a name was given");
+        let group = self
+            .check_handler(Some(handler))?
+            .expect("a name was given");
         self.shared.lifecycle.check()?;
         let letters = self.shared.dead_letters.take(Some(handler));
         let records: Vec<Record> = letters.into_iter().map(|l| l.record).collect();
         let n = records.len();
-        let _ = self.shared.supervisor.send(ResetBudget(Arc::from(handler))).await;
+        let _ = self
+            .shared
+            .supervisor
+            .send(ResetBudget(Arc::from(handler)))
+            .await;
         self.shared
             .router
             .send(Redrive { group, records })

@@ -7,7 +7,8 @@ use actix::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::actors::handler::{EventHandler, Handle, HandlerActor, HandlerSetup, RecipientHandler};
-use crate::actors::router::{Group, RouterActor, Slot};
+use crate::actors::router::{Durable, Group, RouterActor, Slot};
+use crate::actors::storage::{CheckpointBoard, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
 use crate::bus::{BusShared, EventBus, Lifecycle};
 use crate::dead_letter::DeadLetters;
@@ -15,6 +16,9 @@ use crate::error::{Error, Result};
 use crate::event::DomainEvent;
 use crate::policy::{RestartPolicy, RetryPolicy};
 use crate::stats::{BusCounters, HandlerCounters};
+use crate::storage::log::{self as store_log, Writer};
+use crate::storage::pool::{self, SqlitePool};
+use crate::storage::{Durability, StoreConfig, StoreError};
 
 /// Default intake capacity: events accepted by `publish` but not yet routed.
 pub const DEFAULT_INTAKE_CAPACITY: usize = 8192;
@@ -35,6 +39,17 @@ pub struct HandlerOptions {
     mailbox_capacity: usize,
     retry: RetryPolicy,
     restart: RestartPolicy,
+    start_from: StartFrom,
+}
+
+/// Where a subscription without a checkpoint starts, on a durable bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Every stored event (a new read model rebuilds from history).
+    #[default]
+    Beginning,
+    /// Only events stored after the bus starts.
+    Now,
 }
 
 impl Default for HandlerOptions {
@@ -44,6 +59,7 @@ impl Default for HandlerOptions {
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
             retry: RetryPolicy::default(),
             restart: RestartPolicy::default(),
+            start_from: StartFrom::default(),
         }
     }
 }
@@ -79,6 +95,12 @@ impl HandlerOptions {
         self
     }
 
+    /// Where a new subscription starts on a durable bus (one with a checkpoint resumes from it).
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.start_from = start;
+        self
+    }
+
     /// The configured concurrency.
     pub fn concurrency_level(&self) -> usize {
         self.concurrency
@@ -89,13 +111,19 @@ impl HandlerOptions {
             return Err(Error::Config("a handler name must not be empty".into()));
         }
         if self.concurrency == 0 {
-            return Err(Error::Config(format!("concurrency of `{name}` must be at least 1")));
+            return Err(Error::Config(format!(
+                "concurrency of `{name}` must be at least 1"
+            )));
         }
         if self.mailbox_capacity == 0 {
-            return Err(Error::Config(format!("mailbox capacity of `{name}` must be at least 1")));
+            return Err(Error::Config(format!(
+                "mailbox capacity of `{name}` must be at least 1"
+            )));
         }
         if self.retry.max_attempts() == 0 {
-            return Err(Error::Config(format!("retry policy of `{name}` must allow at least 1 attempt")));
+            return Err(Error::Config(format!(
+                "retry policy of `{name}` must allow at least 1 attempt"
+            )));
         }
         Ok(())
     }
@@ -106,6 +134,9 @@ struct SpawnArgs {
     counters: Arc<HandlerCounters>,
     dead_letters: Arc<DeadLetters>,
     supervisor: Addr<SupervisorActor>,
+    checkpoints: Option<Arc<CheckpointBoard>>,
+    /// Per handler actor: the position its checkpoint covers.
+    starts: Vec<u64>,
 }
 
 struct Subscription {
@@ -138,6 +169,7 @@ struct Subscription {
 /// ```
 pub struct BusBuilder {
     intake_capacity: usize,
+    store: StoreConfig,
     subscriptions: Vec<Subscription>,
 }
 
@@ -145,9 +177,14 @@ impl std::fmt::Debug for BusBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusBuilder")
             .field("intake_capacity", &self.intake_capacity)
+            .field("store", &self.store)
             .field(
                 "subscriptions",
-                &self.subscriptions.iter().map(|s| &*s.name).collect::<Vec<_>>(),
+                &self
+                    .subscriptions
+                    .iter()
+                    .map(|s| &*s.name)
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -157,6 +194,7 @@ impl Default for BusBuilder {
     fn default() -> Self {
         Self {
             intake_capacity: DEFAULT_INTAKE_CAPACITY,
+            store: StoreConfig::Memory,
             subscriptions: Vec::new(),
         }
     }
@@ -168,6 +206,50 @@ impl BusBuilder {
     pub fn intake_capacity(mut self, n: usize) -> Self {
         self.intake_capacity = n;
         self
+    }
+
+    /// Keeps events in the SQLite database at `path` (created when missing), with the default
+    /// [`Durability::Normal`]. `publish` then returns once the event is committed.
+    pub fn sqlite(self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.store(StoreConfig::Sqlite {
+            path: path.into(),
+            durability: Durability::default(),
+        })
+    }
+
+    /// Sets the durability of a SQLite store (no effect in memory).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        if let StoreConfig::Sqlite { durability: d, .. } = &mut self.store {
+            *d = durability;
+        }
+        self
+    }
+
+    /// Keeps nothing: same API and ordering, no durability (the default).
+    pub fn in_memory(self) -> Self {
+        self.store(StoreConfig::Memory)
+    }
+
+    /// Sets the store.
+    pub fn store(mut self, store: StoreConfig) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The store from a URL: `sqlite://PATH` or `memory://`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for another scheme.
+    pub fn url(self, url: &str) -> Result<Self> {
+        Ok(self.store(StoreConfig::from_url(url)?))
+    }
+
+    /// The store from `ACTORBUS_DATABASE_URL` (memory when unset).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unsupported URL.
+    pub fn from_env(self) -> Result<Self> {
+        Ok(self.store(StoreConfig::from_env()?))
     }
 
     /// Subscribes a handler to events of type `E` with default options. `factory` builds a
@@ -203,10 +285,13 @@ impl BusBuilder {
                 counters: args.counters,
                 dead_letters: args.dead_letters,
                 supervisor: args.supervisor,
+                checkpoints: args.checkpoints,
+                partitions: options.concurrency,
             };
             (0..options.concurrency)
                 .map(|index| {
-                    let addr = HandlerActor::<E, H>::start(setup.clone(), index);
+                    let seen = args.starts.get(index).copied().unwrap_or(0);
+                    let addr = HandlerActor::<E, H>::start(setup.clone(), index, seen);
                     Slot {
                         deliver: addr.clone().recipient(),
                         control: addr.recipient(),
@@ -254,6 +339,11 @@ impl BusBuilder {
             }
         }
 
+        let store = match &self.store {
+            StoreConfig::Memory => None,
+            StoreConfig::Sqlite { path, durability } => Some(open_store(path, *durability)?),
+        };
+        let durable_bus = store.is_some();
         let lifecycle = Arc::new(Lifecycle::default());
         let bus_counters = Arc::new(BusCounters::default());
         let dead_letters = Arc::new(DeadLetters::default());
@@ -270,15 +360,22 @@ impl BusBuilder {
         let supervisor = SupervisorActor::create(|ctx| {
             let mut supervisor = SupervisorActor::new(policies, Arc::clone(&lifecycle));
             let mut groups = Vec::new();
+            let mut replay_after = i64::MAX;
             for (i, s) in self.subscriptions.into_iter().enumerate() {
-                let counters =
-                    HandlerCounters::new(&s.name, s.event_type, s.options.concurrency);
+                let counters = HandlerCounters::new(&s.name, s.event_type, s.options.concurrency);
                 handler_counters.push(Arc::clone(&counters));
                 group_index.insert(s.name.to_string(), i);
+                let starts = match &store {
+                    Some(st) => st.starts(&s.name, s.options.concurrency, s.options.start_from),
+                    None => Vec::new(),
+                };
+                replay_after = starts.iter().fold(replay_after, |m, &p| m.min(p as i64));
                 let slots = (s.spawn)(SpawnArgs {
                     counters: Arc::clone(&counters),
                     dead_letters: Arc::clone(&dead_letters),
                     supervisor: ctx.address(),
+                    checkpoints: store.as_ref().map(|st| Arc::clone(&st.board)),
+                    starts,
                 });
                 groups.push(Group {
                     event_type: s.event_type.to_owned(),
@@ -295,14 +392,31 @@ impl BusBuilder {
                 .min()
                 .unwrap_or(DEFAULT_MAILBOX_CAPACITY)
                 .min(self.intake_capacity);
-            let router =
-                RouterActor::new(groups, rx, tx.clone(), chunk, Arc::clone(&bus_counters)).start();
+            let durable = store.map(|st| Durable {
+                storage: st.storage,
+                pool: st.pool,
+                replay_after: if replay_after == i64::MAX {
+                    st.head
+                } else {
+                    replay_after
+                },
+            });
+            let router = RouterActor::new(
+                groups,
+                rx,
+                tx.clone(),
+                chunk,
+                Arc::clone(&bus_counters),
+                durable,
+            )
+            .start();
             supervisor.set_router(router.clone());
             router_addr = Some(router);
             supervisor
         });
 
         Ok(EventBus::from_shared(BusShared {
+            durable: durable_bus,
             intake: tx,
             intake_capacity: self.intake_capacity,
             lifecycle,
@@ -313,5 +427,78 @@ impl BusBuilder {
             router: router_addr.expect("router started with the supervisor"),
             supervisor,
         }))
+    }
+}
+
+/// An opened SQLite store, before its actors start.
+struct OpenStore {
+    pool: SqlitePool,
+    storage: Addr<StorageActor>,
+    board: Arc<CheckpointBoard>,
+    head: i64,
+    checkpoints: Vec<crate::storage::models::CheckpointRow>,
+}
+
+fn open_store(path: &std::path::Path, durability: Durability) -> Result<OpenStore> {
+    let pool = pool::open(path, durability)?;
+    let mut conn = pool
+        .get()
+        .map_err(|e| StoreError::Connection(e.to_string()))?;
+    let head = store_log::head(&mut conn).map_err(|e| pool::classify(path, e))?;
+    let checkpoints =
+        store_log::load_all_checkpoints(&mut conn).map_err(|e| pool::classify(path, e))?;
+    drop(conn);
+    let writer_conn = pool
+        .get()
+        .map_err(|e| StoreError::Connection(e.to_string()))?;
+    let board = Arc::new(CheckpointBoard::default());
+    let writer = std::sync::Mutex::new(Some(Writer::new(writer_conn, path.to_path_buf())));
+    let actor_board = Arc::clone(&board);
+    // One thread: the single writer. The closure runs once.
+    let storage = SyncArbiter::start(1, move || {
+        let writer = writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("the storage actor is started once");
+        StorageActor::new(writer, Arc::clone(&actor_board))
+    });
+    Ok(OpenStore {
+        pool,
+        storage,
+        board,
+        head,
+        checkpoints,
+    })
+}
+
+impl OpenStore {
+    /// Where each of the `partitions` actors of `handler` resumes. A checkpoint written with
+    /// another concurrency maps streams to other actors: then every actor resumes from the
+    /// lowest position (events may be handled again, none is skipped).
+    fn starts(&self, handler: &str, partitions: usize, start_from: StartFrom) -> Vec<u64> {
+        let rows: Vec<_> = self
+            .checkpoints
+            .iter()
+            .filter(|c| c.handler == handler)
+            .collect();
+        if rows.is_empty() {
+            let start = match start_from {
+                StartFrom::Beginning => 0,
+                StartFrom::Now => self.head.max(0) as u64,
+            };
+            return vec![start; partitions];
+        }
+        let same_layout =
+            rows.iter().all(|c| c.partitions as usize == partitions) && rows.len() == partitions;
+        if same_layout {
+            let mut starts = vec![0; partitions];
+            for c in rows {
+                starts[c.partition as usize] = c.position.max(0) as u64;
+            }
+            return starts;
+        }
+        let lowest = rows.iter().map(|c| c.position).min().unwrap_or(0).max(0) as u64;
+        vec![lowest; partitions]
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::storage::StoreError;
+
 /// What a user handler returns when it fails. Any error type converts into it with `?`,
 /// `anyhow::Error` included, so handlers may use whatever error crate they like.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -46,6 +48,20 @@ pub enum Error {
     /// The bus must be built inside a running actix system (`#[actix::main]`, `System::new`).
     #[error("no actix system is running on this thread: build the bus inside one")]
     NoSystem,
+    /// The stream was not at the version the publisher expected; nothing was stored.
+    /// Reload the aggregate and decide again.
+    #[error("stream `{stream}` is at version {actual}, not the expected {expected}")]
+    VersionConflict {
+        /// The stream.
+        stream: String,
+        /// The version the publisher expected.
+        expected: u64,
+        /// The version the stream is at.
+        actual: u64,
+    },
+    /// The store failed; see [`StoreError`] for what to do.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// An event could not be serialized to JSON. A bug in the event's `Serialize` impl.
     #[error("event could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),

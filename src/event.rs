@@ -2,6 +2,7 @@
 //! and the type-erased [`Record`] the router and the store move around.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
@@ -52,8 +53,8 @@ pub struct Metadata {
     pub stream_version: Option<u64>,
     /// Global position in the store (monotonic), where the bus is durable.
     pub position: Option<u64>,
-    /// The stable event-type name.
-    pub event_type: String,
+    /// The stable event-type name (borrowed from the Rust type when published in-process).
+    pub event_type: Cow<'static, str>,
     /// The payload's schema version.
     pub schema_version: u32,
     /// When the event was published.
@@ -79,9 +80,35 @@ pub struct PublishOptions {
     correlation_id: Option<Uuid>,
     causation_id: Option<Uuid>,
     headers: BTreeMap<String, String>,
+    event_id: Option<Uuid>,
+    expected_version: Option<u64>,
 }
 
 impl PublishOptions {
+    /// Uses `id` as the event id instead of a fresh UUIDv7. A durable store keeps one event
+    /// per id, so publishing again with the same id after a timeout does not store it twice.
+    pub fn event_id(mut self, id: Uuid) -> Self {
+        self.event_id = Some(id);
+        self
+    }
+
+    /// Optimistic concurrency (durable stores): the event is stored only if its stream is at
+    /// `version` (0 for a new stream); otherwise publish fails with `Error::VersionConflict`.
+    pub fn expected_version(mut self, version: u64) -> Self {
+        self.expected_version = Some(version);
+        self
+    }
+
+    /// Whether the publisher chose the event id.
+    pub(crate) fn has_event_id(&self) -> bool {
+        self.event_id.is_some()
+    }
+
+    /// The expected stream version, if set.
+    pub fn expected(&self) -> Option<u64> {
+        self.expected_version
+    }
+
     /// No correlation, no causation, no headers.
     pub fn new() -> Self {
         Self::default()
@@ -213,6 +240,8 @@ pub(crate) enum Payload {
 pub(crate) struct Record {
     pub(crate) meta: Arc<Metadata>,
     pub(crate) payload: Payload,
+    /// The payload as JSON, where the bus is durable (encoded by the publisher, stored by the writer).
+    pub(crate) encoded: Option<Arc<str>>,
     /// When `publish` accepted it: the start of the publish -> handled latency.
     pub(crate) published_at: Instant,
     /// Stable hash of the stream id: picks the handler actor of a group.
@@ -221,23 +250,40 @@ pub(crate) struct Record {
 
 impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Record").field("meta", &self.meta).finish_non_exhaustive()
+        f.debug_struct("Record")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
     }
 }
 
 impl Record {
+    /// Wraps a freshly published event, with its JSON when it is to be stored.
+    ///
+    /// # Errors
+    /// The event's `Serialize` impl failed.
+    pub(crate) fn encoded<E: DomainEvent>(
+        event: E,
+        opts: PublishOptions,
+    ) -> serde_json::Result<Self> {
+        let json = serde_json::to_string(&event)?;
+        let mut record = Self::new(event, opts);
+        record.encoded = Some(Arc::from(json));
+        Ok(record)
+    }
+
     /// Wraps a freshly published event.
     pub(crate) fn new<E: DomainEvent>(event: E, opts: PublishOptions) -> Self {
         let stream_id = event.stream_id();
         let partition = stable_hash(stream_id.as_bytes());
+        let occurred_at = SystemTime::now();
         let meta = Metadata {
-            id: Uuid::now_v7(),
+            id: opts.event_id.unwrap_or_else(|| new_event_id(occurred_at)),
             stream_id,
             stream_version: None,
             position: None,
-            event_type: E::EVENT_TYPE.to_owned(),
+            event_type: Cow::Borrowed(E::EVENT_TYPE),
             schema_version: E::SCHEMA_VERSION,
-            occurred_at: SystemTime::now(),
+            occurred_at,
             correlation_id: opts.correlation_id,
             causation_id: opts.causation_id,
             headers: opts.headers,
@@ -245,6 +291,7 @@ impl Record {
         Self {
             meta: Arc::new(meta),
             payload: Payload::Typed(Arc::new(event)),
+            encoded: None,
             published_at: Instant::now(),
             partition,
         }
@@ -273,6 +320,18 @@ impl Record {
             event,
         })
     }
+}
+
+/// A UUIDv7 for an event published at `at`: 48 bits of Unix milliseconds, then random bits
+/// from a fast per-thread generator. (`Uuid::now_v7` asks the kernel for randomness on
+/// every call, which costs more than the rest of a publish.)
+pub(crate) fn new_event_id(at: SystemTime) -> Uuid {
+    let millis = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let random = fastrand::u128(..).to_le_bytes();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random[..10].try_into().expect("10 bytes"))
+        .into_uuid()
 }
 
 /// FNV-1a: stable across processes and releases, unlike `DefaultHasher`, so a stream keeps
@@ -347,9 +406,23 @@ mod tests {
             .envelope::<Placed>()
             .unwrap();
         let opts = PublishOptions::new().caused_by(&cause);
-        let effect = Record::new(Placed { id: 2 }, opts).envelope::<Placed>().unwrap();
+        let effect = Record::new(Placed { id: 2 }, opts)
+            .envelope::<Placed>()
+            .unwrap();
         assert_eq!(effect.causation_id(), Some(cause.id()));
         assert_eq!(effect.correlation_id(), Some(cause.id()));
+    }
+
+    #[test]
+    fn event_ids_are_v7_unique_and_sort_by_time() {
+        let early = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let later = early + std::time::Duration::from_millis(1);
+        let a = new_event_id(early);
+        let b = new_event_id(later);
+        assert_eq!(a.get_version_num(), 7);
+        assert!(a < b);
+        let many: std::collections::HashSet<_> = (0..10_000).map(|_| new_event_id(early)).collect();
+        assert_eq!(many.len(), 10_000);
     }
 
     #[test]

@@ -70,13 +70,17 @@ mod error;
 mod event;
 mod policy;
 mod stats;
+mod storage;
 
 pub use crate::actors::handler::{handler_fn, EventHandler, Handle, HandlerFn};
 pub use crate::blocking::{blocking, Blocking};
 pub use crate::bus::{EventBus, Receipt};
-pub use crate::config::{BusBuilder, HandlerOptions, DEFAULT_INTAKE_CAPACITY, DEFAULT_MAILBOX_CAPACITY};
+pub use crate::config::{
+    BusBuilder, HandlerOptions, StartFrom, DEFAULT_INTAKE_CAPACITY, DEFAULT_MAILBOX_CAPACITY,
+};
 pub use crate::dead_letter::DeadLetter;
 pub use crate::error::{Error, HandlerError, Result};
 pub use crate::event::{DomainEvent, Envelope, Metadata, PublishOptions};
 pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
 pub use crate::stats::{HandlerStats, Latency, Stats};
+pub use crate::storage::{Durability, StoreConfig, StoreError};

@@ -42,7 +42,11 @@ impl Backoff {
 
     /// Growth factor between attempts; values below 1 are treated as 1.
     pub fn multiplier(mut self, multiplier: f64) -> Self {
-        self.multiplier = if multiplier.is_finite() { multiplier.max(1.0) } else { 1.0 };
+        self.multiplier = if multiplier.is_finite() {
+            multiplier.max(1.0)
+        } else {
+            1.0
+        };
         self
     }
 
@@ -54,7 +58,11 @@ impl Backoff {
 
     /// Fraction (0..=1) by which a delay may be randomly shortened.
     pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+        self.jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         self
     }
 
@@ -78,7 +86,9 @@ impl Backoff {
         let exponent = attempt.saturating_sub(1).min(64) as i32;
         let factor = self.multiplier.powi(exponent);
         let secs = (self.base.as_secs_f64() * factor).min(self.max.as_secs_f64());
-        Duration::try_from_secs_f64(secs).unwrap_or(self.max).min(self.max)
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(self.max)
+            .min(self.max)
     }
 }
 
@@ -261,7 +271,9 @@ mod tests {
 
     #[test]
     fn jitter_only_shortens_within_its_fraction() {
-        let b = Backoff::new(Duration::from_millis(100)).multiplier(1.0).jitter(0.5);
+        let b = Backoff::new(Duration::from_millis(100))
+            .multiplier(1.0)
+            .jitter(0.5);
         for attempt in 1..200 {
             let d = b.delay_for(attempt);
             assert!(d <= Duration::from_millis(100), "{d:?}");
@@ -271,14 +283,18 @@ mod tests {
 
     #[test]
     fn huge_attempt_numbers_do_not_overflow() {
-        let b = Backoff::new(Duration::from_secs(1)).multiplier(10.0).max(Duration::from_secs(7));
+        let b = Backoff::new(Duration::from_secs(1))
+            .multiplier(10.0)
+            .max(Duration::from_secs(7));
         assert_eq!(b.exact_delay_for(u32::MAX), Duration::from_secs(7));
         assert_eq!(b.exact_delay_for(0), Duration::from_secs(1));
     }
 
     #[test]
     fn nonsense_settings_are_clamped() {
-        let b = Backoff::new(Duration::from_millis(10)).multiplier(f64::NAN).jitter(7.0);
+        let b = Backoff::new(Duration::from_millis(10))
+            .multiplier(f64::NAN)
+            .jitter(7.0);
         assert_eq!(b.exact_delay_for(5), Duration::from_millis(10));
         assert!(b.delay_for(1) <= Duration::from_millis(10));
     }

@@ -202,7 +202,9 @@ mod tests {
         let s = c.snapshot();
         assert_eq!((s.in_flight, s.mailbox_depth), (5, 3));
         assert_eq!(s.latency.count, 3);
-        assert!(s.latency.p50 >= Duration::from_micros(3) && s.latency.p50 <= Duration::from_micros(5));
+        assert!(
+            s.latency.p50 >= Duration::from_micros(3) && s.latency.p50 <= Duration::from_micros(5)
+        );
         assert!(s.latency.max >= Duration::from_micros(999));
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use futures_util::FutureExt;
 
+use crate::actors::storage::CheckpointBoard;
 use crate::actors::supervisor::{Decision, HandlerPanicked, SupervisorActor};
 use crate::dead_letter::DeadLetters;
 use crate::error::HandlerError;
@@ -110,7 +111,11 @@ impl<E: DomainEvent> EventHandler<E> for RecipientHandler<E> {
 
 /// A batch of events for one handler actor, in per-stream order. Sent with `send().await`,
 /// which resolves once the actor has taken it from its mailbox.
-pub(crate) struct Deliver(pub(crate) Vec<Record>);
+pub(crate) struct Deliver {
+    pub(crate) records: Vec<Record>,
+    /// Dead letters handed back: delivered even where the checkpoint already covers them.
+    pub(crate) redrive: bool,
+}
 
 impl Message for Deliver {
     type Result = ();
@@ -139,6 +144,9 @@ pub(crate) struct HandlerSetup<H> {
     pub(crate) counters: Arc<HandlerCounters>,
     pub(crate) dead_letters: Arc<DeadLetters>,
     pub(crate) supervisor: Addr<SupervisorActor>,
+    /// Where the bus is durable: the checkpoints to advance, and the number of actors.
+    pub(crate) checkpoints: Option<Arc<CheckpointBoard>>,
+    pub(crate) partitions: usize,
 }
 
 impl<H> Clone for HandlerSetup<H> {
@@ -150,6 +158,8 @@ impl<H> Clone for HandlerSetup<H> {
             counters: Arc::clone(&self.counters),
             dead_letters: Arc::clone(&self.dead_letters),
             supervisor: self.supervisor.clone(),
+            checkpoints: self.checkpoints.clone(),
+            partitions: self.partitions,
         }
     }
 }
@@ -176,12 +186,14 @@ pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
     parked: bool,
     /// The factory panicked at start; handled like a handler panic once the actor runs.
     start_panic: Option<String>,
+    /// Position this actor's checkpoint covers: stored events up to here are not handled again.
+    seen: u64,
     _event: PhantomData<fn() -> E>,
 }
 
 impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     /// Starts the actor with a handler from the factory.
-    pub(crate) fn start(setup: HandlerSetup<H>, index: usize) -> Addr<Self> {
+    pub(crate) fn start(setup: HandlerSetup<H>, index: usize, seen: u64) -> Addr<Self> {
         let (handler, start_panic) = match build_handler(&setup.factory) {
             Ok(h) => (Some(h), None),
             Err(message) => (None, Some(message)),
@@ -192,6 +204,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
             handler,
             parked: false,
             start_panic,
+            seen,
             _event: PhantomData,
         }
         .start()
@@ -203,11 +216,31 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
             return;
         };
         let setup = self.setup.clone();
+        let last_position = pending.batch.last().and_then(|r| r.meta.position);
         let fut = run_batch::<E, H>(handler, pending, setup);
-        ctx.wait(fut.into_actor(self).map(|outcome, act, ctx| match outcome {
-            Outcome::Done(h) => act.handler = Some(h),
-            Outcome::Panicked { pending, message } => act.on_panic(pending, message, ctx),
-        }));
+        ctx.wait(
+            fut.into_actor(self)
+                .map(move |outcome, act, ctx| match outcome {
+                    Outcome::Done(h) => {
+                        act.handler = Some(h);
+                        // Only now: a checkpoint must never pass an event that was not handled.
+                        if let (Some(board), Some(position)) =
+                            (&act.setup.checkpoints, last_position)
+                        {
+                            if position > act.seen {
+                                act.seen = position;
+                                board.advance(
+                                    &act.setup.name,
+                                    act.index,
+                                    act.setup.partitions,
+                                    position,
+                                );
+                            }
+                        }
+                    }
+                    Outcome::Panicked { pending, message } => act.on_panic(pending, message, ctx),
+                }),
+        );
     }
 
     /// The handler panicked (or its factory did): its instance is gone. Ask the supervisor
@@ -222,22 +255,20 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
             handler: Arc::clone(&self.setup.name),
             index: self.index,
         };
-        ctx.wait(
-            self.setup
-                .supervisor
-                .send(ask)
-                .into_actor(self)
-                .map(move |decision, act, ctx| match decision {
-                    Ok(Decision::Restart(delay)) => {
-                        ctx.wait(actix::clock::sleep(delay).into_actor(act).map(
-                            move |(), act, ctx| act.restart(pending, ctx),
-                        ));
-                    }
-                    Ok(Decision::Park) => act.park(pending, "restart budget spent"),
-                    Ok(Decision::StopBus) => act.park(pending, "the bus was halted"),
-                    Err(_) => act.park(pending, "supervisor is gone"),
-                }),
-        );
+        ctx.wait(self.setup.supervisor.send(ask).into_actor(self).map(
+            move |decision, act, ctx| match decision {
+                Ok(Decision::Restart(delay)) => {
+                    ctx.wait(
+                        actix::clock::sleep(delay)
+                            .into_actor(act)
+                            .map(move |(), act, ctx| act.restart(pending, ctx)),
+                    );
+                }
+                Ok(Decision::Park) => act.park(pending, "restart budget spent"),
+                Ok(Decision::StopBus) => act.park(pending, "the bus was halted"),
+                Err(_) => act.park(pending, "supervisor is gone"),
+            },
+        ));
     }
 
     fn restart(&mut self, pending: Pending, ctx: &mut Context<Self>) {
@@ -260,14 +291,21 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
         );
         self.parked = true;
         self.handler = None;
-        self.setup.counters.parked.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.setup
+            .counters
+            .parked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.dead_letter_rest(pending, &format!("handler parked: {why}"));
     }
 
     fn dead_letter_rest(&self, pending: Pending, why: &str) {
         let Pending { batch, at, attempt } = pending;
         for (i, record) in batch.into_iter().enumerate().skip(at) {
-            let attempts = if i == at { attempt.saturating_sub(1) } else { 0 };
+            let attempts = if i == at {
+                attempt.saturating_sub(1)
+            } else {
+                0
+            };
             self.setup
                 .dead_letters
                 .push(&self.setup.name, record, attempts, why.to_owned());
@@ -294,8 +332,26 @@ impl<E: DomainEvent, H: EventHandler<E>> Actor for HandlerActor<E, H> {
 impl<E: DomainEvent, H: EventHandler<E>> Handler<Deliver> for HandlerActor<E, H> {
     type Result = ();
 
-    fn handle(&mut self, Deliver(batch): Deliver, ctx: &mut Context<Self>) {
-        HandlerCounters::add(&self.setup.counters.taken, batch.len() as u64);
+    fn handle(
+        &mut self,
+        Deliver {
+            mut records,
+            redrive,
+        }: Deliver,
+        ctx: &mut Context<Self>,
+    ) {
+        HandlerCounters::add(&self.setup.counters.taken, records.len() as u64);
+        if !redrive {
+            // Replayed events this actor's checkpoint already covers (catch-up after a crash).
+            let seen = self.seen;
+            let before = records.len();
+            records.retain(|r| r.meta.position.is_none_or(|p| p > seen));
+            HandlerCounters::add(
+                &self.setup.counters.handled,
+                (before - records.len()) as u64,
+            );
+        }
+        let batch = records;
         // ctx.wait keeps further deliveries in the (bounded) mailbox until this batch is
         // done: that is what makes a slow handler slow the router down.
         self.run(
@@ -322,7 +378,10 @@ impl<E: DomainEvent, H: EventHandler<E>> Handler<Control> for HandlerActor<E, H>
                     attempt: 1,
                 };
                 self.parked = false;
-                self.setup.counters.parked.store(false, std::sync::atomic::Ordering::Relaxed);
+                self.setup
+                    .counters
+                    .parked
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 self.restart(resumed, ctx);
             }
             Control::Resume => {}
@@ -349,9 +408,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
             Ok(envelope) => envelope,
             Err(why) => {
                 // Retrying cannot make a payload decode: straight to the dead letters.
-                setup
-                    .dead_letters
-                    .push(&setup.name, record.clone(), 0, why);
+                setup.dead_letters.push(&setup.name, record.clone(), 0, why);
                 HandlerCounters::add(&counters.dead_letters, 1);
                 continue;
             }
@@ -360,7 +417,10 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
             if attempt > 1 {
                 HandlerCounters::add(&counters.retries, 1);
             }
-            match AssertUnwindSafe(handler.handle(&envelope)).catch_unwind().await {
+            match AssertUnwindSafe(handler.handle(&envelope))
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(())) => {
                     latencies.push(record.published_at.elapsed().as_nanos() as u64);
                     HandlerCounters::add(&counters.handled, 1);
@@ -369,9 +429,12 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                 Ok(Err(error)) => {
                     HandlerCounters::add(&counters.failed_attempts, 1);
                     if attempt >= retry.max_attempts() {
-                        setup
-                            .dead_letters
-                            .push(&setup.name, record.clone(), attempt, error.to_string());
+                        setup.dead_letters.push(
+                            &setup.name,
+                            record.clone(),
+                            attempt,
+                            error.to_string(),
+                        );
                         HandlerCounters::add(&counters.dead_letters, 1);
                         break;
                     }

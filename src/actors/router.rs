@@ -2,26 +2,58 @@
 //! subscriptions of its type, and picks the handler actor of a subscription by a stable
 //! hash of the event's stream, so one stream keeps its order while streams run in parallel.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::Poll;
 
+use std::time::Duration;
+
 use actix::prelude::*;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, LocalBoxFuture};
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::handler::{Control, Deliver};
+use crate::actors::storage::{Append, FlushCheckpoints, StorageActor};
+use crate::bus::Receipt;
+use crate::error::{Error, Result};
 use crate::event::Record;
 use crate::stats::{BusCounters, HandlerCounters};
+use crate::storage::log::{self as store_log, Unit, UnitOutcome};
+use crate::storage::pool::SqlitePool;
+
+/// Where a durable publish learns its fate: receipts once committed, or the error.
+pub(crate) type Ack = oneshot::Sender<Result<Vec<Receipt>>>;
 
 /// What publishers put into the intake channel.
 pub(crate) enum Intake {
-    One(Record),
-    /// A `publish_all` batch: routed together, in order.
-    Many(Vec<Record>),
+    /// One event; `Some` ack where the bus is durable.
+    One(Record, Option<Ack>),
+    /// A `publish_all` batch (or a publish with options the store must check): stored all
+    /// or nothing, routed together, in order.
+    Many {
+        records: Vec<Record>,
+        expected_version: Option<u64>,
+        check_ids: bool,
+        ack: Option<Ack>,
+    },
     /// Shutdown: no more events are accepted after this one; the rest are drained.
     Close,
 }
+
+/// The durable side of the router: the writer, the readers, and where catch-up starts.
+pub(crate) struct Durable {
+    pub(crate) storage: Addr<StorageActor>,
+    pub(crate) pool: SqlitePool,
+    /// Catch-up replays events after this position before live intake starts.
+    pub(crate) replay_after: i64,
+}
+
+/// Events read per catch-up page.
+const CATCH_UP_PAGE: i64 = 1000;
+/// How often advanced checkpoints are written when no appends carry them.
+const CHECKPOINT_FLUSH: Duration = Duration::from_millis(200);
 
 /// One handler actor, as the router sees it.
 pub(crate) struct Slot {
@@ -41,9 +73,12 @@ pub(crate) struct Group {
 pub(crate) struct RouterActor {
     groups: Vec<Group>,
     by_type: HashMap<String, Vec<usize>>,
+    /// Index of each group's first slot in a flat list of all slots (plus the total at the end).
+    slot_base: Vec<usize>,
     counters: Arc<BusCounters>,
     intake: Option<(mpsc::Receiver<Intake>, usize)>,
     close: Option<mpsc::Sender<Intake>>,
+    durable: Option<Durable>,
     drained: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -56,17 +91,24 @@ impl RouterActor {
         close: mpsc::Sender<Intake>,
         chunk: usize,
         counters: Arc<BusCounters>,
+        durable: Option<Durable>,
     ) -> Self {
         let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, g) in groups.iter().enumerate() {
             by_type.entry(g.event_type.clone()).or_default().push(i);
         }
+        let mut slot_base = vec![0];
+        for g in &groups {
+            slot_base.push(slot_base.last().copied().unwrap_or(0) + g.slots.len());
+        }
         Self {
             groups,
             by_type,
+            slot_base,
             counters,
             intake: Some((intake, chunk)),
             close: Some(close),
+            durable,
             drained: false,
             drain_waiters: Vec::new(),
         }
@@ -74,26 +116,63 @@ impl RouterActor {
 
     /// Hands `records` to the handler actors and keeps the router waiting (no further intake)
     /// until every actor has taken its part from its mailbox.
-    fn deliver(&mut self, records: impl Iterator<Item = Record>, only: Option<usize>, ctx: &mut Context<Self>) {
-        let mut batches: HashMap<(usize, usize), Vec<Record>> = HashMap::new();
+    fn deliver(
+        &mut self,
+        records: impl Iterator<Item = Record>,
+        only: Option<usize>,
+        redrive: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let delivery = self.delivery(records, only, redrive);
+        ctx.wait(actix::fut::wrap_future(delivery));
+    }
+
+    /// The future that hands `records` to the handler actors; done once each took its part.
+    fn delivery(
+        &mut self,
+        records: impl Iterator<Item = Record>,
+        only: Option<usize>,
+        redrive: bool,
+    ) -> LocalBoxFuture<'static, ()> {
+        let mut batches: Vec<Vec<Record>> =
+            vec![Vec::new(); self.slot_base.last().copied().unwrap_or(0)];
         let mut unrouted = 0u64;
+        // Events mostly come in runs of one type: skip the map lookup for a repeat.
+        let mut last: Option<(Cow<'static, str>, &[usize])> = None;
         for record in records {
-            let Some(groups) = self.by_type.get(record.meta.event_type.as_str()) else {
-                unrouted += 1;
-                continue;
+            let groups = match &last {
+                Some((t, groups)) if *t == record.meta.event_type => *groups,
+                _ => match self.by_type.get(&*record.meta.event_type) {
+                    Some(groups) => {
+                        last = Some((record.meta.event_type.clone(), groups.as_slice()));
+                        groups.as_slice()
+                    }
+                    None => {
+                        unrouted += 1;
+                        continue;
+                    }
+                },
             };
             for &g in groups.iter().filter(|g| only.is_none_or(|o| o == **g)) {
-                let slot = (record.partition % self.groups[g].slots.len() as u64) as usize;
-                batches.entry((g, slot)).or_default().push(record.clone());
+                let slots = self.groups[g].slots.len() as u64;
+                let slot = self.slot_base[g] + (record.partition % slots) as usize;
+                batches[slot].push(record.clone());
             }
         }
         if unrouted > 0 {
             HandlerCounters::add(&self.counters.unrouted, unrouted);
         }
-        if batches.is_empty() {
-            return;
+        let targets: Vec<_> = batches
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
+        if targets.is_empty() {
+            return async {}.boxed_local();
         }
-        let sends = batches.into_iter().map(|((g, slot), records)| {
+        let sends = targets.into_iter().map(|(flat, records)| {
+            let g = self.slot_base.partition_point(|&base| base <= flat) - 1;
+            let slot = flat - self.slot_base[g];
             let group = &self.groups[g];
             HandlerCounters::add(&group.counters.delivered, records.len() as u64);
             let recipient = group.slots[slot].deliver.clone();
@@ -103,38 +182,173 @@ impl RouterActor {
                 let mut records = records;
                 while !records.is_empty() {
                     let rest = records.split_off(records.len().min(capacity));
-                    if recipient.send(Deliver(records)).await.is_err() {
+                    let deliver = Deliver { records, redrive };
+                    if recipient.send(deliver).await.is_err() {
                         log::error!("a handler actor stopped before the bus was shut down");
                     }
                     records = rest;
                 }
             }
         });
-        ctx.wait(actix::fut::wrap_future(join_all(sends)).map(|_, _, _| ()));
+        join_all(sends).map(|_| ()).boxed_local()
     }
 
-    fn finish_drain(&mut self, ctx: &mut Context<Self>) {
-        let drains: Vec<_> = self
-            .groups
-            .iter()
-            .flat_map(|g| g.slots.iter().map(|s| s.control.send(Control::Drain)))
-            .collect();
+    /// Stores one intake chunk (group commit), answers each publisher, then delivers what was
+    /// stored. A failed commit fails every publisher of the chunk and delivers nothing.
+    fn commit_and_deliver(
+        &mut self,
+        items: Vec<Intake>,
+        storage: Addr<StorageActor>,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut units = Vec::with_capacity(items.len());
+        let mut acks = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Intake::One(record, ack) => {
+                    units.push(Unit {
+                        records: vec![record],
+                        expected_version: None,
+                        check_ids: false,
+                    });
+                    acks.push(ack);
+                }
+                Intake::Many {
+                    records,
+                    expected_version,
+                    check_ids,
+                    ack,
+                } => {
+                    units.push(Unit {
+                        records,
+                        expected_version,
+                        check_ids,
+                    });
+                    acks.push(ack);
+                }
+                Intake::Close => {}
+            }
+        }
+        if units.is_empty() {
+            return;
+        }
+        let committed = storage.send(Append(units));
         ctx.wait(
-            actix::fut::wrap_future(join_all(drains)).map(|_, act: &mut Self, _| {
-                act.drained = true;
-                for waiter in act.drain_waiters.drain(..) {
-                    let _ = waiter.send(());
+            actix::fut::wrap_future(committed).map(move |reply, act: &mut Self, ctx| {
+                let (units, outcomes) = match reply {
+                    Ok(reply) => reply,
+                    Err(_) => {
+                        for ack in acks.into_iter().flatten() {
+                            let _ = ack.send(Err(Error::Stopped));
+                        }
+                        return;
+                    }
+                };
+                let outcomes = match outcomes {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => {
+                        for ack in acks.into_iter().flatten() {
+                            let _ = ack.send(Err(Error::Store(e.clone())));
+                        }
+                        return;
+                    }
+                };
+                let mut stored = Vec::new();
+                for ((unit, outcome), ack) in units.into_iter().zip(outcomes).zip(acks) {
+                    let answer = match outcome {
+                        UnitOutcome::Stored(places) => {
+                            let mut receipts = Vec::with_capacity(places.len());
+                            for (mut record, (position, version)) in
+                                unit.records.into_iter().zip(places)
+                            {
+                                let meta = Arc::make_mut(&mut record.meta);
+                                meta.position = Some(position);
+                                meta.stream_version = Some(version);
+                                receipts.push(Receipt {
+                                    id: meta.id,
+                                    position: Some(position),
+                                    stream_version: Some(version),
+                                });
+                                stored.push(record);
+                            }
+                            Ok(receipts)
+                        }
+                        UnitOutcome::Duplicate(places) => Ok(unit
+                            .records
+                            .iter()
+                            .zip(places)
+                            .map(|(r, (position, version))| Receipt {
+                                id: r.meta.id,
+                                position: Some(position),
+                                stream_version: Some(version),
+                            })
+                            .collect()),
+                        UnitOutcome::Conflict {
+                            stream,
+                            expected,
+                            actual,
+                        } => Err(Error::VersionConflict {
+                            stream,
+                            expected,
+                            actual,
+                        }),
+                    };
+                    if let Some(ack) = ack {
+                        let _ = ack.send(answer);
+                    }
+                }
+                act.deliver(stored.into_iter(), None, false, ctx);
+            }),
+        );
+    }
+
+    /// Replays stored events after `after` page by page, then starts live intake: no gap
+    /// (intake waits until the log is read to its end) and no duplicate (handler actors skip
+    /// what their checkpoint already covers).
+    fn catch_up(&mut self, after: i64, ctx: &mut Context<Self>) {
+        let Some(durable) = &self.durable else {
+            self.start_intake(ctx);
+            return;
+        };
+        let pool = durable.pool.clone();
+        let types: Vec<String> = self.by_type.keys().cloned().collect();
+        let read = actix_rt::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(|e| e.to_string())?;
+            store_log::read_types_after(&mut conn, &types, after, CATCH_UP_PAGE)
+                .map_err(|e| e.to_string())
+        });
+        ctx.wait(
+            actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| {
+                let rows = rows.map_err(|e| e.to_string()).and_then(|r| r);
+                match rows {
+                    Ok(rows) if rows.is_empty() => act.start_intake(ctx),
+                    Ok(rows) => {
+                        let last = rows.last().map_or(after, |r| r.position);
+                        let records: Vec<Record> =
+                            rows.into_iter().map(|r| r.into_record()).collect();
+                        let delivery = act.delivery(records.into_iter(), None, false);
+                        ctx.wait(
+                            actix::fut::wrap_future(delivery)
+                                .map(move |(), act: &mut Self, ctx| act.catch_up(last, ctx)),
+                        );
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "catch-up read after position {after} failed: {e}; retrying in 1 s"
+                        );
+                        ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                            act.catch_up(after, ctx)
+                        });
+                    }
                 }
             }),
         );
     }
-}
 
-impl Actor for RouterActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let (mut rx, chunk) = self.intake.take().expect("router started once");
+    fn start_intake(&mut self, ctx: &mut Context<Self>) {
+        let Some((mut rx, chunk)) = self.intake.take() else {
+            return;
+        };
         ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
             let mut items = Vec::new();
             match rx.poll_recv_many(cx, &mut items, chunk) {
@@ -150,19 +364,71 @@ impl Actor for RouterActor {
             }
         }));
     }
+
+    fn finish_drain(&mut self, ctx: &mut Context<Self>) {
+        let drains: Vec<_> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.slots.iter().map(|s| s.control.send(Control::Drain)))
+            .collect();
+        let flush = self
+            .durable
+            .as_ref()
+            .map(|d| d.storage.send(FlushCheckpoints));
+        let done = async move {
+            join_all(drains).await;
+            if let Some(flush) = flush {
+                match flush.await {
+                    Ok(Err(e)) => log::error!("writing checkpoints at shutdown failed: {e}"),
+                    Err(_) => log::error!("the storage actor stopped before shutdown"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
+        ctx.wait(actix::fut::wrap_future(done).map(|(), act: &mut Self, _| {
+            act.drained = true;
+            for waiter in act.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }));
+    }
+}
+
+impl Actor for RouterActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        match &self.durable {
+            Some(durable) => {
+                let storage = durable.storage.clone();
+                ctx.run_interval(CHECKPOINT_FLUSH, move |_, ctx| {
+                    let flush = storage.send(FlushCheckpoints);
+                    ctx.spawn(actix::fut::wrap_future(flush).map(|_, _, _| ()));
+                });
+                let after = durable.replay_after;
+                self.catch_up(after, ctx);
+            }
+            None => self.start_intake(ctx),
+        }
+    }
 }
 
 impl StreamHandler<Vec<Intake>> for RouterActor {
     fn handle(&mut self, items: Vec<Intake>, ctx: &mut Context<Self>) {
+        if let Some(durable) = &self.durable {
+            let storage = durable.storage.clone();
+            self.commit_and_deliver(items, storage, ctx);
+            return;
+        }
         let mut records = Vec::with_capacity(items.len());
         for item in items {
             match item {
-                Intake::One(r) => records.push(r),
-                Intake::Many(rs) => records.extend(rs),
+                Intake::One(r, _) => records.push(r),
+                Intake::Many { records: rs, .. } => records.extend(rs),
                 Intake::Close => {}
             }
         }
-        self.deliver(records.into_iter(), None, ctx);
+        self.deliver(records.into_iter(), None, false, ctx);
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
@@ -235,8 +501,10 @@ impl Handler<Redrive> for RouterActor {
             .iter()
             .map(|s| s.control.send(Control::Resume))
             .collect();
-        ctx.wait(actix::fut::wrap_future(join_all(resumes)).map(
-            move |_, act: &mut Self, ctx| act.deliver(msg.records.into_iter(), Some(msg.group), ctx),
-        ));
+        ctx.wait(
+            actix::fut::wrap_future(join_all(resumes)).map(move |_, act: &mut Self, ctx| {
+                act.deliver(msg.records.into_iter(), Some(msg.group), true, ctx)
+            }),
+        );
     }
 }

@@ -48,7 +48,10 @@ pub(crate) struct SupervisorActor {
 }
 
 impl SupervisorActor {
-    pub(crate) fn new(policies: HashMap<Arc<str>, RestartPolicy>, lifecycle: Arc<Lifecycle>) -> Self {
+    pub(crate) fn new(
+        policies: HashMap<Arc<str>, RestartPolicy>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         Self {
             policies,
             history: HashMap::new(),
@@ -63,7 +66,10 @@ impl SupervisorActor {
 
     fn decide(&mut self, handler: &Arc<str>, index: usize, now: Instant) -> (Decision, u32) {
         let policy = self.policies.get(handler).copied().unwrap_or_default();
-        let history = self.history.entry((Arc::clone(handler), index)).or_default();
+        let history = self
+            .history
+            .entry((Arc::clone(handler), index))
+            .or_default();
         while history
             .front()
             .is_some_and(|t| now.duration_since(*t) > policy.within())
@@ -136,15 +142,17 @@ mod tests {
     fn supervisor(policy: RestartPolicy) -> (SupervisorActor, Arc<str>) {
         let name: Arc<str> = Arc::from("h");
         let policies = HashMap::from([(Arc::clone(&name), policy)]);
-        (SupervisorActor::new(policies, Arc::new(Lifecycle::default())), name)
+        (
+            SupervisorActor::new(policies, Arc::new(Lifecycle::default())),
+            name,
+        )
     }
 
     #[test]
     fn restarts_back_off_then_escalate_when_the_budget_is_spent() {
         let backoff = Backoff::new(Duration::from_millis(10)).jitter(0.0);
-        let (mut sup, h) = supervisor(
-            RestartPolicy::new(3, Duration::from_secs(60)).backoff(backoff),
-        );
+        let (mut sup, h) =
+            supervisor(RestartPolicy::new(3, Duration::from_secs(60)).backoff(backoff));
         let t = Instant::now();
         let decisions: Vec<_> = (0..4).map(|_| sup.decide(&h, 0, t).0).collect();
         assert_eq!(

@@ -181,8 +181,18 @@ async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
         );
     }
     let stats = bus.stats();
-    let p50 = stats.handlers.iter().map(|h| h.latency.p50).max().unwrap_or_default();
-    let p99 = stats.handlers.iter().map(|h| h.latency.p99).max().unwrap_or_default();
+    let p50 = stats
+        .handlers
+        .iter()
+        .map(|h| h.latency.p50)
+        .max()
+        .unwrap_or_default();
+    let p99 = stats
+        .handlers
+        .iter()
+        .map(|h| h.latency.p99)
+        .max()
+        .unwrap_or_default();
     Ok(Measured {
         seconds,
         p50_us: p50.as_secs_f64() * 1e6,

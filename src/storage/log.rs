@@ -1,0 +1,370 @@
+//! The event log on SQLite: the writer's group commit (positions, stream versions,
+//! optimistic concurrency) and the readers' queries (catch-up, checkpoints).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, PooledConnection};
+use uuid::Uuid;
+
+use crate::event::{stable_hash, Metadata, Payload, Record};
+use crate::storage::models::{CheckpointRow, NewStoredEvent, StoredEvent};
+use crate::storage::pool::classify;
+use crate::storage::schema::{checkpoints, events};
+use crate::storage::StoreError;
+
+/// Rows per INSERT statement: 9 columns each stays far below SQLite's 32766 variables.
+const ROWS_PER_INSERT: usize = 1000;
+/// Streams whose last version the writer remembers; past this the cache starts over, so
+/// memory stays flat however many streams there are.
+const VERSION_CACHE_LIMIT: usize = 100_000;
+
+/// One publish (or `publish_all`): all of it is stored, or none.
+#[derive(Debug)]
+pub(crate) struct Unit {
+    pub(crate) records: Vec<Record>,
+    /// The version the stream must be at before this unit (all records on one stream).
+    pub(crate) expected_version: Option<u64>,
+    /// The publisher chose the event ids: an id already stored is answered, not stored again.
+    pub(crate) check_ids: bool,
+}
+
+/// What became of one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UnitOutcome {
+    /// Stored: (position, stream version) per record.
+    Stored(Vec<(u64, u64)>),
+    /// Every id was stored before (a retried publish): where they are; nothing new stored.
+    Duplicate(Vec<(u64, u64)>),
+    /// The stream was not at the expected version; nothing was stored.
+    Conflict {
+        stream: String,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+/// The single writer's connection and what it remembers between commits.
+pub(crate) struct Writer {
+    conn: PooledConnection<ConnectionManager<SqliteConnection>>,
+    path: PathBuf,
+    head: i64,
+    versions: HashMap<String, i64>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("path", &self.path)
+            .field("head", &self.head)
+            .finish()
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: PooledConnection<ConnectionManager<SqliteConnection>>,
+        path: PathBuf,
+    ) -> Self {
+        Self {
+            conn,
+            path,
+            head: -1,
+            versions: HashMap::new(),
+        }
+    }
+
+    /// Appends every unit and upserts `checkpoints` in one transaction.
+    ///
+    /// # Errors
+    /// A database error (disk full, lock timeout ...): nothing of this call was stored.
+    pub(crate) fn append(
+        &mut self,
+        units: &[Unit],
+        checkpoints: &[CheckpointRow],
+    ) -> Result<Vec<UnitOutcome>, StoreError> {
+        let mut versions = std::mem::take(&mut self.versions);
+        let cached_head = self.head;
+        let result = self.conn.immediate_transaction(|conn| {
+            let head = current_head(conn)?;
+            if head != cached_head {
+                // Someone else wrote (or this is the first commit): cached versions may be stale.
+                versions.clear();
+            }
+            let mut changed: HashMap<&str, i64> = HashMap::new();
+            let mut outcomes = Vec::with_capacity(units.len());
+            let mut rows: Vec<(usize, usize, i64, i64)> = Vec::new(); // (unit, record, position, version)
+            let mut next_position = head;
+            for (u, unit) in units.iter().enumerate() {
+                if unit.check_ids {
+                    if let Some(existing) = already_stored(conn, &unit.records)? {
+                        outcomes.push(UnitOutcome::Duplicate(existing));
+                        continue;
+                    }
+                }
+                let mut local: HashMap<&str, i64> = HashMap::new();
+                let mut assigned = Vec::with_capacity(unit.records.len());
+                let mut conflict = None;
+                for record in &unit.records {
+                    let stream = record.meta.stream_id.as_str();
+                    let current = match local.get(stream).or(changed.get(stream)) {
+                        Some(v) => *v,
+                        None => stream_version(conn, &mut versions, stream)?,
+                    };
+                    if let (Some(expected), true) = (unit.expected_version, assigned.is_empty()) {
+                        if current as u64 != expected {
+                            conflict = Some(UnitOutcome::Conflict {
+                                stream: stream.to_owned(),
+                                expected,
+                                actual: current as u64,
+                            });
+                            break;
+                        }
+                    }
+                    local.insert(stream, current + 1);
+                    assigned.push(current + 1);
+                }
+                if let Some(c) = conflict {
+                    outcomes.push(c);
+                    continue;
+                }
+                changed.extend(local);
+                let mut stored = Vec::with_capacity(assigned.len());
+                for (r, version) in assigned.into_iter().enumerate() {
+                    next_position += 1;
+                    rows.push((u, r, next_position, version));
+                    stored.push((next_position as u64, version as u64));
+                }
+                outcomes.push(UnitOutcome::Stored(stored));
+            }
+            let encoded: Vec<(Option<String>, i64)> = rows
+                .iter()
+                .map(|&(u, r, _, _)| {
+                    let meta = &units[u].records[r].meta;
+                    (encode_metadata(meta), micros(meta.occurred_at))
+                })
+                .collect();
+            let new_rows: Vec<NewStoredEvent<'_>> = rows
+                .iter()
+                .zip(&encoded)
+                .map(|(&(u, r, position, version), (metadata, recorded_at))| {
+                    let record = &units[u].records[r];
+                    NewStoredEvent {
+                        position,
+                        event_id: record.meta.id.as_bytes(),
+                        stream_id: &record.meta.stream_id,
+                        stream_version: version,
+                        event_type: &record.meta.event_type,
+                        schema_version: record.meta.schema_version as i32,
+                        payload: record.encoded.as_deref().unwrap_or("null"),
+                        metadata: metadata.as_deref(),
+                        recorded_at: *recorded_at,
+                    }
+                })
+                .collect();
+            for chunk in new_rows.chunks(ROWS_PER_INSERT) {
+                diesel::insert_into(events::table)
+                    .values(chunk)
+                    .execute(conn)?;
+            }
+            save_checkpoints(conn, checkpoints)?;
+            let changed: Vec<(String, i64)> = changed
+                .into_iter()
+                .map(|(s, v)| (s.to_owned(), v))
+                .collect();
+            Ok::<_, diesel::result::Error>((outcomes, next_position, changed))
+        });
+        match result {
+            Ok((outcomes, head, changed)) => {
+                if versions.len() > VERSION_CACHE_LIMIT {
+                    versions.clear();
+                }
+                versions.extend(changed);
+                self.versions = versions;
+                self.head = head;
+                Ok(outcomes)
+            }
+            Err(e) => {
+                self.head = -1;
+                Err(classify(&self.path, e))
+            }
+        }
+    }
+
+    /// Upserts checkpoints alone (no events to append).
+    ///
+    /// # Errors
+    /// A database error.
+    pub(crate) fn save_checkpoints(&mut self, rows: &[CheckpointRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.conn
+            .immediate_transaction(|conn| save_checkpoints(conn, rows))
+            .map_err(|e| classify(&self.path, e))
+    }
+}
+
+fn current_head(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    events::table
+        .select(diesel::dsl::max(events::position))
+        .first::<Option<i64>>(conn)
+        .map(|h| h.unwrap_or(0))
+}
+
+fn stream_version(
+    conn: &mut SqliteConnection,
+    cache: &mut HashMap<String, i64>,
+    stream: &str,
+) -> QueryResult<i64> {
+    if let Some(v) = cache.get(stream) {
+        return Ok(*v);
+    }
+    let v = events::table
+        .filter(events::stream_id.eq(stream))
+        .select(diesel::dsl::max(events::stream_version))
+        .first::<Option<i64>>(conn)?
+        .unwrap_or(0);
+    cache.insert(stream.to_owned(), v);
+    Ok(v)
+}
+
+/// (position, version) of every record when all of their ids are stored already.
+fn already_stored(
+    conn: &mut SqliteConnection,
+    records: &[Record],
+) -> QueryResult<Option<Vec<(u64, u64)>>> {
+    let mut found = Vec::with_capacity(records.len());
+    for record in records {
+        let row = events::table
+            .filter(events::event_id.eq(record.meta.id.as_bytes().as_slice()))
+            .select((events::position, events::stream_version))
+            .first::<(i64, i64)>(conn)
+            .optional()?;
+        match row {
+            Some((p, v)) => found.push((p as u64, v as u64)),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(found))
+}
+
+fn save_checkpoints(conn: &mut SqliteConnection, rows: &[CheckpointRow]) -> QueryResult<()> {
+    for row in rows {
+        diesel::insert_into(checkpoints::table)
+            .values(row)
+            .on_conflict((checkpoints::handler, checkpoints::partition))
+            .do_update()
+            .set(row)
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Every checkpoint in the store.
+pub(crate) fn load_all_checkpoints(conn: &mut SqliteConnection) -> QueryResult<Vec<CheckpointRow>> {
+    checkpoints::table
+        .select(CheckpointRow::as_select())
+        .load(conn)
+}
+
+/// The position of the newest event (0 for an empty store).
+pub(crate) fn head(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    current_head(conn)
+}
+
+/// Up to `limit` events of any of `types` after `after`, oldest first.
+pub(crate) fn read_types_after(
+    conn: &mut SqliteConnection,
+    types: &[String],
+    after: i64,
+    limit: i64,
+) -> QueryResult<Vec<StoredEvent>> {
+    events::table
+        .filter(events::event_type.eq_any(types))
+        .filter(events::position.gt(after))
+        .order(events::position.asc())
+        .limit(limit)
+        .select(StoredEvent::as_select())
+        .load(conn)
+}
+
+/// Metadata beside the payload: only what is set, `None` when nothing is.
+fn encode_metadata(meta: &Metadata) -> Option<String> {
+    if meta.correlation_id.is_none() && meta.causation_id.is_none() && meta.headers.is_empty() {
+        return None;
+    }
+    let mut m = serde_json::Map::new();
+    if let Some(c) = meta.correlation_id {
+        m.insert("correlation_id".into(), c.to_string().into());
+    }
+    if let Some(c) = meta.causation_id {
+        m.insert("causation_id".into(), c.to_string().into());
+    }
+    if !meta.headers.is_empty() {
+        let headers = meta
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+            .collect();
+        m.insert("headers".into(), serde_json::Value::Object(headers));
+    }
+    Some(serde_json::Value::Object(m).to_string())
+}
+
+pub(crate) fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+impl StoredEvent {
+    /// The row as a record for delivery. A payload or metadata that is not JSON still makes a
+    /// record (the handler dead-letters it with the reason), never a failed read.
+    pub(crate) fn into_record(self) -> Record {
+        let payload = serde_json::from_str(&self.payload).unwrap_or(serde_json::Value::Null);
+        let extra: serde_json::Value = self
+            .metadata
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let uuid_at = |key: &str| {
+            extra
+                .get(key)
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse().ok())
+        };
+        let headers = extra
+            .get("headers")
+            .and_then(|h| h.as_object())
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let meta = Metadata {
+            id: Uuid::from_slice(&self.event_id).unwrap_or_default(),
+            stream_id: self.stream_id,
+            stream_version: Some(self.stream_version as u64),
+            position: Some(self.position as u64),
+            event_type: self.event_type.into(),
+            schema_version: self.schema_version as u32,
+            occurred_at: UNIX_EPOCH
+                + std::time::Duration::from_micros(self.recorded_at.max(0) as u64),
+            correlation_id: uuid_at("correlation_id"),
+            causation_id: uuid_at("causation_id"),
+            headers,
+        };
+        let partition = stable_hash(meta.stream_id.as_bytes());
+        Record {
+            meta: Arc::new(meta),
+            payload: Payload::Json(Arc::new(payload)),
+            encoded: None,
+            published_at: std::time::Instant::now(),
+            partition,
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Opening a store: refuse what is not ours, set the per-connection PRAGMAs, migrate.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::storage::{Durability, StoreError};
+
+pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// The newest `store_meta.schema_version` this binary understands.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// How long a writer waits for another process's lock before it reports `Locked`.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+
+#[derive(Debug, Clone, Copy)]
+struct Pragmas {
+    durability: Durability,
+}
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // busy_timeout first: the journal_mode switch itself may wait for a lock.
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {};",
+            BUSY_TIMEOUT.as_millis(),
+            self.durability.pragma()
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Opens (creating if missing) the store at `path` and brings its schema up to date.
+///
+/// # Errors
+/// [`StoreError::NotADatabase`] for a foreign file (left untouched),
+/// [`StoreError::NewerSchema`] for a store of a newer binary, and connection errors.
+pub(crate) fn open(path: &Path, durability: Durability) -> Result<SqlitePool, StoreError> {
+    refuse_foreign_file(path)?;
+    let url = path.to_string_lossy().into_owned();
+    let pool = Pool::builder()
+        .max_size(4)
+        .connection_timeout(BUSY_TIMEOUT + Duration::from_secs(1))
+        .connection_customizer(Box::new(Pragmas { durability }))
+        .build(ConnectionManager::<SqliteConnection>::new(url))
+        .map_err(|e| classify_pool_error(path, e.to_string()))?;
+    let mut conn = pool
+        .get()
+        .map_err(|e| classify_pool_error(path, e.to_string()))?;
+    check_schema_version(&mut conn, path)?;
+    conn.run_pending_migrations(MIGRATIONS)
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+    Ok(pool)
+}
+
+/// An existing, non-empty file must start with SQLite's magic header; checked before SQLite
+/// touches it, so that a wrong path never gets a WAL file or a schema written into it.
+fn refuse_foreign_file(path: &Path) -> Result<(), StoreError> {
+    let io = |e: std::io::Error| StoreError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    if file.metadata().map_err(io)?.is_dir() {
+        return Err(StoreError::NotADatabase {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut header = [0u8; 16];
+    let n = file.read(&mut header).map_err(io)?;
+    // An empty file is what SQLite itself creates for a new database.
+    if n == 0 || (n == header.len() && &header == b"SQLite format 3\0") {
+        return Ok(());
+    }
+    Err(StoreError::NotADatabase {
+        path: path.to_path_buf(),
+    })
+}
+
+fn check_schema_version(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    let has_meta = diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'",
+    )
+    .get_result::<i32>(conn)
+    .map_err(|e| classify(path, e))?;
+    if has_meta == 0 {
+        return Ok(());
+    }
+    let found = diesel::sql_query("SELECT value FROM store_meta WHERE key = 'schema_version'")
+        .get_result::<Version>(conn)
+        .optional()
+        .map_err(|e| classify(path, e))?
+        .and_then(|v| v.value.parse::<i64>().ok())
+        .unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Maps SQLite's messages to the errors a user can act on.
+pub(crate) fn classify(path: &Path, e: diesel::result::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("file is not a database") {
+        StoreError::NotADatabase {
+            path: PathBuf::from(path),
+        }
+    } else if text.contains("database is locked") || text.contains("database is busy") {
+        StoreError::Locked {
+            waited_ms: BUSY_TIMEOUT.as_millis() as u64,
+        }
+    } else {
+        StoreError::Database(text)
+    }
+}
+
+fn classify_pool_error(path: &Path, text: String) -> StoreError {
+    if text.contains("file is not a database") {
+        StoreError::NotADatabase {
+            path: PathBuf::from(path),
+        }
+    } else if text.contains("locked") || text.contains("busy") {
+        StoreError::Locked {
+            waited_ms: BUSY_TIMEOUT.as_millis() as u64,
+        }
+    } else {
+        StoreError::Connection(text)
+    }
+}
