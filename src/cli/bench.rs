@@ -16,6 +16,16 @@ use serde::{Deserialize, Serialize};
 pub(crate) enum Mode {
     /// In-memory bus.
     Memory,
+    /// SQLite-backed bus: every event committed, handled and checkpointed.
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Sync {
+    /// synchronous=NORMAL
+    Normal,
+    /// synchronous=FULL
+    Full,
 }
 
 #[derive(Debug, Args)]
@@ -38,6 +48,15 @@ pub(crate) struct BenchArgs {
     /// Busy work per event in each handler, in microseconds (a slow handler).
     #[arg(long, default_value_t = 0.0)]
     work_us: f64,
+    /// SQLite mode: the database file (a temporary one when not given).
+    #[arg(long)]
+    db: Option<std::path::PathBuf>,
+    /// SQLite mode: durability of each commit.
+    #[arg(long, value_enum, default_value = "normal")]
+    sync: Sync,
+    /// SQLite mode: concurrent publishers, each awaiting its acknowledgement.
+    #[arg(long, default_value_t = 64)]
+    publishers: usize,
     /// Skip the baseline run.
     #[arg(long)]
     no_baseline: bool,
@@ -93,6 +112,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.handlers > 0, "--handlers must be at least 1");
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.streams > 0, "--streams must be at least 1");
+    if args.mode == Mode::Sqlite {
+        return run_sqlite(&args);
+    }
     let system = System::new();
     let baseline = if args.no_baseline {
         None
@@ -138,10 +160,12 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
+fn counting_bus(
+    args: &BenchArgs,
+    mut builder: actorbus::BusBuilder,
+) -> anyhow::Result<(EventBus, Vec<Arc<AtomicU64>>)> {
     let seen: Vec<Arc<AtomicU64>> = (0..args.handlers).map(|_| Arc::default()).collect();
     let work = Duration::from_secs_f64(args.work_us / 1e6);
-    let mut builder = EventBus::builder();
     for (i, counter) in seen.iter().enumerate() {
         let counter = Arc::clone(counter);
         builder = builder.handler_with(
@@ -153,7 +177,19 @@ async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
             },
         );
     }
-    let bus = builder.build()?;
+    Ok((builder.build()?, seen))
+}
+
+fn check_all_seen(seen: &[Arc<AtomicU64>], events: u64) -> anyhow::Result<()> {
+    for (i, c) in seen.iter().enumerate() {
+        let n = c.load(Ordering::Relaxed);
+        anyhow::ensure!(n == events, "handler {i} saw {n} of {events} events");
+    }
+    Ok(())
+}
+
+async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
+    let (bus, seen) = counting_bus(args, EventBus::builder())?;
     let warm = (args.events / 10).max(1);
     let mut rss_after_warmup = 0.0;
     let start = Instant::now();
@@ -172,14 +208,7 @@ async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
         .context("draining the bus")?;
     let seconds = start.elapsed().as_secs_f64();
     let (_, rss_end) = crate::cli::rss_mb().unwrap_or((0.0, 0.0));
-    for (i, c) in seen.iter().enumerate() {
-        anyhow::ensure!(
-            c.load(Ordering::Relaxed) == args.events,
-            "handler {i} saw {} of {} events",
-            c.load(Ordering::Relaxed),
-            args.events
-        );
-    }
+    check_all_seen(&seen, args.events)?;
     let stats = bus.stats();
     let p50 = stats
         .handlers
@@ -247,4 +276,126 @@ async fn baseline_actix(events: u64, k: usize) -> anyhow::Result<f64> {
         r?;
     }
     Ok(events as f64 / start.elapsed().as_secs_f64())
+}
+
+/// SQLite mode: `publishers` tasks publish and await each acknowledgement; the run ends when
+/// every handler has handled every event and the checkpoints are written (shutdown).
+fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.publishers > 0, "--publishers must be at least 1");
+    let tmp;
+    let db = match &args.db {
+        Some(db) => db.clone(),
+        None => {
+            tmp = tempfile_dir()?;
+            tmp.join("bench.db")
+        }
+    };
+    let durability = match args.sync {
+        Sync::Normal => actorbus::Durability::Normal,
+        Sync::Full => actorbus::Durability::Full,
+    };
+    let system = System::new();
+    let result = system.block_on(async {
+        let builder = EventBus::builder().sqlite(&db).durability(durability);
+        let (bus, seen) = counting_bus(args, builder)?;
+        let start = Instant::now();
+        let per = args.events / args.publishers as u64;
+        let extra = args.events % args.publishers as u64;
+        let mut tasks = Vec::new();
+        for p in 0..args.publishers as u64 {
+            let bus = bus.clone();
+            let n = per + u64::from(p < extra);
+            let streams = args.streams;
+            tasks.push(actix_rt::spawn(async move {
+                let mut acks = ack_histogram();
+                for i in 0..n {
+                    let seq = p + i * 1_000_000;
+                    let t = Instant::now();
+                    bus.publish(BenchEvent {
+                        stream: (p * 7919 + i) % streams,
+                        seq,
+                    })
+                    .await?;
+                    acks.saturating_record(t.elapsed().as_nanos() as u64);
+                }
+                Ok::<_, actorbus::Error>(acks)
+            }));
+        }
+        let mut acks = ack_histogram();
+        for t in tasks {
+            acks.add(t.await??)?;
+        }
+        bus.shutdown(Duration::from_secs(3600)).await?;
+        let seconds = start.elapsed().as_secs_f64();
+        check_all_seen(&seen, args.events)?;
+        let stats = bus.stats();
+        let p50 = stats
+            .handlers
+            .iter()
+            .map(|h| h.latency.p50)
+            .max()
+            .unwrap_or_default();
+        let p99 = stats
+            .handlers
+            .iter()
+            .map(|h| h.latency.p99)
+            .max()
+            .unwrap_or_default();
+        Ok::<_, anyhow::Error>((seconds, p50, p99, acks.value_at_quantile(0.99)))
+    });
+    let (seconds, p50, p99, p99_ack) = result?;
+    let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(db.with_extension("db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    let (peak_rss, _) = crate::cli::rss_mb().unwrap_or((0.0, 0.0));
+    let eps = args.events as f64 / seconds;
+    let sync = match args.sync {
+        Sync::Normal => "normal",
+        Sync::Full => "full",
+    };
+    println!(
+        "sqlite bus (synchronous={sync}): {} events, {} publishers, {} handlers in {seconds:.3} s = {eps:.0} events/s handled and checkpointed",
+        args.events, args.publishers, args.handlers
+    );
+    println!(
+        "publish->ack p99 {:.0} us; publish->handled p50 {:.0} us, p99 {:.0} us; file {:.1} MB ({:.1} MB per million events); peak RSS {peak_rss:.1} MiB",
+        p99_ack as f64 / 1e3,
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        size as f64 / 1e6,
+        size as f64 / 1e6 / (args.events as f64 / 1e6),
+    );
+    if args.json {
+        let json = serde_json::json!({
+            "mode": "sqlite",
+            "events": args.events,
+            "handlers": args.handlers,
+            "concurrency": args.concurrency,
+            "publishers": args.publishers,
+            "sync": sync,
+            "seconds": seconds,
+            "events_per_sec": eps,
+            "p50_us": p50.as_secs_f64() * 1e6,
+            "p99_us": p99.as_secs_f64() * 1e6,
+            "p99_ack_us": p99_ack as f64 / 1e3,
+            "peak_rss_mb": peak_rss,
+            "file_bytes": size,
+        });
+        println!("{json}");
+    }
+    Ok(())
+}
+
+/// Publish -> acknowledgement latencies in nanoseconds, 1 µs .. 1 h.
+fn ack_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1_000, 3_600_000_000_000, 3)
+        .expect("static bounds are valid")
+}
+
+/// A fresh directory under the system temp dir for a throwaway database.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("actorbus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }

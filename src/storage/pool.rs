@@ -28,7 +28,8 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // busy_timeout first: the journal_mode switch itself may wait for a lock.
         conn.batch_execute(&format!(
-            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {};",
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
+             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;",
             BUSY_TIMEOUT.as_millis(),
             self.durability.pragma()
         ))
