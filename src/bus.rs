@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::actors::router::{AwaitDrained, CloseIntake, Intake, Redrive, RouterActor};
-use crate::actors::supervisor::{ResetBudget, SupervisorActor};
+use crate::actors::supervisor::{ResetBudget, StopSupervisor, SupervisorActor};
 use crate::config::BusBuilder;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Error, Result};
@@ -300,11 +300,13 @@ impl EventBus {
     pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
         self.shared.lifecycle.begin_stop();
         let router = self.shared.router.clone();
+        let supervisor = self.shared.supervisor.clone();
         let drained = async move {
             // A router that is gone has nothing left to drain.
             if router.send(CloseIntake).await.is_ok() {
                 let _ = router.send(AwaitDrained).await;
             }
+            let _ = supervisor.send(StopSupervisor).await;
         };
         actix_rt::time::timeout(timeout, drained)
             .await

@@ -22,6 +22,8 @@ use crate::storage::{Durability, StoreConfig, StoreError};
 
 /// Default intake capacity: events accepted by `publish` but not yet routed.
 pub const DEFAULT_INTAKE_CAPACITY: usize = 8192;
+/// Largest intake capacity (the bounded channel's limit).
+pub const MAX_INTAKE_CAPACITY: usize = usize::MAX >> 4;
 /// Default mailbox capacity of a handler actor, in events.
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
 
@@ -325,11 +327,16 @@ impl BusBuilder {
     /// [`Error::NoSystem`] outside a running actix system, [`Error::DuplicateHandler`] for a
     /// repeated name, [`Error::Config`] for a zero capacity, concurrency or attempt count.
     pub fn build(self) -> Result<EventBus> {
-        if actix_rt::Arbiter::try_current().is_none() {
+        // Actors need a running arbiter: a System that exists but is not running has none.
+        if actix_rt::Arbiter::try_current().is_none()
+            || tokio::runtime::Handle::try_current().is_err()
+        {
             return Err(Error::NoSystem);
         }
-        if self.intake_capacity == 0 {
-            return Err(Error::Config("intake capacity must be at least 1".into()));
+        if self.intake_capacity == 0 || self.intake_capacity > MAX_INTAKE_CAPACITY {
+            return Err(Error::Config(format!(
+                "intake capacity must be between 1 and {MAX_INTAKE_CAPACITY}"
+            )));
         }
         let mut names = HashSet::new();
         for s in &self.subscriptions {

@@ -77,6 +77,7 @@ pub use crate::blocking::{blocking, Blocking};
 pub use crate::bus::{EventBus, Receipt};
 pub use crate::config::{
     BusBuilder, HandlerOptions, StartFrom, DEFAULT_INTAKE_CAPACITY, DEFAULT_MAILBOX_CAPACITY,
+    MAX_INTAKE_CAPACITY,
 };
 pub use crate::dead_letter::DeadLetter;
 pub use crate::error::{Error, HandlerError, Result};

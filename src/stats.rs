@@ -56,7 +56,7 @@ pub struct HandlerStats {
     pub failed_attempts: u64,
     /// Attempts that were retries of an earlier failure.
     pub retries: u64,
-    /// Events given up on and kept as dead letters.
+    /// Events given up on and sent to the dead letters, ever (redriven ones included).
     pub dead_letters: u64,
     /// Handler restarts after a panic.
     pub restarts: u64,

@@ -264,9 +264,18 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
                             .map(move |(), act, ctx| act.restart(pending, ctx)),
                     );
                 }
-                Ok(Decision::Park) => act.park(pending, "restart budget spent"),
-                Ok(Decision::StopBus) => act.park(pending, "the bus was halted"),
-                Err(_) => act.park(pending, "supervisor is gone"),
+                Ok(Decision::Park) => act.park(
+                    pending,
+                    &format!("restart budget spent; last panic: {message}"),
+                ),
+                Ok(Decision::StopBus) => act.park(
+                    pending,
+                    &format!("the bus was halted; last panic: {message}"),
+                ),
+                Err(_) => act.park(
+                    pending,
+                    &format!("supervisor is gone; last panic: {message}"),
+                ),
             },
         ));
     }

@@ -385,12 +385,16 @@ impl RouterActor {
                 }
             }
         };
-        ctx.wait(actix::fut::wrap_future(done).map(|(), act: &mut Self, _| {
-            act.drained = true;
-            for waiter in act.drain_waiters.drain(..) {
-                let _ = waiter.send(());
-            }
-        }));
+        ctx.wait(
+            actix::fut::wrap_future(done).map(|(), act: &mut Self, ctx| {
+                act.drained = true;
+                for waiter in act.drain_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+                // Dropping the slots lets every handler actor stop and drop its handler.
+                ctx.stop();
+            }),
+        );
     }
 }
 

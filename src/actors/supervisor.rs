@@ -32,6 +32,22 @@ impl Message for HandlerPanicked {
     type Result = Decision;
 }
 
+/// Stop: the bus was shut down and drained.
+pub(crate) struct StopSupervisor;
+
+impl Message for StopSupervisor {
+    type Result = ();
+}
+
+impl Handler<StopSupervisor> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopSupervisor, ctx: &mut Context<Self>) {
+        self.router = None;
+        ctx.stop();
+    }
+}
+
 /// Forget the restart history of a handler (it was fixed and resumed).
 pub(crate) struct ResetBudget(pub(crate) Arc<str>);
 

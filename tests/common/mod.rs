@@ -1,0 +1,229 @@
+//! Shared fixtures of the integration tests: two domain events, handlers that record, fail,
+//! panic or wait at a gate, and fast retry and restart policies.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actorbus::{
+    Backoff, DomainEvent, Envelope, EventBus, EventHandler, HandlerError, RestartPolicy,
+    RetryPolicy,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+/// Generous bound for a drain: only reached when the test is already failing.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// An order was placed: the stream is the order, `seq` orders the events of one test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub order: u64,
+    pub seq: u64,
+}
+
+impl DomainEvent for OrderPlaced {
+    const EVENT_TYPE: &'static str = "order.placed";
+    fn stream_id(&self) -> String {
+        format!("order-{}", self.order)
+    }
+}
+
+/// A payment was captured: a second event type, on its second schema version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCaptured {
+    pub order: u64,
+    pub cents: u64,
+}
+
+impl DomainEvent for PaymentCaptured {
+    const EVENT_TYPE: &'static str = "payment.captured";
+    const SCHEMA_VERSION: u32 = 2;
+    fn stream_id(&self) -> String {
+        format!("order-{}", self.order)
+    }
+}
+
+/// What a handler saw: (stream id, seq), in the order it handled them.
+pub type Log = Arc<Mutex<Vec<(String, u64)>>>;
+
+pub fn new_log() -> Log {
+    Arc::default()
+}
+
+pub fn entries(log: &Log) -> Vec<(String, u64)> {
+    log.lock().unwrap().clone()
+}
+
+pub fn seqs(log: &Log) -> Vec<u64> {
+    entries(log).into_iter().map(|(_, seq)| seq).collect()
+}
+
+fn record(log: &Log, e: &Envelope<OrderPlaced>) {
+    log.lock().unwrap().push((e.stream_id().to_owned(), e.seq));
+}
+
+pub fn placed(order: u64, seq: u64) -> OrderPlaced {
+    OrderPlaced { order, seq }
+}
+
+/// Retries at once, up to `attempts` attempts per event.
+pub fn fast_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy::new(attempts).backoff(Backoff::none())
+}
+
+/// Restarts at once, at most `max_restarts` times a minute.
+pub fn fast_restart(max_restarts: u32) -> RestartPolicy {
+    RestartPolicy::new(max_restarts, Duration::from_secs(60)).backoff(Backoff::none())
+}
+
+/// Drains the bus, failing the test if that does not finish.
+pub async fn drain(bus: &EventBus) {
+    bus.shutdown(DRAIN).await.expect("the bus drains");
+}
+
+/// Records every event it handles.
+pub struct RecordingHandler {
+    pub log: Log,
+}
+
+impl RecordingHandler {
+    pub fn factory(log: &Log) -> impl Fn() -> Self + 'static {
+        let log = Arc::clone(log);
+        move || Self {
+            log: Arc::clone(&log),
+        }
+    }
+}
+
+impl EventHandler<OrderPlaced> for RecordingHandler {
+    async fn handle(&mut self, e: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        record(&self.log, e);
+        Ok(())
+    }
+}
+
+/// Fails its first `failures_left` attempts, then records and succeeds.
+pub struct FailingHandler {
+    pub failures_left: u32,
+    pub log: Log,
+}
+
+impl EventHandler<OrderPlaced> for FailingHandler {
+    async fn handle(&mut self, e: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        if self.failures_left > 0 {
+            self.failures_left -= 1;
+            return Err(format!("transient failure on seq {}", e.seq).into());
+        }
+        record(&self.log, e);
+        Ok(())
+    }
+}
+
+/// Panics while the shared `panics_left` is above zero (shared, because every restart builds
+/// a fresh instance), then records and succeeds.
+pub struct PanickingHandler {
+    pub panics_left: Arc<AtomicU32>,
+    pub log: Log,
+}
+
+/// A shared count of panics to come; set it to zero to "fix" the handler.
+pub fn panics(n: u32) -> Arc<AtomicU32> {
+    Arc::new(AtomicU32::new(n))
+}
+
+impl PanickingHandler {
+    pub fn factory(panics_left: &Arc<AtomicU32>, log: &Log) -> impl Fn() -> Self + 'static {
+        let panics_left = Arc::clone(panics_left);
+        let log = Arc::clone(log);
+        move || Self {
+            panics_left: Arc::clone(&panics_left),
+            log: Arc::clone(&log),
+        }
+    }
+}
+
+impl EventHandler<OrderPlaced> for PanickingHandler {
+    async fn handle(&mut self, e: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        let left = self.panics_left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.panics_left.store(left - 1, Ordering::SeqCst);
+            panic!("handler blew up on seq {}", e.seq);
+        }
+        record(&self.log, e);
+        Ok(())
+    }
+}
+
+/// A gate that holds every `GateHandler` built from it until it is opened.
+pub struct Gate {
+    open: watch::Sender<bool>,
+    entered_tx: mpsc::UnboundedSender<u64>,
+    entered_rx: mpsc::UnboundedReceiver<u64>,
+    pub log: Log,
+}
+
+impl Gate {
+    pub fn closed() -> Self {
+        let (open, _) = watch::channel(false);
+        let (entered_tx, entered_rx) = mpsc::unbounded_channel();
+        Self {
+            open,
+            entered_tx,
+            entered_rx,
+            log: new_log(),
+        }
+    }
+
+    pub fn handler_factory(&self) -> impl Fn() -> GateHandler + 'static {
+        let open = self.open.subscribe();
+        let entered = self.entered_tx.clone();
+        let log = Arc::clone(&self.log);
+        move || GateHandler {
+            open: open.clone(),
+            entered: entered.clone(),
+            log: Arc::clone(&log),
+        }
+    }
+
+    /// Resolves once a handler has reached the gate with an event; returns its seq.
+    pub async fn entered(&mut self) -> u64 {
+        self.entered_rx
+            .recv()
+            .await
+            .expect("the gate keeps a sender")
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// Says it has reached the gate, waits for the gate to open, then records the event.
+pub struct GateHandler {
+    open: watch::Receiver<bool>,
+    entered: mpsc::UnboundedSender<u64>,
+    log: Log,
+}
+
+impl EventHandler<OrderPlaced> for GateHandler {
+    async fn handle(&mut self, e: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        let _ = self.entered.send(e.seq);
+        self.open.wait_for(|open| *open).await?;
+        record(&self.log, e);
+        Ok(())
+    }
+}
+
+/// Yields to the actors until `cond` holds; fails the test after a bounded number of turns.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1_000_000 {
+        if cond() {
+            return;
+        }
+        actix_rt::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}
