@@ -180,6 +180,14 @@ fn counting_bus(
     Ok((builder.build()?, seen))
 }
 
+/// p50 and p99 publish->handled of the slowest handler: an event is done when all handled it.
+fn slowest_handler_latency(stats: &actorbus::Stats) -> (Duration, Duration) {
+    let worst = |f: fn(&actorbus::HandlerStats) -> Duration| {
+        stats.handlers.iter().map(f).max().unwrap_or_default()
+    };
+    (worst(|h| h.latency.p50), worst(|h| h.latency.p99))
+}
+
 fn check_all_seen(seen: &[Arc<AtomicU64>], events: u64) -> anyhow::Result<()> {
     for (i, c) in seen.iter().enumerate() {
         let n = c.load(Ordering::Relaxed);
@@ -209,19 +217,7 @@ async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
     let seconds = start.elapsed().as_secs_f64();
     let (_, rss_end) = crate::cli::rss_mb().unwrap_or((0.0, 0.0));
     check_all_seen(&seen, args.events)?;
-    let stats = bus.stats();
-    let p50 = stats
-        .handlers
-        .iter()
-        .map(|h| h.latency.p50)
-        .max()
-        .unwrap_or_default();
-    let p99 = stats
-        .handlers
-        .iter()
-        .map(|h| h.latency.p99)
-        .max()
-        .unwrap_or_default();
+    let (p50, p99) = slowest_handler_latency(&bus.stats());
     Ok(Measured {
         seconds,
         p50_us: p50.as_secs_f64() * 1e6,
@@ -328,19 +324,7 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         bus.shutdown(Duration::from_secs(3600)).await?;
         let seconds = start.elapsed().as_secs_f64();
         check_all_seen(&seen, args.events)?;
-        let stats = bus.stats();
-        let p50 = stats
-            .handlers
-            .iter()
-            .map(|h| h.latency.p50)
-            .max()
-            .unwrap_or_default();
-        let p99 = stats
-            .handlers
-            .iter()
-            .map(|h| h.latency.p99)
-            .max()
-            .unwrap_or_default();
+        let (p50, p99) = slowest_handler_latency(&bus.stats());
         Ok::<_, anyhow::Error>((seconds, p50, p99, acks.value_at_quantile(0.99)))
     });
     let (seconds, p50, p99, p99_ack) = result?;
