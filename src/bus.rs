@@ -84,6 +84,8 @@ impl Lifecycle {
 pub(crate) struct BusShared {
     /// Whether events go through the store (publish then waits for the commit).
     pub(crate) durable: bool,
+    /// The storage actor's thread, joined at shutdown.
+    pub(crate) storage_thread: Mutex<Option<actix_rt::Arbiter>>,
     pub(crate) intake: mpsc::Sender<Intake>,
     pub(crate) intake_capacity: usize,
     pub(crate) lifecycle: Arc<Lifecycle>,
@@ -307,6 +309,21 @@ impl EventBus {
                 let _ = router.send(AwaitDrained).await;
             }
             let _ = supervisor.send(StopSupervisor).await;
+        };
+        let shared = Arc::clone(&self.shared);
+        let drained = async move {
+            drained.await;
+            let thread = shared
+                .storage_thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(thread) = thread {
+                // Everything is drained and the checkpoints are written: stop the writer and
+                // wait for its thread, so that it never outlives the actix system.
+                thread.stop();
+                let _ = actix_rt::task::spawn_blocking(move || thread.join()).await;
+            }
         };
         actix_rt::time::timeout(timeout, drained)
             .await

@@ -351,6 +351,7 @@ impl BusBuilder {
             StoreConfig::Sqlite { path, durability } => Some(open_store(path, *durability)?),
         };
         let durable_bus = store.is_some();
+        let storage_thread = std::sync::Mutex::new(None);
         let lifecycle = Arc::new(Lifecycle::default());
         let bus_counters = Arc::new(BusCounters::default());
         let dead_letters = Arc::new(DeadLetters::default());
@@ -399,14 +400,17 @@ impl BusBuilder {
                 .min()
                 .unwrap_or(DEFAULT_MAILBOX_CAPACITY)
                 .min(self.intake_capacity);
-            let durable = store.map(|st| Durable {
-                storage: st.storage,
-                pool: st.pool,
-                replay_after: if replay_after == i64::MAX {
-                    st.head
-                } else {
-                    replay_after
-                },
+            let durable = store.map(|st| {
+                *storage_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(st.thread);
+                Durable {
+                    storage: st.storage,
+                    pool: st.pool,
+                    replay_after: if replay_after == i64::MAX {
+                        st.head
+                    } else {
+                        replay_after
+                    },
+                }
             });
             let router = RouterActor::new(
                 groups,
@@ -424,6 +428,7 @@ impl BusBuilder {
 
         Ok(EventBus::from_shared(BusShared {
             durable: durable_bus,
+            storage_thread,
             intake: tx,
             intake_capacity: self.intake_capacity,
             lifecycle,
@@ -441,6 +446,7 @@ impl BusBuilder {
 struct OpenStore {
     pool: SqlitePool,
     storage: Addr<StorageActor>,
+    thread: Arbiter,
     board: Arc<CheckpointBoard>,
     head: i64,
     checkpoints: Vec<crate::storage::models::CheckpointRow>,
@@ -459,20 +465,20 @@ fn open_store(path: &std::path::Path, durability: Durability) -> Result<OpenStor
         .get()
         .map_err(|e| StoreError::Connection(e.to_string()))?;
     let board = Arc::new(CheckpointBoard::default());
-    let writer = std::sync::Mutex::new(Some(Writer::new(writer_conn, path.to_path_buf())));
+    let writer = Writer::new(writer_conn, path.to_path_buf());
     let actor_board = Arc::clone(&board);
-    // One thread: the single writer. The closure runs once.
-    let storage = SyncArbiter::start(1, move || {
-        let writer = writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .expect("the storage actor is started once");
-        StorageActor::new(writer, Arc::clone(&actor_board))
+    let actor_pool = pool.clone();
+    // A thread of its own for the single writer: its diesel calls block only it. A plain
+    // arbiter rather than a SyncArbiter, because shutdown must be able to join the thread
+    // while the actix system still runs.
+    let thread = Arbiter::new();
+    let storage = StorageActor::start_in_arbiter(&thread.handle(), move |_| {
+        StorageActor::new(writer, actor_board, actor_pool)
     });
     Ok(OpenStore {
         pool,
         storage,
+        thread,
         board,
         head,
         checkpoints,

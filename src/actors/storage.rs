@@ -1,5 +1,6 @@
-//! StorageActor: the single writer of the store, on a one-thread SyncArbiter. The router
-//! sends it each intake chunk as one [`Append`] (group commit); checkpoints ride along.
+//! StorageActor: the single writer of the store, alone on an arbiter thread of its own (so
+//! its blocking diesel calls stall nothing else, and shutdown can join the thread). The
+//! router sends it each intake chunk as one [`Append`] (group commit); checkpoints ride along.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,7 @@ use actix::prelude::*;
 
 use crate::storage::log::{micros, Unit, UnitOutcome, Writer};
 use crate::storage::models::CheckpointRow;
+use crate::storage::pool::{SqlitePool, WalCheckpointer};
 use crate::storage::StoreError;
 
 /// Append these units in one transaction, with the checkpoints advanced since the last commit.
@@ -86,22 +88,28 @@ impl CheckpointBoard {
 pub(crate) struct StorageActor {
     writer: Writer,
     board: Arc<CheckpointBoard>,
+    /// Stopped and joined when the actor goes.
+    _checkpointer: WalCheckpointer,
 }
 
 impl StorageActor {
-    pub(crate) fn new(writer: Writer, board: Arc<CheckpointBoard>) -> Self {
-        Self { writer, board }
+    pub(crate) fn new(writer: Writer, board: Arc<CheckpointBoard>, pool: SqlitePool) -> Self {
+        Self {
+            writer,
+            board,
+            _checkpointer: WalCheckpointer::start(pool),
+        }
     }
 }
 
 impl Actor for StorageActor {
-    type Context = SyncContext<Self>;
+    type Context = Context<Self>;
 }
 
 impl Handler<Append> for StorageActor {
     type Result = MessageResult<Append>;
 
-    fn handle(&mut self, Append(units): Append, _ctx: &mut SyncContext<Self>) -> Self::Result {
+    fn handle(&mut self, Append(units): Append, _ctx: &mut Context<Self>) -> Self::Result {
         let checkpoints = self.board.take();
         let result = self.writer.append(&units, &checkpoints);
         if let Err(e) = &result {
@@ -115,7 +123,7 @@ impl Handler<Append> for StorageActor {
 impl Handler<FlushCheckpoints> for StorageActor {
     type Result = Result<(), StoreError>;
 
-    fn handle(&mut self, _: FlushCheckpoints, _ctx: &mut SyncContext<Self>) -> Self::Result {
+    fn handle(&mut self, _: FlushCheckpoints, _ctx: &mut Context<Self>) -> Self::Result {
         let checkpoints = self.board.take();
         let result = self.writer.save_checkpoints(&checkpoints);
         if result.is_err() {

@@ -328,6 +328,11 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>((seconds, p50, p99, acks.value_at_quantile(0.99)))
     });
     let (seconds, p50, p99, p99_ack) = result?;
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        Some(baseline_rusqlite(args, durability, &db)?)
+    };
     let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(db.with_extension("db-wal"))
             .map(|m| m.len())
@@ -350,8 +355,14 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         size as f64 / 1e6,
         size as f64 / 1e6 / (args.events as f64 / 1e6),
     );
+    if let Some(base) = baseline {
+        println!(
+            "baseline (raw rusqlite, same rows and schema, prepared INSERT, transactions of 1000): {base:.0} rows/s; ratio {:.2}",
+            eps / base
+        );
+    }
     if args.json {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "mode": "sqlite",
             "events": args.events,
             "handlers": args.handlers,
@@ -366,9 +377,81 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             "peak_rss_mb": peak_rss,
             "file_bytes": size,
         });
+        if let Some(base) = baseline {
+            json["baseline_rows_per_sec"] = base.into();
+            json["ratio_to_baseline"] = (eps / base).into();
+        }
         println!("{json}");
     }
     Ok(())
+}
+
+/// Rows/s of raw SQLite: the same rows into the same schema (created by the bus in a file
+/// beside `db`), one prepared INSERT, transactions of 1000, the same `synchronous`, no actors.
+fn baseline_rusqlite(
+    args: &BenchArgs,
+    durability: actorbus::Durability,
+    db: &std::path::Path,
+) -> anyhow::Result<f64> {
+    let path = db.with_extension("baseline.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    // Let the bus create the schema, so that both runs write the same tables and indexes.
+    System::new().block_on(async {
+        let bus = EventBus::builder().sqlite(&path).build()?;
+        bus.shutdown(Duration::from_secs(10)).await
+    })?;
+    let mut conn = rusqlite::Connection::open(&path)?;
+    let sync = match durability {
+        actorbus::Durability::Normal => "NORMAL",
+        actorbus::Durability::Full => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA temp_store = MEMORY; \
+         PRAGMA cache_size = -16000; PRAGMA wal_autocheckpoint = 8192;"
+    ))?;
+    let mut versions = vec![0i64; args.streams as usize];
+    let start = Instant::now();
+    let mut position = 0i64;
+    while position < args.events as i64 {
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+                 schema_version, payload, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?;
+            for _ in 0..1000.min(args.events as i64 - position) {
+                position += 1;
+                let stream = (position as u64 * 7919) % args.streams;
+                versions[stream as usize] += 1;
+                let event = BenchEvent {
+                    stream,
+                    seq: position as u64,
+                };
+                let payload = serde_json::to_string(&event)?;
+                let id = uuid::Uuid::now_v7();
+                insert.execute(rusqlite::params![
+                    position,
+                    id.as_bytes().as_slice(),
+                    stream.to_string(),
+                    versions[stream as usize],
+                    BenchEvent::EVENT_TYPE,
+                    1,
+                    payload,
+                    Option::<String>::None,
+                    position,
+                ])?;
+            }
+        }
+        tx.commit()?;
+    }
+    let rate = args.events as f64 / start.elapsed().as_secs_f64();
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(rate)
 }
 
 /// Publish -> acknowledgement latencies in nanoseconds, 1 µs .. 1 h.

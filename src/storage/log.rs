@@ -16,8 +16,6 @@ use crate::storage::pool::classify;
 use crate::storage::schema::{checkpoints, events};
 use crate::storage::StoreError;
 
-/// Rows per INSERT statement: 9 columns each stays far below SQLite's 32766 variables.
-const ROWS_PER_INSERT: usize = 1000;
 /// Streams whose last version the writer remembers; past this the cache starts over, so
 /// memory stays flat however many streams there are.
 const VERSION_CACHE_LIMIT: usize = 100_000;
@@ -165,9 +163,11 @@ impl Writer {
                     }
                 })
                 .collect();
-            for chunk in new_rows.chunks(ROWS_PER_INSERT) {
+            // One cached prepared statement, executed per row: a multi-row VALUES list differs
+            // in length from commit to commit, so SQLite would parse it again every time.
+            for row in &new_rows {
                 diesel::insert_into(events::table)
-                    .values(chunk)
+                    .values(row)
                     .execute(conn)?;
             }
             save_checkpoints(conn, checkpoints)?;

@@ -29,7 +29,8 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
         // busy_timeout first: the journal_mode switch itself may wait for a lock.
         conn.batch_execute(&format!(
             "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
-             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;",
+             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000; \
+             PRAGMA wal_autocheckpoint = 8192; PRAGMA journal_size_limit = 67108864;",
             BUSY_TIMEOUT.as_millis(),
             self.durability.pragma()
         ))
@@ -145,5 +146,59 @@ fn classify_pool_error(path: &Path, text: String) -> StoreError {
         }
     } else {
         StoreError::Connection(text)
+    }
+}
+
+/// How often the background checkpointer copies the WAL back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Copies committed WAL frames into the database on a thread of its own (`PASSIVE`: it never
+/// blocks the writer), so that the writer's commits do not pay for checkpoints and their
+/// fsyncs. Stopped and joined on drop.
+pub(crate) struct WalCheckpointer {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WalCheckpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WalCheckpointer")
+    }
+}
+
+impl WalCheckpointer {
+    pub(crate) fn start(pool: SqlitePool) -> Self {
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("actorbus-wal".into())
+            .spawn(move || {
+                let (lock, wake) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !*stopped {
+                    stopped = wake
+                        .wait_timeout(stopped, CHECKPOINT_EVERY)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    if let Ok(mut conn) = pool.get() {
+                        if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                            log::debug!("WAL checkpoint skipped: {e}");
+                        }
+                    }
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+}
+
+impl Drop for WalCheckpointer {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
