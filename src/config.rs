@@ -18,7 +18,7 @@ use crate::policy::{RestartPolicy, RetryPolicy};
 use crate::stats::{BusCounters, HandlerCounters};
 use crate::storage::log::{self as store_log, Writer};
 use crate::storage::pool::{self, SqlitePool};
-use crate::storage::{Durability, StoreConfig, StoreError};
+use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig, StoreError};
 
 /// Default intake capacity: events accepted by `publish` but not yet routed.
 pub const DEFAULT_INTAKE_CAPACITY: usize = 8192;
@@ -213,16 +213,37 @@ impl BusBuilder {
     /// Keeps events in the SQLite database at `path` (created when missing), with the default
     /// [`Durability::Normal`]. `publish` then returns once the event is committed.
     pub fn sqlite(self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.store(StoreConfig::Sqlite {
-            path: path.into(),
-            durability: Durability::default(),
-        })
+        self.store(StoreConfig::Sqlite(SqliteOptions::new(path)))
     }
 
     /// Sets the durability of a SQLite store (no effect in memory).
     pub fn durability(mut self, durability: Durability) -> Self {
-        if let StoreConfig::Sqlite { durability: d, .. } = &mut self.store {
-            *d = durability;
+        if let StoreConfig::Sqlite(o) = &mut self.store {
+            o.durability = durability;
+        }
+        self
+    }
+
+    /// How long a SQLite write waits for another process's lock (default 5 s).
+    pub fn busy_timeout(mut self, timeout: std::time::Duration) -> Self {
+        if let StoreConfig::Sqlite(o) = &mut self.store {
+            o.busy_timeout = timeout;
+        }
+        self
+    }
+
+    /// Caps the SQLite file size; past it publishes fail with `StoreError::Full`.
+    pub fn max_store_bytes(mut self, bytes: u64) -> Self {
+        if let StoreConfig::Sqlite(o) = &mut self.store {
+            o.max_bytes = Some(bytes);
+        }
+        self
+    }
+
+    /// Deletes processed events by age or count (off by default).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        if let StoreConfig::Sqlite(o) = &mut self.store {
+            o.retention = retention;
         }
         self
     }
@@ -348,7 +369,7 @@ impl BusBuilder {
 
         let store = match &self.store {
             StoreConfig::Memory => None,
-            StoreConfig::Sqlite { path, durability } => Some(open_store(path, *durability)?),
+            StoreConfig::Sqlite(options) => Some(open_store(options)?),
         };
         let durable_bus = store.is_some();
         let storage_thread = std::sync::Mutex::new(None);
@@ -452,8 +473,9 @@ struct OpenStore {
     checkpoints: Vec<crate::storage::models::CheckpointRow>,
 }
 
-fn open_store(path: &std::path::Path, durability: Durability) -> Result<OpenStore> {
-    let pool = pool::open(path, durability)?;
+fn open_store(options: &SqliteOptions) -> Result<OpenStore> {
+    let path = options.path.as_path();
+    let pool = pool::open(options)?;
     let mut conn = pool
         .get()
         .map_err(|e| StoreError::Connection(e.to_string()))?;

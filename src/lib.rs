@@ -84,4 +84,4 @@ pub use crate::error::{Error, HandlerError, Result};
 pub use crate::event::{DomainEvent, Envelope, Metadata, PublishOptions};
 pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
 pub use crate::stats::{HandlerStats, Latency, Stats};
-pub use crate::storage::{Durability, StoreConfig, StoreError};
+pub use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig, StoreError};

@@ -39,12 +39,75 @@ pub enum StoreConfig {
     #[default]
     Memory,
     /// An embedded SQLite database file.
-    Sqlite {
-        /// The database file; created with its schema when missing.
-        path: PathBuf,
-        /// The `synchronous` level.
-        durability: Durability,
-    },
+    Sqlite(SqliteOptions),
+}
+
+/// Settings of a SQLite store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// The database file; created with its schema when missing.
+    pub path: PathBuf,
+    /// The `synchronous` level.
+    pub durability: Durability,
+    /// How long a write waits for another process's lock before it fails with
+    /// [`StoreError::Locked`].
+    pub busy_timeout: std::time::Duration,
+    /// A cap on the database size (`max_page_count`); past it commits fail with
+    /// [`StoreError::Full`] and nothing committed is lost. `None`: the disk is the limit.
+    pub max_bytes: Option<u64>,
+    /// Optional clean-up of events every subscription has processed.
+    pub retention: Retention,
+}
+
+impl SqliteOptions {
+    /// Defaults for the file at `path`: `Normal` durability, 5 s busy timeout, no cap, keep everything.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            durability: Durability::default(),
+            busy_timeout: std::time::Duration::from_secs(5),
+            max_bytes: None,
+            retention: Retention::default(),
+        }
+    }
+}
+
+/// Which processed events a SQLite store deletes. Off by default. An event is deleted only
+/// when every subscription recorded in the store has checkpointed past it and no dead letter
+/// refers to it, and it is older than `max_age` or not among the newest `keep_last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Retention {
+    /// Delete processed events older than this.
+    pub max_age: Option<std::time::Duration>,
+    /// Keep at least this many newest events; delete processed events before them.
+    pub keep_last: Option<u64>,
+}
+
+impl Retention {
+    /// Keep everything (the default).
+    pub fn keep_all() -> Self {
+        Self::default()
+    }
+    /// Delete processed events older than `age`.
+    pub fn max_age(age: std::time::Duration) -> Self {
+        Self {
+            max_age: Some(age),
+            keep_last: None,
+        }
+    }
+    /// Delete processed events beyond the newest `n`.
+    pub fn keep_last(n: u64) -> Self {
+        Self {
+            max_age: None,
+            keep_last: Some(n),
+        }
+    }
+    /// Whether anything is ever deleted.
+    pub fn is_enabled(&self) -> bool {
+        self.max_age.is_some() || self.keep_last.is_some()
+    }
 }
 
 impl StoreConfig {
@@ -76,10 +139,7 @@ impl StoreConfig {
                 "store URL `{url}` has no path"
             )));
         }
-        Ok(Self::Sqlite {
-            path: PathBuf::from(path),
-            durability: Durability::default(),
-        })
+        Ok(Self::Sqlite(SqliteOptions::new(path)))
     }
 
     /// Reads `ACTORBUS_DATABASE_URL`; [`StoreConfig::Memory`] when it is not set.
@@ -114,12 +174,13 @@ pub enum StoreError {
         /// The newest this binary knows.
         supported: i64,
     },
-    /// Another process held the write lock longer than `busy_timeout`. Retry later.
-    #[error("the database is locked by another process (waited {waited_ms} ms)")]
-    Locked {
-        /// How long the writer waited.
-        waited_ms: u64,
-    },
+    /// The disk (or the configured `max_bytes`) is full. Nothing of the failed write was
+    /// kept; publishing works again once there is room.
+    #[error("the database or disk is full")]
+    Full,
+    /// Another process held the lock longer than `busy_timeout`. Retry later.
+    #[error("the database is locked by another process (busy_timeout expired)")]
+    Locked,
     /// A database error (disk full, I/O error ...). Nothing of the failed write was kept;
     /// retry once the cause is gone.
     #[error("database error: {0}")]

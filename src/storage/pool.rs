@@ -9,19 +9,21 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use crate::storage::{Durability, StoreError};
+use crate::storage::{Durability, SqliteOptions, StoreError};
 
 pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// The newest `store_meta.schema_version` this binary understands.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
-/// How long a writer waits for another process's lock before it reports `Locked`.
-pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite's default page size, which the store keeps.
+const PAGE_SIZE: u64 = 4096;
 
 pub(crate) type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
 
 #[derive(Debug, Clone, Copy)]
 struct Pragmas {
     durability: Durability,
+    busy_timeout: Duration,
+    max_pages: Option<u64>,
 }
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
@@ -31,10 +33,15 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
             "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
              PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000; \
              PRAGMA wal_autocheckpoint = 8192; PRAGMA journal_size_limit = 67108864;",
-            BUSY_TIMEOUT.as_millis(),
+            self.busy_timeout.as_millis(),
             self.durability.pragma()
         ))
-        .map_err(diesel::r2d2::Error::QueryError)
+        .map_err(diesel::r2d2::Error::QueryError)?;
+        if let Some(pages) = self.max_pages {
+            conn.batch_execute(&format!("PRAGMA max_page_count = {pages};"))
+                .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
     }
 }
 
@@ -43,13 +50,19 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
 /// # Errors
 /// [`StoreError::NotADatabase`] for a foreign file (left untouched),
 /// [`StoreError::NewerSchema`] for a store of a newer binary, and connection errors.
-pub(crate) fn open(path: &Path, durability: Durability) -> Result<SqlitePool, StoreError> {
+pub(crate) fn open(options: &SqliteOptions) -> Result<SqlitePool, StoreError> {
+    let path = options.path.as_path();
     refuse_foreign_file(path)?;
+    let pragmas = Pragmas {
+        durability: options.durability,
+        busy_timeout: options.busy_timeout,
+        max_pages: options.max_bytes.map(|b| (b / PAGE_SIZE).max(1)),
+    };
     let url = path.to_string_lossy().into_owned();
     let pool = Pool::builder()
         .max_size(4)
-        .connection_timeout(BUSY_TIMEOUT + Duration::from_secs(1))
-        .connection_customizer(Box::new(Pragmas { durability }))
+        .connection_timeout(options.busy_timeout + Duration::from_secs(1))
+        .connection_customizer(Box::new(pragmas))
         .build(ConnectionManager::<SqliteConnection>::new(url))
         .map_err(|e| classify_pool_error(path, e.to_string()))?;
     let mut conn = pool
@@ -127,9 +140,9 @@ pub(crate) fn classify(path: &Path, e: diesel::result::Error) -> StoreError {
             path: PathBuf::from(path),
         }
     } else if text.contains("database is locked") || text.contains("database is busy") {
-        StoreError::Locked {
-            waited_ms: BUSY_TIMEOUT.as_millis() as u64,
-        }
+        StoreError::Locked
+    } else if text.contains("database or disk is full") {
+        StoreError::Full
     } else {
         StoreError::Database(text)
     }
@@ -141,9 +154,7 @@ fn classify_pool_error(path: &Path, text: String) -> StoreError {
             path: PathBuf::from(path),
         }
     } else if text.contains("locked") || text.contains("busy") {
-        StoreError::Locked {
-            waited_ms: BUSY_TIMEOUT.as_millis() as u64,
-        }
+        StoreError::Locked
     } else {
         StoreError::Connection(text)
     }
