@@ -345,13 +345,16 @@ impl EventBus {
         }
     }
 
-    /// The dead letters of `handler` (all handlers when `None`), oldest first.
+    /// The dead letters of `handler` (all handlers when `None`), oldest first. On a durable
+    /// bus they are read from the store, as committed (the writer stores each shortly after
+    /// the handler gives up, and always before the checkpoint passes the event).
     ///
     /// # Errors
-    /// [`Error::UnknownHandler`] for a name no subscription has.
+    /// [`Error::UnknownHandler`] for a name no subscription has; [`Error::Store`] when the
+    /// store cannot be read.
     pub fn dead_letters(&self, handler: Option<&str>) -> Result<Vec<DeadLetter>> {
         self.check_handler(handler)?;
-        Ok(self.shared.dead_letters.list(handler))
+        Ok(self.shared.dead_letters.list(handler)?)
     }
 
     /// Hands the dead letters of `handler` back to it, in their original order, and resumes
@@ -364,7 +367,7 @@ impl EventBus {
             .check_handler(Some(handler))?
             .expect("a name was given");
         self.shared.lifecycle.check()?;
-        let letters = self.shared.dead_letters.take(Some(handler));
+        let letters = self.shared.dead_letters.take_for_redrive(handler)?;
         let records: Vec<Record> = letters.into_iter().map(|l| l.record).collect();
         let n = records.len();
         let _ = self
@@ -383,10 +386,10 @@ impl EventBus {
     /// Deletes the dead letters of `handler` (all when `None`). Returns how many.
     ///
     /// # Errors
-    /// [`Error::UnknownHandler`].
-    pub fn purge_dead_letters(&self, handler: Option<&str>) -> Result<usize> {
+    /// [`Error::UnknownHandler`]; on a durable bus [`Error::Store`], or a stopped writer after shutdown.
+    pub async fn purge_dead_letters(&self, handler: Option<&str>) -> Result<usize> {
         self.check_handler(handler)?;
-        Ok(self.shared.dead_letters.take(handler).len())
+        Ok(self.shared.dead_letters.purge(handler).await?)
     }
 
     fn check_handler(&self, handler: Option<&str>) -> Result<Option<usize>> {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::actors::handler::{EventHandler, Handle, HandlerActor, HandlerSetup, RecipientHandler};
+use crate::actors::handler::{
+    EventHandler, Factory, Handle, HandlerActor, HandlerSetup, RecipientHandler,
+};
 use crate::actors::router::{Durable, Group, RouterActor, Slot};
 use crate::actors::storage::{CheckpointBoard, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
@@ -15,6 +17,7 @@ use crate::dead_letter::DeadLetters;
 use crate::error::{Error, Result};
 use crate::event::DomainEvent;
 use crate::policy::{RestartPolicy, RetryPolicy};
+use crate::projection::{Projection, ProjectionHandler};
 use crate::stats::{BusCounters, HandlerCounters};
 use crate::storage::log::{self as store_log, Writer};
 use crate::storage::pool::{self, SqlitePool};
@@ -137,6 +140,7 @@ struct SpawnArgs {
     dead_letters: Arc<DeadLetters>,
     supervisor: Addr<SupervisorActor>,
     checkpoints: Option<Arc<CheckpointBoard>>,
+    storage: Option<Addr<StorageActor>>,
     /// Per handler actor: the position its checkpoint covers.
     starts: Vec<u64>,
 }
@@ -145,6 +149,8 @@ struct Subscription {
     name: Arc<str>,
     event_type: &'static str,
     options: HandlerOptions,
+    /// A projection: only possible on a durable bus.
+    needs_store: bool,
     spawn: Box<dyn FnOnce(SpawnArgs) -> Vec<Slot>>,
 }
 
@@ -287,7 +293,7 @@ impl BusBuilder {
 
     /// Subscribes a handler to events of type `E` with `options`.
     pub fn handler_with<E, H>(
-        mut self,
+        self,
         name: &str,
         options: HandlerOptions,
         factory: impl Fn() -> H + 'static,
@@ -296,14 +302,61 @@ impl BusBuilder {
         E: DomainEvent,
         H: EventHandler<E>,
     {
+        let factory: Factory<H> = Arc::new(move |_partition| factory());
+        self.subscribe::<E, H>(name, options, false, move |_| factory)
+    }
+
+    /// Subscribes a [`Projection`]: its read model is written in the store's transaction
+    /// together with its checkpoint (exactly-once effects). Needs a SQLite store.
+    pub fn projection<E, P>(
+        self,
+        name: &str,
+        options: HandlerOptions,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> Self
+    where
+        E: DomainEvent,
+        P: Projection<E>,
+    {
+        let projection_name: Arc<str> = Arc::from(name);
+        let partitions = options.concurrency;
+        let factory = Arc::new(factory);
+        self.subscribe::<E, ProjectionHandler<E, P>>(name, options, true, move |args| {
+            let storage = args
+                .storage
+                .clone()
+                .expect("checked in build: projections need a store");
+            Arc::new(move |partition| {
+                ProjectionHandler::new(
+                    factory(),
+                    storage.clone(),
+                    Arc::clone(&projection_name),
+                    partition,
+                    partitions,
+                )
+            })
+        })
+    }
+
+    /// Registers a subscription; `factory` is made once the bus's actors exist.
+    fn subscribe<E, H>(
+        mut self,
+        name: &str,
+        options: HandlerOptions,
+        needs_store: bool,
+        factory: impl FnOnce(&SpawnArgs) -> Factory<H> + 'static,
+    ) -> Self
+    where
+        E: DomainEvent,
+        H: EventHandler<E>,
+    {
         let name: Arc<str> = Arc::from(name);
-        let factory: Arc<dyn Fn() -> H> = Arc::new(factory);
         let retry = options.retry;
         let spawn_name = Arc::clone(&name);
         let spawn = move |args: SpawnArgs| {
             let setup = HandlerSetup {
                 name: spawn_name,
-                factory,
+                factory: factory(&args),
                 retry,
                 counters: args.counters,
                 dead_letters: args.dead_letters,
@@ -326,6 +379,7 @@ impl BusBuilder {
             name,
             event_type: E::EVENT_TYPE,
             options,
+            needs_store,
             spawn: Box::new(spawn),
         });
         self
@@ -362,6 +416,12 @@ impl BusBuilder {
         let mut names = HashSet::new();
         for s in &self.subscriptions {
             s.options.validate(&s.name)?;
+            if s.needs_store && matches!(self.store, StoreConfig::Memory) {
+                return Err(Error::Config(format!(
+                    "projection `{}` needs a durable store (sqlite://)",
+                    s.name
+                )));
+            }
             if !names.insert(Arc::clone(&s.name)) {
                 return Err(Error::DuplicateHandler(s.name.to_string()));
             }
@@ -369,13 +429,23 @@ impl BusBuilder {
 
         let store = match &self.store {
             StoreConfig::Memory => None,
-            StoreConfig::Sqlite(options) => Some(open_store(options)?),
+            StoreConfig::Sqlite(options) => {
+                let subscriptions = self
+                    .subscriptions
+                    .iter()
+                    .map(|s| (s.name.to_string(), s.options.concurrency))
+                    .collect();
+                Some(open_store(options, subscriptions)?)
+            }
         };
         let durable_bus = store.is_some();
         let storage_thread = std::sync::Mutex::new(None);
         let lifecycle = Arc::new(Lifecycle::default());
         let bus_counters = Arc::new(BusCounters::default());
-        let dead_letters = Arc::new(DeadLetters::default());
+        let dead_letters = Arc::new(match &store {
+            Some(st) => DeadLetters::stored(st.storage.clone(), st.pool.clone()),
+            None => DeadLetters::default(),
+        });
         let (tx, rx) = mpsc::channel(self.intake_capacity);
         let policies = self
             .subscriptions
@@ -404,6 +474,7 @@ impl BusBuilder {
                     dead_letters: Arc::clone(&dead_letters),
                     supervisor: ctx.address(),
                     checkpoints: store.as_ref().map(|st| Arc::clone(&st.board)),
+                    storage: store.as_ref().map(|st| st.storage.clone()),
                     starts,
                 });
                 groups.push(Group {
@@ -473,7 +544,7 @@ struct OpenStore {
     checkpoints: Vec<crate::storage::models::CheckpointRow>,
 }
 
-fn open_store(options: &SqliteOptions) -> Result<OpenStore> {
+fn open_store(options: &SqliteOptions, subscriptions: Vec<(String, usize)>) -> Result<OpenStore> {
     let path = options.path.as_path();
     let pool = pool::open(options)?;
     let mut conn = pool
@@ -490,12 +561,13 @@ fn open_store(options: &SqliteOptions) -> Result<OpenStore> {
     let writer = Writer::new(writer_conn, path.to_path_buf());
     let actor_board = Arc::clone(&board);
     let actor_pool = pool.clone();
+    let retention = options.retention;
     // A thread of its own for the single writer: its diesel calls block only it. A plain
     // arbiter rather than a SyncArbiter, because shutdown must be able to join the thread
     // while the actix system still runs.
     let thread = Arbiter::new();
     let storage = StorageActor::start_in_arbiter(&thread.handle(), move |_| {
-        StorageActor::new(writer, actor_board, actor_pool)
+        StorageActor::new(writer, actor_board, actor_pool, subscriptions, retention)
     });
     Ok(OpenStore {
         pool,
@@ -534,6 +606,7 @@ impl OpenStore {
             return starts;
         }
         let lowest = rows.iter().map(|c| c.position).min().unwrap_or(0).max(0) as u64;
+        self.board.relayout(handler, partitions);
         vec![lowest; partitions]
     }
 }

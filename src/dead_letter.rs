@@ -3,9 +3,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actix::Addr;
+
+use crate::actors::storage::{DeleteDeadLetters, RecordDeadLetter, StorageActor};
 use crate::event::{Metadata, Record};
+use crate::storage::log::{self as store_log, micros};
+use crate::storage::models::NewDeadLetter;
+use crate::storage::pool::SqlitePool;
+use crate::storage::StoreError;
 
 /// An event that one handler could not process.
 #[derive(Debug, Clone)]
@@ -45,20 +52,52 @@ impl DeadLetter {
     }
 }
 
-/// The in-memory dead-letter list of a bus, in the order the letters arrived.
+/// The dead letters of a bus: a list in memory, or the `dead_letters` table of the store.
 #[derive(Debug, Default)]
 pub(crate) struct DeadLetters {
     next_id: AtomicU64,
     letters: Mutex<Vec<DeadLetter>>,
+    store: Option<StoredLetters>,
+}
+
+/// Where a durable bus keeps its dead letters: written by the storage actor, read by the pool.
+struct StoredLetters {
+    storage: Addr<StorageActor>,
+    pool: SqlitePool,
+}
+
+impl std::fmt::Debug for StoredLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoredLetters")
+    }
 }
 
 impl DeadLetters {
+    /// Dead letters kept in the store of a durable bus.
+    pub(crate) fn stored(storage: Addr<StorageActor>, pool: SqlitePool) -> Self {
+        Self {
+            store: Some(StoredLetters { storage, pool }),
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn push(&self, handler: &str, record: Record, attempts: u32, last_error: String) {
         log::warn!(
             "handler `{handler}` gave up on event {} ({}) after {attempts} attempt(s): {last_error}",
             record.meta.id,
             record.meta.event_type
         );
+        if let (Some(store), Some(position)) = (&self.store, record.meta.position) {
+            // Ordered before the checkpoint that passes this event: same mailbox, sent first.
+            store.storage.do_send(RecordDeadLetter(NewDeadLetter {
+                position: position as i64,
+                handler: handler.to_owned(),
+                attempts: attempts as i32,
+                last_error,
+                failed_at: micros(SystemTime::now()),
+            }));
+            return;
+        }
         let letter = DeadLetter {
             id: self.next_id.fetch_add(1, Relaxed) + 1,
             handler: handler.to_owned(),
@@ -70,16 +109,74 @@ impl DeadLetters {
         self.lock().push(letter);
     }
 
-    pub(crate) fn list(&self, handler: Option<&str>) -> Vec<DeadLetter> {
-        self.lock()
-            .iter()
-            .filter(|l| handler.is_none_or(|h| l.handler == h))
-            .cloned()
-            .collect()
+    /// The letters of `handler` (all when `None`), oldest first; stored ones as committed.
+    pub(crate) fn list(&self, handler: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(self
+                .lock()
+                .iter()
+                .filter(|l| handler.is_none_or(|h| l.handler == h))
+                .cloned()
+                .collect());
+        };
+        let mut conn = store
+            .pool
+            .get()
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        let rows = store_log::load_dead_letters(&mut conn, handler)
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, event)| {
+                let mut record = event.into_record();
+                record.letter = Some(row.id);
+                DeadLetter {
+                    id: row.id as u64,
+                    handler: row.handler,
+                    attempts: row.attempts.max(0) as u32,
+                    last_error: row.last_error,
+                    failed_at: UNIX_EPOCH + Duration::from_micros(row.failed_at.max(0) as u64),
+                    record,
+                }
+            })
+            .collect())
     }
 
-    /// Removes and returns the letters of `handler` (all when `None`), oldest first.
-    pub(crate) fn take(&self, handler: Option<&str>) -> Vec<DeadLetter> {
+    /// The letters to hand back to `handler`. In memory they leave the list now; stored ones
+    /// stay until their redelivery has been handled (see [`resolved`](Self::resolved)).
+    pub(crate) fn take_for_redrive(&self, handler: &str) -> Result<Vec<DeadLetter>, StoreError> {
+        if self.store.is_some() {
+            return self.list(Some(handler));
+        }
+        Ok(self.take_in_memory(Some(handler)))
+    }
+
+    /// Stored letters whose redelivery was handled (or dead-lettered anew).
+    pub(crate) fn resolved(&self, ids: Vec<i64>) {
+        if let (Some(store), false) = (&self.store, ids.is_empty()) {
+            store.storage.do_send(DeleteDeadLetters {
+                ids: Some(ids),
+                handler: None,
+            });
+        }
+    }
+
+    /// Deletes the letters of `handler` (all when `None`); returns how many.
+    pub(crate) async fn purge(&self, handler: Option<&str>) -> Result<usize, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(self.take_in_memory(handler).len());
+        };
+        store
+            .storage
+            .send(DeleteDeadLetters {
+                ids: None,
+                handler: handler.map(str::to_owned),
+            })
+            .await
+            .map_err(|_| StoreError::Connection("the storage actor is stopped".into()))?
+    }
+
+    fn take_in_memory(&self, handler: Option<&str>) -> Vec<DeadLetter> {
         let mut letters = self.lock();
         let (taken, kept) = std::mem::take(&mut *letters)
             .into_iter()

@@ -246,6 +246,9 @@ pub(crate) struct Record {
     pub(crate) published_at: Instant,
     /// Stable hash of the stream id: picks the handler actor of a group.
     pub(crate) partition: u64,
+    /// The stored dead letter this record is a redrive of: delivered even where the
+    /// checkpoint covers it, and the letter is deleted once handled.
+    pub(crate) letter: Option<i64>,
 }
 
 impl fmt::Debug for Record {
@@ -294,6 +297,7 @@ impl Record {
             encoded: None,
             published_at: Instant::now(),
             partition,
+            letter: None,
         }
     }
 

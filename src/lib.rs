@@ -69,6 +69,7 @@ mod dead_letter;
 mod error;
 mod event;
 mod policy;
+mod projection;
 mod stats;
 mod storage;
 
@@ -83,5 +84,6 @@ pub use crate::dead_letter::DeadLetter;
 pub use crate::error::{Error, HandlerError, Result};
 pub use crate::event::{DomainEvent, Envelope, Metadata, PublishOptions};
 pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
+pub use crate::projection::Projection;
 pub use crate::stats::{HandlerStats, Latency, Stats};
 pub use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig, StoreError};

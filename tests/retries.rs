@@ -244,15 +244,15 @@ async fn purge_removes_dead_letters_of_one_handler_or_all() {
     drain(&bus).await;
     assert_eq!(bus.dead_letters(None).unwrap().len(), 3);
 
-    assert_eq!(bus.purge_dead_letters(Some("a")).unwrap(), 2);
+    assert_eq!(bus.purge_dead_letters(Some("a")).await.unwrap(), 2);
     let left = bus.dead_letters(None).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].handler(), "b");
     assert!(bus.dead_letters(Some("a")).unwrap().is_empty());
 
-    assert_eq!(bus.purge_dead_letters(None).unwrap(), 1);
+    assert_eq!(bus.purge_dead_letters(None).await.unwrap(), 1);
     assert!(bus.dead_letters(None).unwrap().is_empty());
-    assert_eq!(bus.purge_dead_letters(None).unwrap(), 0);
+    assert_eq!(bus.purge_dead_letters(None).await.unwrap(), 0);
 }
 
 #[actix::test]
@@ -269,7 +269,7 @@ async fn unknown_handler_name_is_an_error() {
     let is_unknown = |e: Error| matches!(e, Error::UnknownHandler(name) if name == "nope");
     assert!(is_unknown(bus.dead_letters(Some("nope")).unwrap_err()));
     assert!(is_unknown(
-        bus.purge_dead_letters(Some("nope")).unwrap_err()
+        bus.purge_dead_letters(Some("nope")).await.unwrap_err()
     ));
     assert!(is_unknown(bus.redrive("nope").await.unwrap_err()));
     assert!(bus.dead_letters(Some("known")).unwrap().is_empty());

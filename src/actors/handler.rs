@@ -113,8 +113,6 @@ impl<E: DomainEvent> EventHandler<E> for RecipientHandler<E> {
 /// which resolves once the actor has taken it from its mailbox.
 pub(crate) struct Deliver {
     pub(crate) records: Vec<Record>,
-    /// Dead letters handed back: delivered even where the checkpoint already covers them.
-    pub(crate) redrive: bool,
 }
 
 impl Message for Deliver {
@@ -133,8 +131,8 @@ impl Message for Control {
     type Result = ();
 }
 
-/// Builds handler instances; called at start and after every panic.
-pub(crate) type Factory<H> = Arc<dyn Fn() -> H>;
+/// Builds handler instances for the actor of a partition; called at start and after every panic.
+pub(crate) type Factory<H> = Arc<dyn Fn(usize) -> H>;
 
 /// What one handler actor shares with its siblings of the same subscription.
 pub(crate) struct HandlerSetup<H> {
@@ -194,7 +192,7 @@ pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
 impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     /// Starts the actor with a handler from the factory.
     pub(crate) fn start(setup: HandlerSetup<H>, index: usize, seen: u64) -> Addr<Self> {
-        let (handler, start_panic) = match build_handler(&setup.factory) {
+        let (handler, start_panic) = match build_handler(&setup.factory, index) {
             Ok(h) => (Some(h), None),
             Err(message) => (None, Some(message)),
         };
@@ -216,13 +214,21 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
             return;
         };
         let setup = self.setup.clone();
-        let last_position = pending.batch.last().and_then(|r| r.meta.position);
+        // Redriven letters lie behind the checkpoint: they must not move it.
+        let last_position = pending
+            .batch
+            .iter()
+            .filter(|r| r.letter.is_none())
+            .filter_map(|r| r.meta.position)
+            .max();
+        let letters: Vec<i64> = pending.batch.iter().filter_map(|r| r.letter).collect();
         let fut = run_batch::<E, H>(handler, pending, setup);
         ctx.wait(
             fut.into_actor(self)
                 .map(move |outcome, act, ctx| match outcome {
                     Outcome::Done(h) => {
                         act.handler = Some(h);
+                        act.setup.dead_letters.resolved(letters);
                         // Only now: a checkpoint must never pass an event that was not handled.
                         if let (Some(board), Some(position)) =
                             (&act.setup.checkpoints, last_position)
@@ -281,7 +287,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     }
 
     fn restart(&mut self, pending: Pending, ctx: &mut Context<Self>) {
-        match build_handler(&self.setup.factory) {
+        match build_handler(&self.setup.factory, self.index) {
             Ok(handler) => {
                 HandlerCounters::add(&self.setup.counters.restarts, 1);
                 log::info!("handler `{}` #{} restarted", self.setup.name, self.index);
@@ -341,25 +347,17 @@ impl<E: DomainEvent, H: EventHandler<E>> Actor for HandlerActor<E, H> {
 impl<E: DomainEvent, H: EventHandler<E>> Handler<Deliver> for HandlerActor<E, H> {
     type Result = ();
 
-    fn handle(
-        &mut self,
-        Deliver {
-            mut records,
-            redrive,
-        }: Deliver,
-        ctx: &mut Context<Self>,
-    ) {
+    fn handle(&mut self, Deliver { mut records }: Deliver, ctx: &mut Context<Self>) {
         HandlerCounters::add(&self.setup.counters.taken, records.len() as u64);
-        if !redrive {
-            // Replayed events this actor's checkpoint already covers (catch-up after a crash).
-            let seen = self.seen;
-            let before = records.len();
-            records.retain(|r| r.meta.position.is_none_or(|p| p > seen));
-            HandlerCounters::add(
-                &self.setup.counters.handled,
-                (before - records.len()) as u64,
-            );
-        }
+        // Replayed events this actor's checkpoint already covers (catch-up after a crash);
+        // redriven dead letters are handed over whatever the checkpoint says.
+        let seen = self.seen;
+        let before = records.len();
+        records.retain(|r| r.letter.is_some() || r.meta.position.is_none_or(|p| p > seen));
+        HandlerCounters::add(
+            &self.setup.counters.handled,
+            (before - records.len()) as u64,
+        );
         let batch = records;
         // ctx.wait keeps further deliveries in the (bounded) mailbox until this batch is
         // done: that is what makes a slow handler slow the router down.
@@ -490,12 +488,12 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
 }
 
 /// Builds a handler instance; a panicking factory is reported, not propagated.
-fn build_handler<H>(factory: &Factory<H>) -> Result<Box<H>, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| Box::new(factory())))
+fn build_handler<H>(factory: &Factory<H>, partition: usize) -> Result<Box<H>, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| Box::new(factory(partition))))
         .map_err(|panic| panic_message(&*panic))
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

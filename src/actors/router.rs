@@ -120,10 +120,9 @@ impl RouterActor {
         &mut self,
         records: impl Iterator<Item = Record>,
         only: Option<usize>,
-        redrive: bool,
         ctx: &mut Context<Self>,
     ) {
-        let delivery = self.delivery(records, only, redrive);
+        let delivery = self.delivery(records, only);
         ctx.wait(actix::fut::wrap_future(delivery));
     }
 
@@ -132,7 +131,6 @@ impl RouterActor {
         &mut self,
         records: impl Iterator<Item = Record>,
         only: Option<usize>,
-        redrive: bool,
     ) -> LocalBoxFuture<'static, ()> {
         let mut batches: Vec<Vec<Record>> =
             vec![Vec::new(); self.slot_base.last().copied().unwrap_or(0)];
@@ -182,7 +180,7 @@ impl RouterActor {
                 let mut records = records;
                 while !records.is_empty() {
                     let rest = records.split_off(records.len().min(capacity));
-                    let deliver = Deliver { records, redrive };
+                    let deliver = Deliver { records };
                     if recipient.send(deliver).await.is_err() {
                         log::error!("a handler actor stopped before the bus was shut down");
                     }
@@ -297,7 +295,7 @@ impl RouterActor {
                         let _ = ack.send(answer);
                     }
                 }
-                act.deliver(stored.into_iter(), None, false, ctx);
+                act.deliver(stored.into_iter(), None, ctx);
             }),
         );
     }
@@ -326,7 +324,7 @@ impl RouterActor {
                         let last = rows.last().map_or(after, |r| r.position);
                         let records: Vec<Record> =
                             rows.into_iter().map(|r| r.into_record()).collect();
-                        let delivery = act.delivery(records.into_iter(), None, false);
+                        let delivery = act.delivery(records.into_iter(), None);
                         ctx.wait(
                             actix::fut::wrap_future(delivery)
                                 .map(move |(), act: &mut Self, ctx| act.catch_up(last, ctx)),
@@ -432,7 +430,7 @@ impl StreamHandler<Vec<Intake>> for RouterActor {
                 Intake::Close => {}
             }
         }
-        self.deliver(records.into_iter(), None, false, ctx);
+        self.deliver(records.into_iter(), None, ctx);
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
@@ -507,7 +505,7 @@ impl Handler<Redrive> for RouterActor {
             .collect();
         ctx.wait(
             actix::fut::wrap_future(join_all(resumes)).map(move |_, act: &mut Self, ctx| {
-                act.deliver(msg.records.into_iter(), Some(msg.group), true, ctx)
+                act.deliver(msg.records.into_iter(), Some(msg.group), ctx)
             }),
         );
     }

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
+use diesel::prelude::*;
 
-use crate::storage::log::{micros, Unit, UnitOutcome, Writer};
+use crate::storage::log::{self as store_log, micros, Unit, UnitOutcome, Writer};
 use crate::storage::models::CheckpointRow;
+use crate::storage::models::NewDeadLetter;
 use crate::storage::pool::{SqlitePool, WalCheckpointer};
-use crate::storage::StoreError;
+use crate::storage::{Retention, StoreError};
 
 /// Append these units in one transaction, with the checkpoints advanced since the last commit.
 pub(crate) struct Append(pub(crate) Vec<Unit>);
@@ -32,6 +34,8 @@ impl Message for FlushCheckpoints {
 #[derive(Debug, Default)]
 pub(crate) struct CheckpointBoard {
     dirty: Mutex<HashMap<ActorKey, Reached>>,
+    /// Subscriptions whose stored checkpoints were written for another concurrency.
+    relayout: Mutex<Vec<(String, i32)>>,
 }
 
 /// (subscription, partition): one handler actor.
@@ -52,6 +56,28 @@ impl CheckpointBoard {
             .entry((Arc::clone(handler), partition as i32))
             .or_insert((partitions as i32, 0));
         entry.1 = entry.1.max(position as i64);
+    }
+
+    /// Marks `handler`'s stored checkpoints of another layout for deletion at the next write.
+    pub(crate) fn relayout(&self, handler: &str, partitions: usize) {
+        self.relayout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((handler.to_owned(), partitions as i32));
+    }
+
+    fn pending_relayout(&self) -> Vec<(String, i32)> {
+        self.relayout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn relayout_done(&self, handler: &str) {
+        self.relayout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(h, _)| h != handler);
     }
 
     fn take(&self) -> Vec<CheckpointRow> {
@@ -88,15 +114,26 @@ impl CheckpointBoard {
 pub(crate) struct StorageActor {
     writer: Writer,
     board: Arc<CheckpointBoard>,
+    /// (subscription, partitions) of this bus: retention keeps what any of them still needs.
+    subscriptions: Vec<(String, usize)>,
+    retention: Retention,
     /// Stopped and joined when the actor goes.
     _checkpointer: WalCheckpointer,
 }
 
 impl StorageActor {
-    pub(crate) fn new(writer: Writer, board: Arc<CheckpointBoard>, pool: SqlitePool) -> Self {
+    pub(crate) fn new(
+        writer: Writer,
+        board: Arc<CheckpointBoard>,
+        pool: SqlitePool,
+        subscriptions: Vec<(String, usize)>,
+        retention: Retention,
+    ) -> Self {
         Self {
             writer,
             board,
+            subscriptions,
+            retention,
             _checkpointer: WalCheckpointer::start(pool),
         }
     }
@@ -104,6 +141,141 @@ impl StorageActor {
 
 impl Actor for StorageActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.retention.is_enabled() {
+            ctx.run_interval(RETENTION_EVERY, |act, _| act.prune());
+        }
+    }
+}
+
+/// How often retention looks for processed events to delete.
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most events one retention pass deletes (one short transaction).
+const RETENTION_BATCH: i64 = 10_000;
+
+impl StorageActor {
+    /// Deletes what every subscription has processed, as the retention policy allows.
+    fn prune(&mut self) {
+        let retention = self.retention;
+        let subscriptions = self.subscriptions.clone();
+        let now = micros(std::time::SystemTime::now());
+        let result = self.writer.transaction(|conn| {
+            let rows = store_log::load_all_checkpoints(conn)?;
+            // A subscription of this bus without a checkpoint for each actor still needs everything.
+            let incomplete = subscriptions.iter().any(|(name, partitions)| {
+                rows.iter().filter(|r| r.handler == *name).count() < *partitions
+            });
+            let safe = if incomplete {
+                0
+            } else {
+                rows.iter().map(|r| r.position).min().unwrap_or(0)
+            };
+            store_log::prune(conn, &retention, safe, now, RETENTION_BATCH)
+        });
+        match result {
+            Ok(0) => {}
+            Ok(n) => log::info!("retention deleted {n} processed event(s)"),
+            Err(e) => log::warn!("retention pass failed: {e}"),
+        }
+    }
+}
+
+/// Keep a dead letter (written before any checkpoint that passes its event, since both go
+/// through this one mailbox in order).
+pub(crate) struct RecordDeadLetter(pub(crate) NewDeadLetter);
+
+impl Message for RecordDeadLetter {
+    type Result = ();
+}
+
+impl Handler<RecordDeadLetter> for StorageActor {
+    type Result = ();
+
+    fn handle(&mut self, RecordDeadLetter(row): RecordDeadLetter, _ctx: &mut Context<Self>) {
+        use crate::storage::schema::dead_letters;
+        let result = self.writer.transaction(|conn| {
+            diesel::insert_into(dead_letters::table)
+                .values(&row)
+                .execute(conn)
+        });
+        if let Err(e) = result {
+            log::error!(
+                "could not store the dead letter of `{}` for position {}: {e}",
+                row.handler,
+                row.position
+            );
+        }
+    }
+}
+
+/// Delete dead letters: redriven and handled, or purged. Answers how many went.
+pub(crate) struct DeleteDeadLetters {
+    pub(crate) ids: Option<Vec<i64>>,
+    pub(crate) handler: Option<String>,
+}
+
+impl Message for DeleteDeadLetters {
+    type Result = Result<usize, StoreError>;
+}
+
+impl Handler<DeleteDeadLetters> for StorageActor {
+    type Result = Result<usize, StoreError>;
+
+    fn handle(&mut self, msg: DeleteDeadLetters, _ctx: &mut Context<Self>) -> Self::Result {
+        use crate::storage::schema::dead_letters;
+        self.writer.transaction(|conn| {
+            let mut query = diesel::delete(dead_letters::table).into_boxed();
+            if let Some(ids) = &msg.ids {
+                query = query.filter(dead_letters::id.eq_any(ids.clone()));
+            }
+            if let Some(h) = &msg.handler {
+                query = query.filter(dead_letters::handler.eq(h.clone()));
+            }
+            query.execute(conn)
+        })
+    }
+}
+
+/// Work a projection does in the writer's transaction, with its checkpoint.
+pub(crate) type ProjectionJob =
+    Box<dyn FnOnce(&mut diesel::SqliteConnection) -> Result<(), String> + Send>;
+
+/// Run a projection's work (read model + checkpoint) in one transaction.
+pub(crate) struct Project(pub(crate) ProjectionJob);
+
+impl Message for Project {
+    type Result = Result<(), String>;
+}
+
+impl Handler<Project> for StorageActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, Project(job): Project, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut failure = None;
+        let result = self.writer.transaction(|conn| {
+            // User code on the writer's thread: a panic must not take the writer down.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
+                .unwrap_or_else(|p| {
+                    Err(format!(
+                        "projection panicked: {}",
+                        crate::actors::handler::panic_message(&*p)
+                    ))
+                });
+            match outcome {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    failure = Some(e);
+                    Err(diesel::result::Error::RollbackTransaction)
+                }
+            }
+        });
+        match (result, failure) {
+            (_, Some(e)) => Err(e),
+            (Err(e), None) => Err(e.to_string()),
+            (Ok(()), None) => Ok(()),
+        }
+    }
 }
 
 impl Handler<Append> for StorageActor {
@@ -128,7 +300,18 @@ impl Handler<FlushCheckpoints> for StorageActor {
         let result = self.writer.save_checkpoints(&checkpoints);
         if result.is_err() {
             self.board.restore(checkpoints);
+            return result;
         }
-        result
+        for (handler, partitions) in self.board.pending_relayout() {
+            match self
+                .writer
+                .transaction(|conn| store_log::drop_stale_checkpoints(conn, &handler, partitions))
+            {
+                Ok(true) => self.board.relayout_done(&handler),
+                Ok(false) => {}
+                Err(e) => log::warn!("could not drop checkpoints of an old concurrency: {e}"),
+            }
+        }
+        Ok(())
     }
 }

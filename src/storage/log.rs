@@ -11,10 +11,10 @@ use diesel::r2d2::{ConnectionManager, PooledConnection};
 use uuid::Uuid;
 
 use crate::event::{stable_hash, Metadata, Payload, Record};
-use crate::storage::models::{CheckpointRow, NewStoredEvent, StoredEvent};
+use crate::storage::models::{CheckpointRow, DeadLetterRow, NewStoredEvent, StoredEvent};
 use crate::storage::pool::classify;
-use crate::storage::schema::{checkpoints, events};
-use crate::storage::StoreError;
+use crate::storage::schema::{checkpoints, dead_letters, events};
+use crate::storage::{Retention, StoreError};
 
 /// Streams whose last version the writer remembers; past this the cache starts over, so
 /// memory stays flat however many streams there are.
@@ -194,6 +194,19 @@ impl Writer {
         }
     }
 
+    /// Runs `f` in one write transaction; an `Err` rolls it back.
+    ///
+    /// # Errors
+    /// What `f` returned, or a database error.
+    pub(crate) fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
+    ) -> Result<T, StoreError> {
+        self.conn
+            .immediate_transaction(f)
+            .map_err(|e| classify(&self.path, e))
+    }
+
     /// Upserts checkpoints alone (no events to append).
     ///
     /// # Errors
@@ -252,16 +265,106 @@ fn already_stored(
     Ok(Some(found))
 }
 
-fn save_checkpoints(conn: &mut SqliteConnection, rows: &[CheckpointRow]) -> QueryResult<()> {
+/// Upserts checkpoints; a checkpoint only moves forward here (`replay` moves it back on purpose,
+/// elsewhere), so a late batched write never undoes a projection's in-transaction one.
+pub(crate) fn save_checkpoints(
+    conn: &mut SqliteConnection,
+    rows: &[CheckpointRow],
+) -> QueryResult<()> {
+    use diesel::upsert::excluded;
     for row in rows {
         diesel::insert_into(checkpoints::table)
             .values(row)
             .on_conflict((checkpoints::handler, checkpoints::partition))
             .do_update()
-            .set(row)
+            .set((
+                checkpoints::partitions.eq(excluded(checkpoints::partitions)),
+                checkpoints::position.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                    "max(checkpoints.position, excluded.position)",
+                )),
+                checkpoints::updated_at.eq(excluded(checkpoints::updated_at)),
+            ))
             .execute(conn)?;
     }
     Ok(())
+}
+
+/// Drops the checkpoints of `handler` written for another number of partitions, once every
+/// actor of the new layout has a checkpoint of its own (until then the old rows are what
+/// keeps a restart from skipping events). Returns whether the old rows are gone.
+pub(crate) fn drop_stale_checkpoints(
+    conn: &mut SqliteConnection,
+    handler: &str,
+    partitions: i32,
+) -> QueryResult<bool> {
+    let covered: i64 = checkpoints::table
+        .filter(checkpoints::handler.eq(handler))
+        .filter(checkpoints::partitions.eq(partitions))
+        .count()
+        .get_result(conn)?;
+    if covered < i64::from(partitions) {
+        return Ok(false);
+    }
+    diesel::delete(
+        checkpoints::table
+            .filter(checkpoints::handler.eq(handler))
+            .filter(checkpoints::partitions.ne(partitions)),
+    )
+    .execute(conn)?;
+    Ok(true)
+}
+
+/// Dead letters of `handler` (all when `None`) with their events, oldest first.
+pub(crate) fn load_dead_letters(
+    conn: &mut SqliteConnection,
+    handler: Option<&str>,
+) -> QueryResult<Vec<(DeadLetterRow, StoredEvent)>> {
+    let mut query = dead_letters::table
+        .inner_join(events::table.on(events::position.eq(dead_letters::position)))
+        .select((DeadLetterRow::as_select(), StoredEvent::as_select()))
+        .order(dead_letters::id.asc())
+        .into_boxed();
+    if let Some(h) = handler {
+        query = query.filter(dead_letters::handler.eq(h.to_owned()));
+    }
+    query.load(conn)
+}
+
+/// Deletes processed events as `retention` allows: only at or below `safe` (the lowest
+/// checkpoint of every subscription), never one a dead letter refers to. At most `limit` per
+/// call, so the writer's transaction stays short. Returns how many were deleted.
+pub(crate) fn prune(
+    conn: &mut SqliteConnection,
+    retention: &Retention,
+    safe: i64,
+    now_micros: i64,
+    limit: i64,
+) -> QueryResult<usize> {
+    let head = current_head(conn)?;
+    let by_count = retention.keep_last.map_or(i64::MIN, |n| head - n as i64);
+    let by_age = retention
+        .max_age
+        .map_or(i64::MIN, |age| now_micros - age.as_micros() as i64);
+    let victims = events::table
+        .filter(events::position.le(safe))
+        .filter(
+            events::position
+                .le(by_count)
+                .or(events::recorded_at.lt(by_age)),
+        )
+        .filter(diesel::dsl::not(diesel::dsl::exists(
+            dead_letters::table.filter(dead_letters::position.eq(events::position)),
+        )))
+        .select(events::position)
+        .order(events::position.asc())
+        .limit(limit)
+        .load::<i64>(conn)?;
+    let mut deleted = 0;
+    for chunk in victims.chunks(1000) {
+        deleted +=
+            diesel::delete(events::table.filter(events::position.eq_any(chunk))).execute(conn)?;
+    }
+    Ok(deleted)
 }
 
 /// Every checkpoint in the store.
@@ -365,6 +468,7 @@ impl StoredEvent {
             encoded: None,
             published_at: std::time::Instant::now(),
             partition,
+            letter: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use crate::storage::schema::{checkpoints, events};
+use crate::storage::schema::{checkpoints, dead_letters, events};
 
 /// An event row as read back.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -47,4 +47,29 @@ pub(crate) struct CheckpointRow {
     pub(crate) partitions: i32,
     pub(crate) position: i64,
     pub(crate) updated_at: i64,
+}
+
+/// A dead-letter row as read back.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = dead_letters)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(crate) struct DeadLetterRow {
+    pub(crate) id: i64,
+    #[allow(dead_code)] // selected to match the table; the joined event carries it too
+    pub(crate) position: i64,
+    pub(crate) handler: String,
+    pub(crate) attempts: i32,
+    pub(crate) last_error: String,
+    pub(crate) failed_at: i64,
+}
+
+/// A dead-letter row to insert.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = dead_letters)]
+pub(crate) struct NewDeadLetter {
+    pub(crate) position: i64,
+    pub(crate) handler: String,
+    pub(crate) attempts: i32,
+    pub(crate) last_error: String,
+    pub(crate) failed_at: i64,
 }

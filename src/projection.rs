@@ -1,0 +1,110 @@
+//! Projections: handlers that write a read model in the store, in the same transaction as
+//! their checkpoint, so that a crash never applies an event twice or skips one.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use actix::Addr;
+use diesel::SqliteConnection;
+
+use crate::actors::handler::EventHandler;
+use crate::actors::storage::{Project, StorageActor};
+use crate::error::HandlerError;
+use crate::event::{DomainEvent, Envelope};
+use crate::storage::log::{micros, save_checkpoints};
+use crate::storage::models::CheckpointRow;
+
+/// A read model kept in the bus's SQLite store. `apply` runs on the storage actor's thread,
+/// inside the transaction that also moves this projection's checkpoint past the event: the
+/// read model and the checkpoint commit together or not at all (exactly-once effects).
+///
+/// Return `Err` to roll the transaction back; the event is retried with the subscription's
+/// retry policy, then dead-lettered. A panic in `apply` is caught and treated as an error.
+/// Keep `apply` short: the store's single writer waits for it.
+///
+/// ```
+/// use actorbus::{DomainEvent, Envelope, HandlerError, Projection};
+/// use diesel::connection::SimpleConnection;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Serialize, Deserialize)] struct OrderPlaced { id: u64 }
+/// # impl DomainEvent for OrderPlaced { const EVENT_TYPE: &'static str = "order.placed";
+/// #     fn stream_id(&self) -> String { self.id.to_string() } }
+///
+/// struct OrderCount;
+/// impl Projection<OrderPlaced> for OrderCount {
+///     fn apply(&mut self, _e: &Envelope<OrderPlaced>, conn: &mut diesel::SqliteConnection) -> Result<(), HandlerError> {
+///         conn.batch_execute("CREATE TABLE IF NOT EXISTS order_count (n INTEGER NOT NULL);
+///                             INSERT INTO order_count SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM order_count);
+///                             UPDATE order_count SET n = n + 1;")?;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Projection<E: DomainEvent>: Send + 'static {
+    /// Applies one event to the read model through `conn`.
+    ///
+    /// # Errors
+    /// Any error: the transaction is rolled back and the event retried.
+    fn apply(
+        &mut self,
+        event: &Envelope<E>,
+        conn: &mut SqliteConnection,
+    ) -> Result<(), HandlerError>;
+}
+
+/// The handler a projection subscription runs: it sends each event's work to the writer.
+pub(crate) struct ProjectionHandler<E, P> {
+    projection: Arc<Mutex<P>>,
+    storage: Addr<StorageActor>,
+    name: Arc<str>,
+    partition: usize,
+    partitions: usize,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E, P> ProjectionHandler<E, P> {
+    pub(crate) fn new(
+        projection: P,
+        storage: Addr<StorageActor>,
+        name: Arc<str>,
+        partition: usize,
+        partitions: usize,
+    ) -> Self {
+        Self {
+            projection: Arc::new(Mutex::new(projection)),
+            storage,
+            name,
+            partition,
+            partitions,
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<E: DomainEvent, P: Projection<E>> EventHandler<E> for ProjectionHandler<E, P> {
+    fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>> {
+        let projection = Arc::clone(&self.projection);
+        let event = event.clone();
+        let checkpoint = CheckpointRow {
+            handler: self.name.to_string(),
+            partition: self.partition as i32,
+            partitions: self.partitions as i32,
+            position: event.position().unwrap_or(0) as i64,
+            updated_at: micros(std::time::SystemTime::now()),
+        };
+        let storage = self.storage.clone();
+        async move {
+            let job = Box::new(move |conn: &mut SqliteConnection| -> Result<(), String> {
+                let mut projection = projection.lock().unwrap_or_else(|p| p.into_inner());
+                projection.apply(&event, conn).map_err(|e| e.to_string())?;
+                save_checkpoints(conn, &[checkpoint]).map_err(|e| e.to_string())
+            });
+            storage
+                .send(Project(job))
+                .await
+                .map_err(|_| HandlerError::from("the storage actor is stopped"))?
+                .map_err(HandlerError::from)
+        }
+    }
+}
