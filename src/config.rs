@@ -147,7 +147,7 @@ struct SpawnArgs {
 
 struct Subscription {
     name: Arc<str>,
-    event_type: &'static str,
+    event_types: &'static [&'static str],
     options: HandlerOptions,
     /// A projection: only possible on a durable bus.
     needs_store: bool,
@@ -377,7 +377,7 @@ impl BusBuilder {
         };
         self.subscriptions.push(Subscription {
             name,
-            event_type: E::EVENT_TYPE,
+            event_types: E::EVENT_TYPES,
             options,
             needs_store,
             spawn: Box::new(spawn),
@@ -461,7 +461,8 @@ impl BusBuilder {
             let mut groups = Vec::new();
             let mut replay_after = i64::MAX;
             for (i, s) in self.subscriptions.into_iter().enumerate() {
-                let counters = HandlerCounters::new(&s.name, s.event_type, s.options.concurrency);
+                let counters =
+                    HandlerCounters::new(&s.name, &s.event_types.join(","), s.options.concurrency);
                 handler_counters.push(Arc::clone(&counters));
                 group_index.insert(s.name.to_string(), i);
                 let starts = match &store {
@@ -478,7 +479,7 @@ impl BusBuilder {
                     starts,
                 });
                 groups.push(Group {
-                    event_type: s.event_type.to_owned(),
+                    event_types: s.event_types.iter().map(|t| (*t).to_owned()).collect(),
                     slots,
                     capacity: s.options.mailbox_capacity,
                     counters,

@@ -19,6 +19,10 @@ use uuid::Uuid;
 /// `EVENT_TYPE` is the stable name stored and routed on; it must not change when the Rust
 /// type is renamed or moved. Bump `SCHEMA_VERSION` when the payload's shape changes.
 ///
+/// An aggregate's events are often one Rust enum: then list every variant's name in
+/// `EVENT_TYPES`, and return the variant's name from [`event_type`](Self::event_type). A
+/// handler of the enum receives all of them, in per-stream order across the variants.
+///
 /// ```
 /// use actorbus::DomainEvent;
 /// use serde::{Deserialize, Serialize};
@@ -34,11 +38,18 @@ use uuid::Uuid;
 pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The stable event-type name, e.g. `"order.placed"`.
     const EVENT_TYPE: &'static str;
+    /// Every type name values of this Rust type can carry (an enum of an aggregate's events);
+    /// a handler of this type subscribes to all of them.
+    const EVENT_TYPES: &'static [&'static str] = &[Self::EVENT_TYPE];
     /// The payload's schema version, stored beside it.
     const SCHEMA_VERSION: u32 = 1;
     /// The id of the stream (aggregate) this event belongs to. Events of one stream are
     /// delivered to each handler in publish order.
     fn stream_id(&self) -> String;
+    /// The type name of this value: one of `EVENT_TYPES` (by default `EVENT_TYPE`).
+    fn event_type(&self) -> &'static str {
+        Self::EVENT_TYPE
+    }
 }
 
 /// Everything the runtime knows about one event besides its payload.
@@ -277,6 +288,7 @@ impl Record {
     /// Wraps a freshly published event.
     pub(crate) fn new<E: DomainEvent>(event: E, opts: PublishOptions) -> Self {
         let stream_id = event.stream_id();
+        let event_type = event.event_type();
         let partition = stable_hash(stream_id.as_bytes());
         let occurred_at = SystemTime::now();
         let meta = Metadata {
@@ -284,7 +296,7 @@ impl Record {
             stream_id,
             stream_version: None,
             position: None,
-            event_type: Cow::Borrowed(E::EVENT_TYPE),
+            event_type: Cow::Borrowed(event_type),
             schema_version: E::SCHEMA_VERSION,
             occurred_at,
             correlation_id: opts.correlation_id,

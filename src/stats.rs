@@ -44,7 +44,7 @@ impl Stats {
 pub struct HandlerStats {
     /// The subscription's unique name.
     pub name: String,
-    /// The event type it handles.
+    /// The event type(s) it handles, comma-separated.
     pub event_type: String,
     /// Handler actors in the group.
     pub concurrency: usize,

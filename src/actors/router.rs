@@ -63,7 +63,7 @@ pub(crate) struct Slot {
 
 /// One subscription: its handler actors and its counters.
 pub(crate) struct Group {
-    pub(crate) event_type: String,
+    pub(crate) event_types: Vec<String>,
     pub(crate) slots: Vec<Slot>,
     /// Most events in one delivery (so a mailbox never holds more than this waiting).
     pub(crate) capacity: usize,
@@ -95,7 +95,9 @@ impl RouterActor {
     ) -> Self {
         let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, g) in groups.iter().enumerate() {
-            by_type.entry(g.event_type.clone()).or_default().push(i);
+            for t in &g.event_types {
+                by_type.entry(t.clone()).or_default().push(i);
+            }
         }
         let mut slot_base = vec![0];
         for g in &groups {
