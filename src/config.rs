@@ -479,6 +479,7 @@ impl BusBuilder {
                     starts,
                 });
                 groups.push(Group {
+                    name: Arc::clone(&s.name),
                     event_types: s.event_types.iter().map(|t| (*t).to_owned()).collect(),
                     slots,
                     capacity: s.options.mailbox_capacity,

@@ -62,6 +62,7 @@
 )]
 
 mod actors;
+mod admin;
 mod blocking;
 mod bus;
 mod config;
@@ -74,6 +75,10 @@ mod stats;
 mod storage;
 
 pub use crate::actors::handler::{handler_fn, EventHandler, Handle, HandlerFn};
+pub use crate::admin::{
+    CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Store, StoreSummary,
+    StoredEventInfo,
+};
 pub use crate::blocking::{blocking, Blocking};
 pub use crate::bus::{EventBus, Receipt};
 pub use crate::config::{

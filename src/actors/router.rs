@@ -63,6 +63,7 @@ pub(crate) struct Slot {
 
 /// One subscription: its handler actors and its counters.
 pub(crate) struct Group {
+    pub(crate) name: Arc<str>,
     pub(crate) event_types: Vec<String>,
     pub(crate) slots: Vec<Slot>,
     /// Most events in one delivery (so a mailbox never holds more than this waiting).
@@ -302,6 +303,61 @@ impl RouterActor {
         );
     }
 
+    /// Hands back the dead letters an operator asked to redrive while no bus ran (`actorbus
+    /// dlq redrive`), before anything else; then catches up.
+    fn redrive_requested(&mut self, ctx: &mut Context<Self>) {
+        let Some(durable) = &self.durable else {
+            return;
+        };
+        let pool = durable.pool.clone();
+        let after = durable.replay_after;
+        let read = actix_rt::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(|e| e.to_string())?;
+            store_log::load_requested_redrives(&mut conn).map_err(|e| e.to_string())
+        });
+        ctx.wait(
+            actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| {
+                let rows = match rows.map_err(|e| e.to_string()).and_then(|r| r) {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        log::error!(
+                            "reading requested redrives failed: {e}; they wait for the next start"
+                        );
+                        Vec::new()
+                    }
+                };
+                let mut deliveries = Vec::new();
+                for (g, group) in act.groups.iter().enumerate() {
+                    let records: Vec<Record> = rows
+                        .iter()
+                        .filter(|(letter, _)| *letter.handler == *group.name)
+                        .map(|(letter, event)| {
+                            let mut record = event.clone().into_record();
+                            record.letter = Some(letter.id);
+                            record
+                        })
+                        .collect();
+                    if !records.is_empty() {
+                        log::info!(
+                            "redriving {} dead letter(s) of `{}`",
+                            records.len(),
+                            group.name
+                        );
+                        deliveries.push((g, records));
+                    }
+                }
+                let mut futures = Vec::new();
+                for (g, records) in deliveries {
+                    futures.push(act.delivery(records.into_iter(), Some(g)));
+                }
+                ctx.wait(
+                    actix::fut::wrap_future(join_all(futures))
+                        .map(move |_, act: &mut Self, ctx| act.catch_up(after, ctx)),
+                );
+            }),
+        );
+    }
+
     /// Replays stored events after `after` page by page, then starts live intake: no gap
     /// (intake waits until the log is read to its end) and no duplicate (handler actors skip
     /// what their checkpoint already covers).
@@ -409,8 +465,7 @@ impl Actor for RouterActor {
                     let flush = storage.send(FlushCheckpoints);
                     ctx.spawn(actix::fut::wrap_future(flush).map(|_, _, _| ()));
                 });
-                let after = durable.replay_after;
-                self.catch_up(after, ctx);
+                self.redrive_requested(ctx);
             }
             None => self.start_intake(ctx),
         }

@@ -314,6 +314,18 @@ pub(crate) fn drop_stale_checkpoints(
     Ok(true)
 }
 
+/// Dead letters an operator asked to redrive, with their events, oldest first.
+pub(crate) fn load_requested_redrives(
+    conn: &mut SqliteConnection,
+) -> QueryResult<Vec<(DeadLetterRow, StoredEvent)>> {
+    dead_letters::table
+        .inner_join(events::table.on(events::position.eq(dead_letters::position)))
+        .filter(dead_letters::redrive_requested.ne(0))
+        .select((DeadLetterRow::as_select(), StoredEvent::as_select()))
+        .order(dead_letters::id.asc())
+        .load(conn)
+}
+
 /// Dead letters of `handler` (all when `None`) with their events, oldest first.
 pub(crate) fn load_dead_letters(
     conn: &mut SqliteConnection,

@@ -61,6 +61,7 @@ pub(crate) struct DeadLetterRow {
     pub(crate) attempts: i32,
     pub(crate) last_error: String,
     pub(crate) failed_at: i64,
+    pub(crate) redrive_requested: i32,
 }
 
 /// A dead-letter row to insert.

@@ -13,11 +13,12 @@ use crate::storage::{Durability, SqliteOptions, StoreError};
 
 pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// The newest `store_meta.schema_version` this binary understands.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 /// SQLite's default page size, which the store keeps.
 const PAGE_SIZE: u64 = 4096;
 
 pub(crate) type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+pub(crate) type PooledSqlite = diesel::r2d2::PooledConnection<ConnectionManager<SqliteConnection>>;
 
 #[derive(Debug, Clone, Copy)]
 struct Pragmas {

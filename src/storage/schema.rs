@@ -18,6 +18,7 @@ diesel::table! {
         attempts -> Integer,
         last_error -> Text,
         failed_at -> BigInt,
+        redrive_requested -> Integer,
     }
 }
 

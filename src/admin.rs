@@ -1,0 +1,532 @@
+//! The operator's view of a SQLite store, used by the `actorbus` command: read events,
+//! checkpoints and dead letters, and repair what went wrong, with no bus running.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::storage::log::{self as store_log, micros};
+use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
+use crate::storage::pool::{self, SqlitePool};
+use crate::storage::schema::{checkpoints, dead_letters, events, store_meta};
+use crate::storage::{SqliteOptions, StoreError};
+
+/// An operator's handle on a SQLite store file. Safe beside a running bus on the same file
+/// (SQLite locks; writes wait `busy_timeout`), though repairs are meant for a stopped bus.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("bus.db");
+/// use actorbus::Store;
+///
+/// let store = Store::create(&path)?;                 // or Store::open for an existing one
+/// assert_eq!(store.head()?, 0);
+/// assert!(Store::open(dir.path().join("missing.db")).is_err());
+/// # Ok::<_, actorbus::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    pool: SqlitePool,
+}
+
+/// One stored event, as an operator sees it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StoredEventInfo {
+    /// Global position.
+    pub position: u64,
+    /// Event id.
+    pub id: Uuid,
+    /// Stream (aggregate) id.
+    pub stream_id: String,
+    /// Version within the stream.
+    pub stream_version: u64,
+    /// Event type name.
+    pub event_type: String,
+    /// Payload schema version.
+    pub schema_version: u32,
+    /// The payload as stored (JSON text).
+    pub payload: String,
+    /// Correlation, causation and headers as stored (JSON), if any.
+    pub metadata: Option<String>,
+    /// When it was published.
+    pub recorded_at: SystemTime,
+}
+
+/// How far one handler actor got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckpointInfo {
+    /// Subscription name.
+    pub handler: String,
+    /// Partition (handler actor index).
+    pub partition: u32,
+    /// Partitions (the concurrency) the index refers to.
+    pub partitions: u32,
+    /// Last position processed.
+    pub position: u64,
+    /// When it was written.
+    pub updated_at: SystemTime,
+}
+
+/// A stored dead letter with its event.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DeadLetterInfo {
+    /// Dead-letter id.
+    pub id: u64,
+    /// Subscription that gave up.
+    pub handler: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: String,
+    /// When the handler gave up.
+    pub failed_at: SystemTime,
+    /// Whether an operator asked for it to be redriven at the next start.
+    pub redrive_requested: bool,
+    /// The event.
+    pub event: StoredEventInfo,
+}
+
+/// Which events [`Store::events`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventFilter {
+    /// Only this stream.
+    pub stream: Option<String>,
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// Only after this position.
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: Option<u64>,
+    /// The newest `limit` (still returned oldest first) instead of the oldest.
+    pub newest: bool,
+}
+
+impl EventFilter {
+    /// Every event, oldest first.
+    pub fn all() -> Self {
+        Self::default()
+    }
+    /// Only `stream`.
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.stream = Some(stream.into());
+        self
+    }
+    /// Only `event_type`.
+    pub fn event_type(mut self, t: impl Into<String>) -> Self {
+        self.event_type = Some(t.into());
+        self
+    }
+    /// Only after `position`.
+    pub fn after(mut self, position: u64) -> Self {
+        self.after = Some(position);
+        self
+    }
+    /// At most `n`.
+    pub fn limit(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
+    /// The newest ones (with `limit`).
+    pub fn newest(mut self) -> Self {
+        self.newest = true;
+        self
+    }
+}
+
+/// A summary of a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreSummary {
+    /// Events stored.
+    pub events: u64,
+    /// Distinct streams.
+    pub streams: u64,
+    /// Position of the newest event.
+    pub head: u64,
+    /// Schema version.
+    pub schema_version: i64,
+    /// Per subscription: (name, lowest checkpoint, lag = head - lowest checkpoint, dead letters).
+    pub handlers: Vec<HandlerSummary>,
+}
+
+/// One subscription in a [`StoreSummary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlerSummary {
+    /// Subscription name.
+    pub name: String,
+    /// Its lowest checkpoint over its actors (`None`: only dead letters known).
+    pub checkpoint: Option<u64>,
+    /// Events stored after that checkpoint.
+    pub lag: u64,
+    /// Its dead letters.
+    pub dead_letters: u64,
+}
+
+fn db(e: diesel::result::Error) -> Error {
+    Error::Store(StoreError::Database(e.to_string()))
+}
+
+fn time(micros: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64)
+}
+
+impl From<StoredEvent> for StoredEventInfo {
+    fn from(e: StoredEvent) -> Self {
+        Self {
+            position: e.position as u64,
+            id: Uuid::from_slice(&e.event_id).unwrap_or_default(),
+            stream_id: e.stream_id,
+            stream_version: e.stream_version as u64,
+            event_type: e.event_type,
+            schema_version: e.schema_version as u32,
+            payload: e.payload,
+            metadata: e.metadata,
+            recorded_at: time(e.recorded_at),
+        }
+    }
+}
+
+impl Store {
+    /// Opens an existing store (migrating an older schema).
+    ///
+    /// # Errors
+    /// A missing file, a file that is not SQLite, a newer schema, a lock: all as
+    /// [`Error::Store`]; the file is left untouched.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(Error::Store(StoreError::Io {
+                path: path.to_path_buf(),
+                message: "no such store file".into(),
+            }));
+        }
+        Self::create(path)
+    }
+
+    /// Opens the store at `path`, creating it with its schema when missing.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open), except for a missing file.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let pool = pool::open(&SqliteOptions::new(&path))?;
+        Ok(Self { path, pool })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> Result<pool::PooledSqlite> {
+        self.pool
+            .get()
+            .map_err(|e| Error::Store(StoreError::Connection(e.to_string())))
+    }
+
+    /// The schema version of the store.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn schema_version(&self) -> Result<i64> {
+        let v: String = store_meta::table
+            .filter(store_meta::key.eq("schema_version"))
+            .select(store_meta::value)
+            .first(&mut self.conn()?)
+            .map_err(db)?;
+        Ok(v.parse().unwrap_or(0))
+    }
+
+    /// Position of the newest event (0 when empty).
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn head(&self) -> Result<u64> {
+        Ok(store_log::head(&mut *self.conn()?).map_err(db)?.max(0) as u64)
+    }
+
+    /// Events matching `filter`, oldest first.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEventInfo>> {
+        let mut q = events::table.select(StoredEvent::as_select()).into_boxed();
+        if let Some(s) = &filter.stream {
+            q = q.filter(events::stream_id.eq(s.clone()));
+        }
+        if let Some(t) = &filter.event_type {
+            q = q.filter(events::event_type.eq(t.clone()));
+        }
+        if let Some(a) = filter.after {
+            q = q.filter(events::position.gt(a as i64));
+        }
+        q = if filter.newest {
+            q.order(events::position.desc())
+        } else {
+            q.order(events::position.asc())
+        };
+        if let Some(n) = filter.limit {
+            q = q.limit(n.min(i64::MAX as u64) as i64);
+        }
+        let mut rows: Vec<StoredEventInfo> = q
+            .load(&mut self.conn()?)
+            .map_err(db)?
+            .into_iter()
+            .map(StoredEventInfo::from)
+            .collect();
+        if filter.newest {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    /// Every checkpoint.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointInfo>> {
+        let rows: Vec<CheckpointRow> = checkpoints::table
+            .select(CheckpointRow::as_select())
+            .order((checkpoints::handler.asc(), checkpoints::partition.asc()))
+            .load(&mut self.conn()?)
+            .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| CheckpointInfo {
+                handler: r.handler,
+                partition: r.partition.max(0) as u32,
+                partitions: r.partitions.max(0) as u32,
+                position: r.position.max(0) as u64,
+                updated_at: time(r.updated_at),
+            })
+            .collect())
+    }
+
+    /// Subscription names the store knows (from checkpoints and dead letters), sorted.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn handlers(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn()?;
+        let mut names: Vec<String> = checkpoints::table
+            .select(checkpoints::handler)
+            .distinct()
+            .load(&mut conn)
+            .map_err(db)?;
+        names.extend(
+            dead_letters::table
+                .select(dead_letters::handler)
+                .distinct()
+                .load::<String>(&mut conn)
+                .map_err(db)?,
+        );
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Fails with [`Error::UnknownHandler`] unless the store knows `handler`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownHandler`], or a database error.
+    pub fn require_handler(&self, handler: &str) -> Result<()> {
+        if self.handlers()?.iter().any(|h| h == handler) {
+            Ok(())
+        } else {
+            Err(Error::UnknownHandler(handler.to_owned()))
+        }
+    }
+
+    /// Dead letters of `handler` (all when `None`), oldest first.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn dead_letters(&self, handler: Option<&str>) -> Result<Vec<DeadLetterInfo>> {
+        let rows = store_log::load_dead_letters(&mut *self.conn()?, handler).map_err(db)?;
+        Ok(rows.into_iter().map(letter_info).collect())
+    }
+
+    /// One dead letter by id.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetterInfo>> {
+        Ok(self.dead_letters(None)?.into_iter().find(|l| l.id == id))
+    }
+
+    /// Asks the next bus that starts to hand the dead letters of `handler` (all when `None`)
+    /// back to their handler, in order, before anything else. Returns how many.
+    ///
+    /// # Errors
+    /// A database error or a lock held past the busy timeout.
+    pub fn request_redrive(&self, handler: Option<&str>) -> Result<usize> {
+        let mut q = diesel::update(dead_letters::table).into_boxed();
+        if let Some(h) = handler {
+            q = q.filter(dead_letters::handler.eq(h.to_owned()));
+        }
+        q.set(dead_letters::redrive_requested.eq(1))
+            .execute(&mut self.conn()?)
+            .map_err(|e| Error::Store(pool::classify(&self.path, e)))
+    }
+
+    /// Deletes the dead letters of `handler` (all when `None`). Returns how many.
+    ///
+    /// # Errors
+    /// A database error or a lock held past the busy timeout.
+    pub fn purge_dead_letters(&self, handler: Option<&str>) -> Result<usize> {
+        let mut q = diesel::delete(dead_letters::table).into_boxed();
+        if let Some(h) = handler {
+            q = q.filter(dead_letters::handler.eq(h.to_owned()));
+        }
+        q.execute(&mut self.conn()?)
+            .map_err(|e| Error::Store(pool::classify(&self.path, e)))
+    }
+
+    /// Moves every checkpoint of `handler` back (or forward) to `position`: at its next start
+    /// the handler processes every event after it again. Returns how many checkpoints moved.
+    ///
+    /// # Errors
+    /// [`Error::UnknownHandler`] when the store has no checkpoint for it; a database error.
+    pub fn reset_checkpoint(&self, handler: &str, position: u64) -> Result<usize> {
+        let n = diesel::update(checkpoints::table.filter(checkpoints::handler.eq(handler)))
+            .set((
+                checkpoints::position.eq(position as i64),
+                checkpoints::updated_at.eq(micros(SystemTime::now())),
+            ))
+            .execute(&mut self.conn()?)
+            .map_err(|e| Error::Store(pool::classify(&self.path, e)))?;
+        if n == 0 {
+            return Err(Error::UnknownHandler(handler.to_owned()));
+        }
+        Ok(n)
+    }
+
+    /// Events, streams, head and per-subscription progress.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn summary(&self) -> Result<StoreSummary> {
+        let mut conn = self.conn()?;
+        let events: i64 = events::table.count().get_result(&mut conn).map_err(db)?;
+        let streams: i64 = events::table
+            .select(events::stream_id)
+            .distinct()
+            .count()
+            .get_result(&mut conn)
+            .map_err(db)?;
+        drop(conn);
+        let head = self.head()?;
+        let checkpoints = self.checkpoints()?;
+        let letters = self.dead_letters(None)?;
+        let handlers = self
+            .handlers()?
+            .into_iter()
+            .map(|name| {
+                let checkpoint = checkpoints
+                    .iter()
+                    .filter(|c| c.handler == name)
+                    .map(|c| c.position)
+                    .min();
+                HandlerSummary {
+                    lag: head.saturating_sub(checkpoint.unwrap_or(0)),
+                    dead_letters: letters.iter().filter(|l| l.handler == name).count() as u64,
+                    checkpoint,
+                    name,
+                }
+            })
+            .collect();
+        Ok(StoreSummary {
+            events: events as u64,
+            streams: streams as u64,
+            head,
+            schema_version: self.schema_version()?,
+            handlers,
+        })
+    }
+
+    /// Checks the invariants of the log: stream versions contiguous, event ids unique,
+    /// every checkpoint at or below the head. Returns what differs (empty: consistent).
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn check(&self) -> Result<Vec<String>> {
+        #[derive(QueryableByName)]
+        struct Gap {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            stream_id: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            lo: i64,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            hi: i64,
+        }
+        let mut conn = self.conn()?;
+        let mut problems = Vec::new();
+        // Retention may have removed a stream's oldest events: contiguous from its lowest.
+        let gaps: Vec<Gap> = diesel::sql_query(
+            "SELECT stream_id, count(*) AS n, min(stream_version) AS lo, max(stream_version) AS hi \
+             FROM events GROUP BY stream_id HAVING hi - lo + 1 != n LIMIT 20",
+        )
+        .load(&mut conn)
+        .map_err(db)?;
+        for g in gaps {
+            problems.push(format!(
+                "stream `{}` has {} events for versions {}..={}",
+                g.stream_id, g.n, g.lo, g.hi
+            ));
+        }
+        let dup: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "SELECT count(*) FROM (SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1)",
+        )
+        .get_result(&mut conn)
+        .map_err(db)?;
+        if dup > 0 {
+            problems.push(format!("{dup} event id(s) stored more than once"));
+        }
+        drop(conn);
+        let head = self.head()?;
+        for c in self.checkpoints()? {
+            if c.position > head {
+                problems.push(format!(
+                    "checkpoint of `{}` #{} is at {}, past the head {head}",
+                    c.handler, c.partition, c.position
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Runs `f` with a connection to the store (for application-specific checks, such as a
+    /// projection's read model).
+    ///
+    /// # Errors
+    /// What `f` returns, or a connection error.
+    pub fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
+    ) -> Result<T> {
+        f(&mut *self.conn()?).map_err(db)
+    }
+}
+
+fn letter_info((row, event): (DeadLetterRow, StoredEvent)) -> DeadLetterInfo {
+    DeadLetterInfo {
+        id: row.id as u64,
+        handler: row.handler,
+        attempts: row.attempts.max(0) as u32,
+        last_error: row.last_error,
+        failed_at: time(row.failed_at),
+        redrive_requested: row.redrive_requested != 0,
+        event: event.into(),
+    }
+}
