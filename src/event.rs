@@ -367,6 +367,17 @@ pub(crate) fn new_event_id(at: SystemTime) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
+/// The handler actor (partition) that receives the events of `stream_id` in a subscription of
+/// `partitions` actors: the same in every process and release.
+///
+/// ```
+/// assert_eq!(actorbus::partition_for("order-1", 1), 0);
+/// assert!(actorbus::partition_for("order-1", 4) < 4);
+/// ```
+pub fn partition_for(stream_id: &str, partitions: usize) -> usize {
+    (stable_hash(stream_id.as_bytes()) % partitions.max(1) as u64) as usize
+}
+
 /// FNV-1a: stable across processes and releases, unlike `DefaultHasher`, so a stream keeps
 /// its handler actor after a restart.
 pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {

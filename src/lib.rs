@@ -87,7 +87,7 @@ pub use crate::config::{
 };
 pub use crate::dead_letter::DeadLetter;
 pub use crate::error::{Error, HandlerError, Result};
-pub use crate::event::{DomainEvent, Envelope, Metadata, PublishOptions};
+pub use crate::event::{partition_for, DomainEvent, Envelope, Metadata, PublishOptions};
 pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
 pub use crate::projection::Projection;
 pub use crate::stats::{HandlerStats, Latency, Stats};

@@ -323,3 +323,38 @@ async fn panic_in_one_handler_actor_does_not_disturb_its_siblings() {
     assert_eq!(seen, (0..40).collect::<Vec<_>>());
     assert_eq!(bus.stats().handler("group").unwrap().restarts, 1);
 }
+
+#[actix::test]
+async fn a_synchronous_handler_that_panics_is_restarted_like_an_async_one() {
+    let log = new_log();
+    let tripped = Arc::new(AtomicU32::new(0));
+    let factory = {
+        let (log, tripped) = (log.clone(), Arc::clone(&tripped));
+        move || {
+            let (log, tripped) = (log.clone(), Arc::clone(&tripped));
+            // The closure runs when the handler is called, before any future exists.
+            actorbus::handler_fn(
+                move |e: &Envelope<OrderPlaced>| -> Result<(), HandlerError> {
+                    if e.seq == 2 && tripped.fetch_add(1, Ordering::SeqCst) == 0 {
+                        panic!("synchronous panic");
+                    }
+                    log.lock().unwrap().push((e.stream_id().to_owned(), e.seq));
+                    Ok(())
+                },
+            )
+        }
+    };
+    let options = HandlerOptions::new()
+        .retry(fast_retry(5))
+        .restart(fast_restart(5));
+    let bus = EventBus::builder()
+        .handler_with("sync", options, factory)
+        .build()
+        .unwrap();
+    for seq in 1..=3 {
+        bus.publish(placed(1, seq)).await.unwrap();
+    }
+    drain(&bus).await;
+    assert_eq!(seqs(&log), vec![1, 2, 3]);
+    assert_eq!(bus.stats().handler("sync").unwrap().restarts, 1);
+}

@@ -424,10 +424,18 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
             if attempt > 1 {
                 HandlerCounters::add(&counters.retries, 1);
             }
-            match AssertUnwindSafe(handler.handle(&envelope))
-                .catch_unwind()
-                .await
-            {
+            // A handler may panic while *creating* its future (a synchronous body), not only
+            // while it runs: both are caught.
+            let instance = &mut *handler;
+            let event = &envelope;
+            let outcome = match std::panic::catch_unwind(AssertUnwindSafe(move || {
+                let instance = instance; // moved, so the future may keep the borrow
+                instance.handle(event)
+            })) {
+                Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
+            match outcome {
                 Ok(Ok(())) => {
                     latencies.push(record.published_at.elapsed().as_nanos() as u64);
                     HandlerCounters::add(&counters.handled, 1);
