@@ -443,7 +443,9 @@ impl BusBuilder {
         let lifecycle = Arc::new(Lifecycle::default());
         let bus_counters = Arc::new(BusCounters::default());
         let dead_letters = Arc::new(match &store {
-            Some(st) => DeadLetters::stored(st.storage.clone(), st.pool.clone()),
+            Some(st) => {
+                DeadLetters::stored(Arc::clone(&st.board), st.storage.clone(), st.pool.clone())
+            }
             None => DeadLetters::default(),
         });
         let (tx, rx) = mpsc::channel(self.intake_capacity);

@@ -2,12 +2,12 @@
 //! redriven to their handler once it is fixed, or purged.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::Addr;
 
-use crate::actors::storage::{DeleteDeadLetters, RecordDeadLetter, StorageActor};
+use crate::actors::storage::{CheckpointBoard, DeleteDeadLetters, StorageActor};
 use crate::event::{Metadata, Record};
 use crate::storage::log::{self as store_log, micros};
 use crate::storage::models::NewDeadLetter;
@@ -60,8 +60,10 @@ pub(crate) struct DeadLetters {
     store: Option<StoredLetters>,
 }
 
-/// Where a durable bus keeps its dead letters: written by the storage actor, read by the pool.
+/// Where a durable bus keeps its dead letters: queued on the checkpoint board, written by the
+/// storage actor with the checkpoints, read through the pool.
 struct StoredLetters {
+    board: Arc<CheckpointBoard>,
     storage: Addr<StorageActor>,
     pool: SqlitePool,
 }
@@ -74,9 +76,17 @@ impl std::fmt::Debug for StoredLetters {
 
 impl DeadLetters {
     /// Dead letters kept in the store of a durable bus.
-    pub(crate) fn stored(storage: Addr<StorageActor>, pool: SqlitePool) -> Self {
+    pub(crate) fn stored(
+        board: Arc<CheckpointBoard>,
+        storage: Addr<StorageActor>,
+        pool: SqlitePool,
+    ) -> Self {
         Self {
-            store: Some(StoredLetters { storage, pool }),
+            store: Some(StoredLetters {
+                board,
+                storage,
+                pool,
+            }),
             ..Self::default()
         }
     }
@@ -88,14 +98,14 @@ impl DeadLetters {
             record.meta.event_type
         );
         if let (Some(store), Some(position)) = (&self.store, record.meta.position) {
-            // Ordered before the checkpoint that passes this event: same mailbox, sent first.
-            store.storage.do_send(RecordDeadLetter(NewDeadLetter {
+            // Written no later than the checkpoint that passes this event: same transaction.
+            store.board.add_letter(NewDeadLetter {
                 position: position as i64,
                 handler: handler.to_owned(),
                 attempts: attempts as i32,
                 last_error,
                 failed_at: micros(SystemTime::now()),
-            }));
+            });
             return;
         }
         let letter = DeadLetter {

@@ -244,6 +244,8 @@ impl<E> Envelope<E> {
 pub(crate) enum Payload {
     Typed(Arc<dyn Any + Send + Sync>),
     Json(Arc<serde_json::Value>),
+    /// A stored payload that cannot be read at all, and why: its handlers dead-letter it.
+    Invalid(Arc<str>),
 }
 
 /// A type-erased event on its way through the router: what handler mailboxes hold.
@@ -326,6 +328,12 @@ impl Record {
                     std::any::type_name::<E>()
                 )
             })?,
+            Payload::Invalid(why) => {
+                return Err(format!(
+                    "payload does not decode as `{}`: {why}",
+                    E::EVENT_TYPE
+                ))
+            }
             Payload::Json(value) => Arc::new(
                 E::deserialize(&**value)
                     .map_err(|e| format!("payload does not decode as `{}`: {e}", E::EVENT_TYPE))?,

@@ -164,6 +164,13 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
     },
+    /// The file is a SQLite database of another application (it has tables, none of ours);
+    /// it was left untouched. Check the path.
+    #[error("{path} is a SQLite database of another application, not an actorbus store")]
+    ForeignDatabase {
+        /// The file.
+        path: PathBuf,
+    },
     /// The store was written by a newer actorbus. Upgrade the binary; nothing was changed.
     #[error("{path} has schema version {found}, newer than this binary supports ({supported})")]
     NewerSchema {

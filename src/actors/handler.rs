@@ -252,7 +252,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     /// The handler panicked (or its factory did): its instance is gone. Ask the supervisor
     /// whether to rebuild it after a backoff, or to give up.
     fn on_panic(&mut self, pending: Pending, message: String, ctx: &mut Context<Self>) {
-        log::error!(
+        log::warn!(
             "handler `{}` #{} panicked: {message}",
             self.setup.name,
             self.index

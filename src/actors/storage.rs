@@ -36,6 +36,9 @@ pub(crate) struct CheckpointBoard {
     dirty: Mutex<HashMap<ActorKey, Reached>>,
     /// Subscriptions whose stored checkpoints were written for another concurrency.
     relayout: Mutex<Vec<(String, i32)>>,
+    /// Dead letters not yet stored: written in the same transaction as the checkpoints, so a
+    /// checkpoint never passes an event whose dead letter is not kept.
+    letters: Mutex<Vec<NewDeadLetter>>,
 }
 
 /// (subscription, partition): one handler actor.
@@ -78,6 +81,24 @@ impl CheckpointBoard {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(h, _)| h != handler);
+    }
+
+    /// Queues a dead letter for the next write.
+    pub(crate) fn add_letter(&self, letter: NewDeadLetter) {
+        self.letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(letter);
+    }
+
+    fn take_letters(&self) -> Vec<NewDeadLetter> {
+        std::mem::take(&mut *self.letters.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn restore_letters(&self, mut letters: Vec<NewDeadLetter>) {
+        let mut queued = self.letters.lock().unwrap_or_else(|p| p.into_inner());
+        letters.append(&mut queued);
+        *queued = letters;
     }
 
     fn take(&self) -> Vec<CheckpointRow> {
@@ -181,34 +202,6 @@ impl StorageActor {
     }
 }
 
-/// Keep a dead letter (written before any checkpoint that passes its event, since both go
-/// through this one mailbox in order).
-pub(crate) struct RecordDeadLetter(pub(crate) NewDeadLetter);
-
-impl Message for RecordDeadLetter {
-    type Result = ();
-}
-
-impl Handler<RecordDeadLetter> for StorageActor {
-    type Result = ();
-
-    fn handle(&mut self, RecordDeadLetter(row): RecordDeadLetter, _ctx: &mut Context<Self>) {
-        use crate::storage::schema::dead_letters;
-        let result = self.writer.transaction(|conn| {
-            diesel::insert_into(dead_letters::table)
-                .values(&row)
-                .execute(conn)
-        });
-        if let Err(e) = result {
-            log::error!(
-                "could not store the dead letter of `{}` for position {}: {e}",
-                row.handler,
-                row.position
-            );
-        }
-    }
-}
-
 /// Delete dead letters: redriven and handled, or purged. Answers how many went.
 pub(crate) struct DeleteDeadLetters {
     pub(crate) ids: Option<Vec<i64>>,
@@ -282,11 +275,14 @@ impl Handler<Append> for StorageActor {
     type Result = MessageResult<Append>;
 
     fn handle(&mut self, Append(units): Append, _ctx: &mut Context<Self>) -> Self::Result {
+        // Letters first: one queued after the checkpoints were taken waits for the next write.
+        let letters = self.board.take_letters();
         let checkpoints = self.board.take();
-        let result = self.writer.append(&units, &checkpoints);
+        let result = self.writer.append(&units, &checkpoints, &letters);
         if let Err(e) = &result {
             log::error!("append of {} unit(s) failed: {e}", units.len());
             self.board.restore(checkpoints);
+            self.board.restore_letters(letters);
         }
         MessageResult((units, result))
     }
@@ -296,10 +292,12 @@ impl Handler<FlushCheckpoints> for StorageActor {
     type Result = Result<(), StoreError>;
 
     fn handle(&mut self, _: FlushCheckpoints, _ctx: &mut Context<Self>) -> Self::Result {
+        let letters = self.board.take_letters();
         let checkpoints = self.board.take();
-        let result = self.writer.save_checkpoints(&checkpoints);
+        let result = self.writer.save_checkpoints(&checkpoints, &letters);
         if result.is_err() {
             self.board.restore(checkpoints);
+            self.board.restore_letters(letters);
             return result;
         }
         for (handler, partitions) in self.board.pending_relayout() {

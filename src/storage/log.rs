@@ -11,8 +11,10 @@ use diesel::r2d2::{ConnectionManager, PooledConnection};
 use uuid::Uuid;
 
 use crate::event::{stable_hash, Metadata, Payload, Record};
-use crate::storage::models::{CheckpointRow, DeadLetterRow, NewStoredEvent, StoredEvent};
-use crate::storage::pool::classify;
+use crate::storage::models::{
+    CheckpointRow, DeadLetterRow, NewDeadLetter, NewStoredEvent, StoredEvent,
+};
+use crate::storage::pool::{classify, classify_message};
 use crate::storage::schema::{checkpoints, dead_letters, events};
 use crate::storage::{Retention, StoreError};
 
@@ -83,10 +85,11 @@ impl Writer {
         &mut self,
         units: &[Unit],
         checkpoints: &[CheckpointRow],
+        letters: &[NewDeadLetter],
     ) -> Result<Vec<UnitOutcome>, StoreError> {
         let mut versions = std::mem::take(&mut self.versions);
         let cached_head = self.head;
-        let result = self.conn.immediate_transaction(|conn| {
+        let result = in_transaction(&mut self.conn, &self.path, |conn| {
             let head = current_head(conn)?;
             if head != cached_head {
                 // Someone else wrote (or this is the first commit): cached versions may be stale.
@@ -171,6 +174,7 @@ impl Writer {
                     .execute(conn)?;
             }
             save_checkpoints(conn, checkpoints)?;
+            save_dead_letters(conn, letters)?;
             let changed: Vec<(String, i64)> = changed
                 .into_iter()
                 .map(|(s, v)| (s.to_owned(), v))
@@ -189,7 +193,7 @@ impl Writer {
             }
             Err(e) => {
                 self.head = -1;
-                Err(classify(&self.path, e))
+                Err(e)
             }
         }
     }
@@ -202,23 +206,59 @@ impl Writer {
         &mut self,
         f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
     ) -> Result<T, StoreError> {
-        self.conn
-            .immediate_transaction(f)
-            .map_err(|e| classify(&self.path, e))
+        in_transaction(&mut self.conn, &self.path, f)
     }
 
     /// Upserts checkpoints alone (no events to append).
     ///
     /// # Errors
     /// A database error.
-    pub(crate) fn save_checkpoints(&mut self, rows: &[CheckpointRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
+    pub(crate) fn save_checkpoints(
+        &mut self,
+        rows: &[CheckpointRow],
+        letters: &[NewDeadLetter],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() && letters.is_empty() {
             return Ok(());
         }
-        self.conn
-            .immediate_transaction(|conn| save_checkpoints(conn, rows))
-            .map_err(|e| classify(&self.path, e))
+        in_transaction(&mut self.conn, &self.path, |conn| {
+            save_checkpoints(conn, rows)?;
+            save_dead_letters(conn, letters)
+        })
     }
+}
+
+/// Runs `f` in an immediate transaction. Reports the first error `f` met: when SQLite has
+/// already rolled back by itself (a full disk), diesel's own ROLLBACK fails too, and that
+/// second error would otherwise hide the cause.
+fn in_transaction<T>(
+    conn: &mut SqliteConnection,
+    path: &std::path::Path,
+    f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
+) -> Result<T, StoreError> {
+    let mut first = None;
+    let result = conn.immediate_transaction(|c| {
+        let r = f(c);
+        if let Err(e) = &r {
+            if !matches!(e, diesel::result::Error::RollbackTransaction) {
+                first = Some(e.to_string());
+            }
+        }
+        r
+    });
+    result.map_err(|e| match first {
+        Some(text) => classify_message(path, text),
+        None => classify(path, e),
+    })
+}
+
+fn save_dead_letters(conn: &mut SqliteConnection, letters: &[NewDeadLetter]) -> QueryResult<()> {
+    if !letters.is_empty() {
+        diesel::insert_into(dead_letters::table)
+            .values(letters)
+            .execute(conn)?;
+    }
+    Ok(())
 }
 
 fn current_head(conn: &mut SqliteConnection) -> QueryResult<i64> {
@@ -439,7 +479,10 @@ impl StoredEvent {
     /// The row as a record for delivery. A payload or metadata that is not JSON still makes a
     /// record (the handler dead-letters it with the reason), never a failed read.
     pub(crate) fn into_record(self) -> Record {
-        let payload = serde_json::from_str(&self.payload).unwrap_or(serde_json::Value::Null);
+        let payload = match serde_json::from_str(&self.payload) {
+            Ok(value) => Payload::Json(Arc::new(value)),
+            Err(e) => Payload::Invalid(Arc::from(format!("it is not JSON: {e}"))),
+        };
         let extra: serde_json::Value = self
             .metadata
             .as_deref()
@@ -476,7 +519,7 @@ impl StoredEvent {
         let partition = stable_hash(meta.stream_id.as_bytes());
         Record {
             meta: Arc::new(meta),
-            payload: Payload::Json(Arc::new(payload)),
+            payload,
             encoded: None,
             published_at: std::time::Instant::now(),
             partition,

@@ -54,6 +54,9 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
 pub(crate) fn open(options: &SqliteOptions) -> Result<SqlitePool, StoreError> {
     let path = options.path.as_path();
     refuse_foreign_file(path)?;
+    if path.exists() {
+        inspect_before_use(path, options.busy_timeout)?;
+    }
     let pragmas = Pragmas {
         durability: options.durability,
         busy_timeout: options.busy_timeout,
@@ -69,7 +72,6 @@ pub(crate) fn open(options: &SqliteOptions) -> Result<SqlitePool, StoreError> {
     let mut conn = pool
         .get()
         .map_err(|e| classify_pool_error(path, e.to_string()))?;
-    check_schema_version(&mut conn, path)?;
     conn.run_pending_migrations(MIGRATIONS)
         .map_err(|e| StoreError::Migration(e.to_string()))?;
     Ok(pool)
@@ -101,6 +103,37 @@ fn refuse_foreign_file(path: &Path) -> Result<(), StoreError> {
     Err(StoreError::NotADatabase {
         path: path.to_path_buf(),
     })
+}
+
+/// Looks at an existing file through a plain connection, which writes nothing, before the
+/// pool's connections switch it to WAL: pages that are not a database fail here at once, and
+/// another application's database, or a store of a newer binary, is refused untouched.
+fn inspect_before_use(path: &Path, busy_timeout: Duration) -> Result<(), StoreError> {
+    #[derive(QueryableByName)]
+    struct Table {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    let mut conn = SqliteConnection::establish(&path.to_string_lossy())
+        .map_err(|e| classify_pool_error(path, e.to_string()))?;
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {};",
+        busy_timeout.as_millis()
+    ))
+    .map_err(|e| classify(path, e))?;
+    let tables: Vec<Table> =
+        diesel::sql_query("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .load(&mut conn)
+            .map_err(|e| classify(path, e))?;
+    let ours = tables.iter().any(|t| t.name == "store_meta");
+    let own_bookkeeping =
+        |t: &Table| t.name.starts_with("sqlite_") || t.name == "__diesel_schema_migrations";
+    if !ours && !tables.iter().all(own_bookkeeping) {
+        return Err(StoreError::ForeignDatabase {
+            path: path.to_path_buf(),
+        });
+    }
+    check_schema_version(&mut conn, path)
 }
 
 fn check_schema_version(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
@@ -135,7 +168,11 @@ fn check_schema_version(conn: &mut SqliteConnection, path: &Path) -> Result<(), 
 
 /// Maps SQLite's messages to the errors a user can act on.
 pub(crate) fn classify(path: &Path, e: diesel::result::Error) -> StoreError {
-    let text = e.to_string();
+    classify_message(path, e.to_string())
+}
+
+/// As [`classify`], from the error's text.
+pub(crate) fn classify_message(path: &Path, text: String) -> StoreError {
     if text.contains("file is not a database") {
         StoreError::NotADatabase {
             path: PathBuf::from(path),

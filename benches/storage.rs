@@ -1,0 +1,205 @@
+//! Throughput of the SQLite-backed bus (64 publishers each awaiting its commit, 4 counting
+//! handlers, timed until `shutdown` has drained and written the checkpoints) beside raw
+//! rusqlite writing the same rows into the same schema: one prepared INSERT, transactions of
+//! 1000, WAL and `synchronous=NORMAL`. The same measurement as `actorbus bench --mode sqlite`
+//! (src/cli/bench.rs), with the same event shape.
+//!
+//! `cargo bench --bench storage`
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actorbus::{DomainEvent, Envelope, EventBus, EventHandler, HandlerError};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use serde::{Deserialize, Serialize};
+
+const EVENTS: u64 = 20_000;
+const PUBLISHERS: u64 = 64;
+const STREAMS: u64 = 1000;
+const HANDLERS: usize = 4;
+/// Rows per transaction of the raw baseline.
+const BATCH: u64 = 1000;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BenchEvent {
+    stream: u64,
+    seq: u64,
+}
+
+impl DomainEvent for BenchEvent {
+    const EVENT_TYPE: &'static str = "bench.event";
+    fn stream_id(&self) -> String {
+        self.stream.to_string()
+    }
+}
+
+struct Counting(Arc<AtomicU64>);
+
+impl EventHandler<BenchEvent> for Counting {
+    async fn handle(&mut self, _e: &Envelope<BenchEvent>) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Publishes `EVENTS` from `PUBLISHERS` concurrent tasks into a fresh store at `db`; returns
+/// the time from the first publish until every event is handled and checkpointed.
+async fn actorbus_sqlite(db: &Path) -> Duration {
+    let seen: Vec<Arc<AtomicU64>> = (0..HANDLERS).map(|_| Arc::default()).collect();
+    let mut builder = EventBus::builder().sqlite(db);
+    for (i, counter) in seen.iter().enumerate() {
+        let counter = Arc::clone(counter);
+        builder = builder.handler(&format!("bench-{i}"), move || {
+            Counting(Arc::clone(&counter))
+        });
+    }
+    let bus = builder.build().expect("bus builds");
+
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let bus = bus.clone();
+            let n = EVENTS / PUBLISHERS + u64::from(p < EVENTS % PUBLISHERS);
+            actix_rt::spawn(async move {
+                for i in 0..n {
+                    bus.publish(BenchEvent {
+                        stream: (p * 7919 + i) % STREAMS,
+                        seq: p + i * 1_000_000,
+                    })
+                    .await
+                    .expect("the store accepts the event");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("publisher finished");
+    }
+    bus.shutdown(Duration::from_secs(600))
+        .await
+        .expect("bus drains");
+    let elapsed = start.elapsed();
+
+    for c in &seen {
+        assert_eq!(
+            c.load(Ordering::Relaxed),
+            EVENTS,
+            "every handler saw every event"
+        );
+    }
+    elapsed
+}
+
+/// Creates the store's schema at `db` the way the bus does, so both runs write the same
+/// tables and indexes. Not timed.
+fn create_schema(db: &Path) {
+    System::new().block_on(async {
+        let bus = EventBus::builder().sqlite(db).build().expect("store opens");
+        bus.shutdown(Duration::from_secs(10))
+            .await
+            .expect("bus drains");
+    });
+}
+
+/// The baseline: the same rows into the same schema with one cached prepared INSERT,
+/// `BATCH` rows per transaction; returns the time to write them all.
+fn raw_rusqlite(db: &Path) -> Duration {
+    let mut conn = rusqlite::Connection::open(db).expect("rusqlite opens the store");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; \
+         PRAGMA cache_size = -16000; PRAGMA wal_autocheckpoint = 8192;",
+    )
+    .expect("pragmas apply");
+    let mut versions = vec![0i64; STREAMS as usize];
+
+    let start = Instant::now();
+    let mut position = 0u64;
+    while position < EVENTS {
+        let tx = conn.transaction().expect("transaction begins");
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (position, event_id, stream_id, stream_version, \
+                     event_type, schema_version, payload, metadata, recorded_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .expect("insert prepares");
+            for _ in 0..BATCH.min(EVENTS - position) {
+                position += 1;
+                let stream = (position * 7919) % STREAMS;
+                versions[stream as usize] += 1;
+                let payload = serde_json::to_string(&BenchEvent {
+                    stream,
+                    seq: position,
+                })
+                .expect("event encodes");
+                let id = uuid::Uuid::now_v7();
+                insert
+                    .execute(rusqlite::params![
+                        position as i64,
+                        id.as_bytes().as_slice(),
+                        stream.to_string(),
+                        versions[stream as usize],
+                        BenchEvent::EVENT_TYPE,
+                        1,
+                        payload,
+                        Option::<String>::None,
+                        position as i64,
+                    ])
+                    .expect("row inserts");
+            }
+        }
+        tx.commit().expect("transaction commits");
+    }
+    let elapsed = start.elapsed();
+
+    let stored: i64 = conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .expect("rows count");
+    assert_eq!(stored as u64, EVENTS, "every row stored");
+    elapsed
+}
+
+fn storage(c: &mut Criterion) {
+    let mut group = c.benchmark_group("storage");
+    group
+        .throughput(Throughput::Elements(EVENTS))
+        // Iterations take tens to hundreds of milliseconds: flat sampling, 10 samples.
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+
+    group.bench_function("actorbus_sqlite", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    // A fresh store and a fresh system per iteration, both made outside the
+                    // timed part.
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let system = System::new();
+                    system.block_on(actorbus_sqlite(&dir.path().join("bench.db")))
+                })
+                .sum()
+        })
+    });
+    group.bench_function("raw_rusqlite", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let db = dir.path().join("bench.db");
+                    create_schema(&db);
+                    raw_rusqlite(&db)
+                })
+                .sum()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, storage);
+criterion_main!(benches);
