@@ -74,6 +74,8 @@ mod projection;
 mod stats;
 mod storage;
 
+#[doc(hidden)]
+pub use crate::actors::handler::ManyHandled;
 pub use crate::actors::handler::{handler_fn, EventHandler, Handle, HandlerFn};
 pub use crate::admin::{
     CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Store, StoreSummary,

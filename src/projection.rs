@@ -6,9 +6,9 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use actix::Addr;
-use diesel::SqliteConnection;
+use diesel::{Connection, SqliteConnection};
 
-use crate::actors::handler::EventHandler;
+use crate::actors::handler::{EventHandler, ManyHandled};
 use crate::actors::storage::{Project, StorageActor};
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
@@ -83,6 +83,56 @@ impl<E, P> ProjectionHandler<E, P> {
 }
 
 impl<E: DomainEvent, P: Projection<E>> EventHandler<E> for ProjectionHandler<E, P> {
+    /// A run in one transaction: each event in a savepoint of its own, so the run commits
+    /// every event up to the first that fails, with the checkpoint of the last one applied.
+    fn handle_many<'a>(&'a mut self, events: &'a [Envelope<E>]) -> Option<ManyHandled<'a>> {
+        let projection = Arc::clone(&self.projection);
+        let events: Vec<Envelope<E>> = events.to_vec();
+        let (name, partition, partitions) =
+            (self.name.to_string(), self.partition, self.partitions);
+        let outcome = Arc::new(Mutex::new((0usize, None::<String>)));
+        let report = Arc::clone(&outcome);
+        let job = Box::new(move |conn: &mut SqliteConnection| -> Result<(), String> {
+            let mut projection = projection.lock().unwrap_or_else(|p| p.into_inner());
+            let mut applied = 0;
+            let mut failure = None;
+            for event in &events {
+                let mut error = None;
+                let saved = conn.transaction(|c| {
+                    projection.apply(event, c).map_err(|e| {
+                        error = Some(e.to_string());
+                        diesel::result::Error::RollbackTransaction
+                    })
+                });
+                if let Err(e) = saved {
+                    failure = Some(error.unwrap_or_else(|| e.to_string()));
+                    break;
+                }
+                applied += 1;
+            }
+            if applied > 0 {
+                let checkpoint = CheckpointRow {
+                    handler: name,
+                    partition: partition as i32,
+                    partitions: partitions as i32,
+                    position: events[applied - 1].position().unwrap_or(0) as i64,
+                    updated_at: micros(std::time::SystemTime::now()),
+                };
+                save_checkpoints(conn, &[checkpoint]).map_err(|e| e.to_string())?;
+            }
+            *report.lock().unwrap_or_else(|p| p.into_inner()) = (applied, failure);
+            Ok(())
+        });
+        let storage = self.storage.clone();
+        Some(Box::pin(async move {
+            match storage.send(Project(job)).await {
+                Ok(Ok(())) => outcome.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                Ok(Err(e)) => (0, Some(e)),
+                Err(_) => (0, Some("the storage actor is stopped".to_owned())),
+            }
+        }))
+    }
+
     fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>> {
         let projection = Arc::clone(&self.projection);
         let event = event.clone();

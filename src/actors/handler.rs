@@ -53,7 +53,19 @@ pub trait EventHandler<E: DomainEvent>: 'static {
     /// # Errors
     /// Any error: the event is retried after backoff, then dead-lettered.
     fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>>;
+
+    /// Handles a run of events at once, where that is cheaper than one by one (projections
+    /// commit a run in one transaction). Returns how many were handled, in order, and the
+    /// error of the first one that was not; `None` (the default) means one by one.
+    #[doc(hidden)]
+    fn handle_many<'a>(&'a mut self, _events: &'a [Envelope<E>]) -> Option<ManyHandled<'a>> {
+        None
+    }
 }
+
+/// What [`EventHandler::handle_many`] resolves to: events handled, and the error that stopped the run.
+#[doc(hidden)]
+pub type ManyHandled<'a> = std::pin::Pin<Box<dyn Future<Output = (usize, Option<String>)> + 'a>>;
 
 /// A handler made of a synchronous closure; see [`handler_fn`].
 #[derive(Debug, Clone)]
@@ -408,9 +420,46 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
     let retry = setup.retry;
     let mut latencies = Vec::with_capacity(batch.len() - at.min(batch.len()));
     let mut first_attempt = attempt;
-    for i in at..batch.len() {
+    let mut i = at;
+    while i < batch.len() {
         let record = &batch[i];
         let mut attempt = std::mem::replace(&mut first_attempt, 1);
+        if attempt == 1 {
+            // A handler that takes runs of events at once (a projection: one transaction).
+            let run: Vec<Envelope<E>> = batch[i..]
+                .iter()
+                .map_while(|r| r.envelope::<E>().ok())
+                .collect();
+            if run.len() > 1 {
+                if let Some(many) = handler.handle_many(&run) {
+                    let (applied, failure) = many.await;
+                    let applied = applied.min(run.len());
+                    for r in &batch[i..i + applied] {
+                        latencies.push(r.published_at.elapsed().as_nanos() as u64);
+                    }
+                    HandlerCounters::add(&counters.handled, applied as u64);
+                    i += applied;
+                    if let (Some(error), true) = (failure, i < batch.len()) {
+                        // The first attempt at batch[i] failed: on to the one-by-one path,
+                        // which retries it with backoff.
+                        HandlerCounters::add(&counters.failed_attempts, 1);
+                        if retry.max_attempts() <= 1 {
+                            setup
+                                .dead_letters
+                                .push(&setup.name, batch[i].clone(), 1, error);
+                            HandlerCounters::add(&counters.dead_letters, 1);
+                            i += 1;
+                        } else {
+                            log::debug!("handler `{}` failed in a run: {error}", setup.name);
+                            actix::clock::sleep(retry.backoff_policy().delay_for(1)).await;
+                            first_attempt = 2;
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
+        i += 1;
         let envelope = match record.envelope::<E>() {
             Ok(envelope) => envelope,
             Err(why) => {
@@ -476,13 +525,13 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                         HandlerCounters::add(&counters.dead_letters, 1);
                         Pending {
                             batch,
-                            at: i + 1,
+                            at: i,
                             attempt: 1,
                         }
                     } else {
                         Pending {
                             batch,
-                            at: i,
+                            at: i - 1,
                             attempt: attempt + 1,
                         }
                     };
