@@ -209,6 +209,15 @@ impl Store {
                 message: "no such store file".into(),
             }));
         }
+        // SQLite would take an empty file for a new database; an operator means a store.
+        if std::fs::metadata(path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(false)
+        {
+            return Err(Error::Store(StoreError::NotADatabase {
+                path: path.to_path_buf(),
+            }));
+        }
         Self::create(path)
     }
 
@@ -417,12 +426,11 @@ impl Store {
     pub fn summary(&self) -> Result<StoreSummary> {
         let mut conn = self.conn()?;
         let events: i64 = events::table.count().get_result(&mut conn).map_err(db)?;
-        let streams: i64 = events::table
-            .select(events::stream_id)
-            .distinct()
-            .count()
-            .get_result(&mut conn)
-            .map_err(db)?;
+        let streams: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "SELECT count(DISTINCT stream_id) FROM events",
+        )
+        .get_result(&mut conn)
+        .map_err(db)?;
         drop(conn);
         let head = self.head()?;
         let checkpoints = self.checkpoints()?;

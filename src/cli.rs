@@ -1,10 +1,20 @@
 //! Command-line interface: one file per subcommand under `cli/`.
 
 mod bench;
+mod check;
+mod demo;
+mod dlq;
+mod events;
+mod migrate;
+mod replay;
+mod stats;
 
+use std::path::Path;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-/// actorbus: an actor-model runtime for domain events.
+/// actorbus: an actor-model runtime for domain events. Run `actorbus demo` to see it work.
 #[derive(Debug, Parser)]
 #[command(name = "actorbus", version, about)]
 pub(crate) struct Cli {
@@ -14,14 +24,50 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Measure throughput and latency of the pipeline against a baseline run in the same process.
+    /// Run a sample order domain through a SQLite-backed bus, with live progress and a summary.
+    Demo(demo::DemoArgs),
+    /// Verify a store: stream versions, event ids, checkpoints, the demo's read model.
+    Check(check::CheckArgs),
+    /// List or follow the events of a store.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// Inspect, redrive or purge the dead letters of a store.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Reset a handler's checkpoint so that it processes the log again at its next start.
+    Replay(replay::ReplayArgs),
+    /// Events, streams, and every handler's checkpoint, lag and dead letters.
+    Stats(stats::StatsArgs),
+    /// Create a store, or bring its schema up to date.
+    Migrate(migrate::MigrateArgs),
+    /// Measure throughput and latency against a baseline run in the same process.
     Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    /// Whether the command is `demo`.
+    pub(crate) fn is_demo(&self) -> bool {
+        matches!(self.command, Command::Demo(_))
+    }
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Events(cmd) => events::run(cmd),
+        Command::Dlq(cmd) => dlq::run(cmd),
+        Command::Replay(args) => replay::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Migrate(args) => migrate::run(args),
         Command::Bench(args) => bench::run(args),
     }
+}
+
+/// Opens an existing store for an operator command; a missing or foreign file is an error
+/// and is left untouched.
+pub(crate) fn open_store(path: &Path) -> anyhow::Result<actorbus::Store> {
+    actorbus::Store::open(path).with_context(|| format!("cannot open the store {}", path.display()))
 }
 
 /// Peak and current resident set size in MiB, from /proc (Linux); `None` elsewhere.

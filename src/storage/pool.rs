@@ -56,6 +56,14 @@ pub(crate) fn open(options: &SqliteOptions) -> Result<SqlitePool, StoreError> {
     refuse_foreign_file(path)?;
     if path.exists() {
         inspect_before_use(path, options.busy_timeout)?;
+    } else if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        return Err(StoreError::Io {
+            path: path.to_path_buf(),
+            message: format!("directory {} does not exist", dir.display()),
+        });
     }
     let pragmas = Pragmas {
         durability: options.durability,
@@ -65,6 +73,10 @@ pub(crate) fn open(options: &SqliteOptions) -> Result<SqlitePool, StoreError> {
     let url = path.to_string_lossy().into_owned();
     let pool = Pool::builder()
         .max_size(4)
+        // Connections are opened when needed, not by background threads at build.
+        .min_idle(Some(0))
+        // Failures reach the caller as errors; r2d2 would also log every retry.
+        .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
         .connection_timeout(options.busy_timeout + Duration::from_secs(1))
         .connection_customizer(Box::new(pragmas))
         .build(ConnectionManager::<SqliteConnection>::new(url))

@@ -1,0 +1,245 @@
+//! `actorbus check`: verifies a store. The log's invariants always; on a demo store also the
+//! demo's read model against a fresh fold of the log, and the order checker's findings.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use actorbus::{partition_for, EventFilter, Store};
+use clap::Args;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+
+use crate::cli::demo::OrderEvent;
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// The SQLite store to verify.
+    #[arg(long)]
+    db: PathBuf,
+}
+
+pub(crate) fn run(args: CheckArgs) -> anyhow::Result<()> {
+    let store = crate::cli::open_store(&args.db)?;
+    let mut problems = store.check()?;
+    if has_demo_tables(&store)? {
+        problems.extend(check_demo(&store)?);
+    }
+    if problems.is_empty() {
+        println!("consistent");
+        return Ok(());
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    anyhow::bail!(
+        "{} is not consistent: {} problem(s)",
+        args.db.display(),
+        problems.len()
+    )
+}
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    #[allow(dead_code)] // only counted
+    name: String,
+}
+
+fn has_demo_tables(store: &Store) -> anyhow::Result<bool> {
+    let names: Vec<Name> = store.with_connection(|c| {
+        diesel::sql_query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('demo_orders', 'demo_inventory', 'demo_violations')",
+        )
+        .load(c)
+    })?;
+    Ok(names.len() == 3)
+}
+
+#[derive(QueryableByName, Debug, PartialEq, Eq, Clone)]
+struct OrderRow {
+    #[diesel(sql_type = BigInt)]
+    order_id: i64,
+    #[diesel(sql_type = BigInt)]
+    sku: i64,
+    #[diesel(sql_type = BigInt)]
+    qty: i64,
+    #[diesel(sql_type = BigInt)]
+    cents: i64,
+    #[diesel(sql_type = Text)]
+    status: String,
+}
+
+#[derive(QueryableByName, Debug, PartialEq, Eq, Clone, Copy)]
+struct StockRow {
+    #[diesel(sql_type = BigInt)]
+    sku: i64,
+    #[diesel(sql_type = BigInt)]
+    reserved: i64,
+    #[diesel(sql_type = BigInt)]
+    shipped: i64,
+}
+
+#[derive(QueryableByName)]
+struct Violation {
+    #[diesel(sql_type = BigInt)]
+    position: i64,
+    #[diesel(sql_type = Text)]
+    stream: String,
+    #[diesel(sql_type = Text)]
+    reason: String,
+}
+
+/// The demo's read model must equal a fold of every event its projection has checkpointed
+/// past (per partition: each actor of the projection has its own checkpoint).
+fn check_demo(store: &Store) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let violations: Vec<Violation> = store.with_connection(|c| {
+        diesel::sql_query(
+            "SELECT position, stream, reason FROM demo_violations ORDER BY position LIMIT 10",
+        )
+        .load(c)
+    })?;
+    for v in &violations {
+        problems.push(format!(
+            "ordering violation in {} at position {}: {}",
+            v.stream, v.position, v.reason
+        ));
+    }
+
+    let checkpoints: Vec<_> = store
+        .checkpoints()?
+        .into_iter()
+        .filter(|c| c.handler == "inventory")
+        .collect();
+    let partitions = checkpoints
+        .first()
+        .map_or(1, |c| c.partitions.max(1) as usize);
+    let reached: BTreeMap<usize, u64> = checkpoints
+        .iter()
+        .map(|c| (c.partition as usize, c.position))
+        .collect();
+
+    let mut orders: BTreeMap<i64, OrderRow> = BTreeMap::new();
+    let mut stock: BTreeMap<i64, StockRow> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = store.events(&EventFilter::all().after(after).limit(10_000))?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for e in page {
+            let p = partition_for(&e.stream_id, partitions);
+            if e.position > reached.get(&p).copied().unwrap_or(0) {
+                continue;
+            }
+            let event: OrderEvent = match serde_json::from_str(&e.payload) {
+                Ok(event) => event,
+                Err(err) => {
+                    problems.push(format!(
+                        "event at position {} does not decode: {err}",
+                        e.position
+                    ));
+                    continue;
+                }
+            };
+            fold(&mut orders, &mut stock, &event);
+        }
+    }
+
+    let table_orders: Vec<OrderRow> = store.with_connection(|c| {
+        diesel::sql_query(
+            "SELECT order_id, sku, qty, cents, status FROM demo_orders ORDER BY order_id",
+        )
+        .load(c)
+    })?;
+    let table_stock: Vec<StockRow> = store.with_connection(|c| {
+        diesel::sql_query("SELECT sku, reserved, shipped FROM demo_inventory ORDER BY sku").load(c)
+    })?;
+    compare(
+        "order",
+        &orders.into_values().collect::<Vec<_>>(),
+        &table_orders,
+        &mut problems,
+    );
+    compare(
+        "stock",
+        &stock.into_values().collect::<Vec<_>>(),
+        &table_stock,
+        &mut problems,
+    );
+    Ok(problems)
+}
+
+fn fold(
+    orders: &mut BTreeMap<i64, OrderRow>,
+    stock: &mut BTreeMap<i64, StockRow>,
+    event: &OrderEvent,
+) {
+    let mut line = |sku: i64, reserved: i64, shipped: i64| {
+        let s = stock.entry(sku).or_insert(StockRow {
+            sku,
+            reserved: 0,
+            shipped: 0,
+        });
+        s.reserved += reserved;
+        s.shipped += shipped;
+    };
+    match event {
+        OrderEvent::Placed {
+            order,
+            sku,
+            qty,
+            cents,
+        } => {
+            orders.insert(
+                *order as i64,
+                OrderRow {
+                    order_id: *order as i64,
+                    sku: *sku as i64,
+                    qty: *qty,
+                    cents: *cents,
+                    status: "placed".into(),
+                },
+            );
+            line(*sku as i64, *qty, 0);
+        }
+        OrderEvent::Paid { order, .. } => {
+            if let Some(o) = orders.get_mut(&(*order as i64)) {
+                o.status = "paid".into();
+            }
+        }
+        OrderEvent::Shipped { order } => {
+            if let Some(o) = orders.get_mut(&(*order as i64)) {
+                o.status = "shipped".into();
+                line(o.sku, -o.qty, o.qty);
+            }
+        }
+        OrderEvent::Cancelled { order, .. } => {
+            if let Some(o) = orders.get_mut(&(*order as i64)) {
+                o.status = "cancelled".into();
+                line(o.sku, -o.qty, 0);
+            }
+        }
+    }
+}
+
+/// Lists up to ten rows that differ between the fold and the table.
+fn compare<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    fold: &[T],
+    table: &[T],
+    problems: &mut Vec<String>,
+) {
+    if fold.len() != table.len() {
+        problems.push(format!(
+            "read model has {} {what} rows, the log folds to {}",
+            table.len(),
+            fold.len()
+        ));
+    }
+    let differing = fold.iter().zip(table).filter(|(a, b)| a != b).take(10);
+    for (expected, found) in differing {
+        problems.push(format!(
+            "{what} row differs: log says {expected:?}, read model has {found:?}"
+        ));
+    }
+}

@@ -1,0 +1,44 @@
+//! `actorbus migrate`: create a store, or bring an older one's schema up to date.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::events::one_line;
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// The SQLite store to create (when missing) or upgrade.
+    #[arg(long, value_name = "PATH")]
+    db: PathBuf,
+}
+
+pub(crate) fn run(args: MigrateArgs) -> anyhow::Result<()> {
+    migrate(&args).map_err(one_line)
+}
+
+fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
+    let existed = args.db.exists();
+    // Checked here because SQLite's "unable to open" is retried by the connection pool until
+    // its timeout, with a log line per attempt.
+    let dir = match args.db.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    anyhow::ensure!(
+        existed || dir.is_dir(),
+        "cannot create the store {}: no directory {}",
+        args.db.display(),
+        dir.display()
+    );
+    let store = actorbus::Store::create(&args.db)
+        .with_context(|| format!("cannot create or migrate the store {}", args.db.display()))?;
+    let version = store.schema_version()?;
+    if existed {
+        println!("{} is at schema version {version}", args.db.display());
+    } else {
+        println!("created {} at schema version {version}", args.db.display());
+    }
+    Ok(())
+}
