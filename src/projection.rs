@@ -83,6 +83,10 @@ impl<E, P> ProjectionHandler<E, P> {
 }
 
 impl<E: DomainEvent, P: Projection<E>> EventHandler<E> for ProjectionHandler<E, P> {
+    fn takes_runs(&self) -> bool {
+        true
+    }
+
     /// A run in one transaction: each event in a savepoint of its own, so the run commits
     /// every event up to the first that fails, with the checkpoint of the last one applied.
     fn handle_many<'a>(&'a mut self, events: &'a [Envelope<E>]) -> Option<ManyHandled<'a>> {

@@ -54,6 +54,12 @@ pub trait EventHandler<E: DomainEvent>: 'static {
     /// Any error: the event is retried after backoff, then dead-lettered.
     fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>>;
 
+    /// Whether [`handle_many`](Self::handle_many) is worth calling (default: no).
+    #[doc(hidden)]
+    fn takes_runs(&self) -> bool {
+        false
+    }
+
     /// Handles a run of events at once, where that is cheaper than one by one (projections
     /// commit a run in one transaction). Returns how many were handled, in order, and the
     /// error of the first one that was not; `None` (the default) means one by one.
@@ -420,18 +426,21 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
     let retry = setup.retry;
     let mut latencies = Vec::with_capacity(batch.len() - at.min(batch.len()));
     let mut first_attempt = attempt;
+    let mut takes_runs = handler.takes_runs();
     let mut i = at;
     while i < batch.len() {
         let record = &batch[i];
         let mut attempt = std::mem::replace(&mut first_attempt, 1);
-        if attempt == 1 {
+        if attempt == 1 && takes_runs && batch.len() - i > 1 {
             // A handler that takes runs of events at once (a projection: one transaction).
             let run: Vec<Envelope<E>> = batch[i..]
                 .iter()
                 .map_while(|r| r.envelope::<E>().ok())
                 .collect();
             if run.len() > 1 {
-                if let Some(many) = handler.handle_many(&run) {
+                let many = handler.handle_many(&run);
+                takes_runs = many.is_some();
+                if let Some(many) = many {
                     let (applied, failure) = many.await;
                     let applied = applied.min(run.len());
                     for r in &batch[i..i + applied] {

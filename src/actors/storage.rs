@@ -275,14 +275,11 @@ impl Handler<Append> for StorageActor {
     type Result = MessageResult<Append>;
 
     fn handle(&mut self, Append(units): Append, _ctx: &mut Context<Self>) -> Self::Result {
-        // Letters first: one queued after the checkpoints were taken waits for the next write.
-        let letters = self.board.take_letters();
-        let checkpoints = self.board.take();
-        let result = self.writer.append(&units, &checkpoints, &letters);
+        // Checkpoints and dead letters are written by FlushCheckpoints, on a timer: carrying
+        // them in every append would cost each small commit a few more page writes.
+        let result = self.writer.append(&units, &[], &[]);
         if let Err(e) = &result {
             log::error!("append of {} unit(s) failed: {e}", units.len());
-            self.board.restore(checkpoints);
-            self.board.restore_letters(letters);
         }
         MessageResult((units, result))
     }
