@@ -4,15 +4,17 @@
 //!
 //! `cargo bench --bench pipeline`
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actorbus::{DomainEvent, Envelope, EventBus, EventHandler, HandlerError};
+use actorbus::EventBus;
+use common::{counting_bus, BenchEvent};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use serde::{Deserialize, Serialize};
 
 const EVENTS: u64 = 100_000;
 const STREAMS: u64 = 1000;
@@ -20,39 +22,9 @@ const HANDLERS: usize = 4;
 /// Mailbox bound and in-flight cap of the baseline, matching the bus's default mailbox.
 const IN_FLIGHT: usize = 1024;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct BenchEvent {
-    stream: u64,
-    seq: u64,
-}
-
-impl DomainEvent for BenchEvent {
-    const EVENT_TYPE: &'static str = "bench.event";
-    fn stream_id(&self) -> String {
-        self.stream.to_string()
-    }
-}
-
-struct Counting(Arc<AtomicU64>);
-
-impl EventHandler<BenchEvent> for Counting {
-    async fn handle(&mut self, _e: &Envelope<BenchEvent>) -> Result<(), HandlerError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 /// Publishes `events` and waits for the drain; returns the time from first publish to drained.
 async fn actorbus_memory(events: u64) -> Duration {
-    let seen: Vec<Arc<AtomicU64>> = (0..HANDLERS).map(|_| Arc::default()).collect();
-    let mut builder = EventBus::builder();
-    for (i, counter) in seen.iter().enumerate() {
-        let counter = Arc::clone(counter);
-        builder = builder.handler(&format!("bench-{i}"), move || {
-            Counting(Arc::clone(&counter))
-        });
-    }
-    let bus = builder.build().expect("bus builds");
+    let (bus, seen) = counting_bus(EventBus::builder(), HANDLERS);
 
     let start = Instant::now();
     for seq in 0..events {

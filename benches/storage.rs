@@ -6,15 +6,16 @@
 //!
 //! `cargo bench --bench storage`
 
+mod common;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actorbus::{DomainEvent, Envelope, EventBus, EventHandler, HandlerError};
+use actorbus::{DomainEvent, EventBus};
+use common::{counting_bus, BenchEvent};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use serde::{Deserialize, Serialize};
 
 const EVENTS: u64 = 20_000;
 const PUBLISHERS: u64 = 64;
@@ -23,40 +24,10 @@ const HANDLERS: usize = 4;
 /// Rows per transaction of the raw baseline.
 const BATCH: u64 = 1000;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct BenchEvent {
-    stream: u64,
-    seq: u64,
-}
-
-impl DomainEvent for BenchEvent {
-    const EVENT_TYPE: &'static str = "bench.event";
-    fn stream_id(&self) -> String {
-        self.stream.to_string()
-    }
-}
-
-struct Counting(Arc<AtomicU64>);
-
-impl EventHandler<BenchEvent> for Counting {
-    async fn handle(&mut self, _e: &Envelope<BenchEvent>) -> Result<(), HandlerError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 /// Publishes `EVENTS` from `PUBLISHERS` concurrent tasks into a fresh store at `db`; returns
 /// the time from the first publish until every event is handled and checkpointed.
 async fn actorbus_sqlite(db: &Path) -> Duration {
-    let seen: Vec<Arc<AtomicU64>> = (0..HANDLERS).map(|_| Arc::default()).collect();
-    let mut builder = EventBus::builder().sqlite(db);
-    for (i, counter) in seen.iter().enumerate() {
-        let counter = Arc::clone(counter);
-        builder = builder.handler(&format!("bench-{i}"), move || {
-            Counting(Arc::clone(&counter))
-        });
-    }
-    let bus = builder.build().expect("bus builds");
+    let (bus, seen) = counting_bus(EventBus::builder().sqlite(db), HANDLERS);
 
     let start = Instant::now();
     let tasks: Vec<_> = (0..PUBLISHERS)
