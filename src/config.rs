@@ -10,7 +10,7 @@ use crate::actors::handler::{
     EventHandler, Factory, Handle, HandlerActor, HandlerSetup, RecipientHandler,
 };
 use crate::actors::router::{Durable, Group, RouterActor, Slot};
-use crate::actors::storage::{CheckpointBoard, StorageActor};
+use crate::actors::storage::{CheckpointBoard, OpenStore, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
 use crate::bus::{BusShared, EventBus, Lifecycle};
 use crate::dead_letter::DeadLetters;
@@ -19,9 +19,7 @@ use crate::event::DomainEvent;
 use crate::policy::{RestartPolicy, RetryPolicy};
 use crate::projection::{Projection, ProjectionHandler};
 use crate::stats::{BusCounters, HandlerCounters};
-use crate::storage::log::{self as store_log, Writer};
-use crate::storage::pool::{self, SqlitePool};
-use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig, StoreError};
+use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig};
 
 /// Default intake capacity: events accepted by `publish` but not yet routed.
 pub const DEFAULT_INTAKE_CAPACITY: usize = 8192;
@@ -435,7 +433,7 @@ impl BusBuilder {
                     .iter()
                     .map(|s| (s.name.to_string(), s.options.concurrency))
                     .collect();
-                Some(open_store(options, subscriptions)?)
+                Some(OpenStore::start(options, subscriptions)?)
             }
         };
         let durable_bus = store.is_some();
@@ -535,82 +533,5 @@ impl BusBuilder {
             router: router_addr.expect("router started with the supervisor"),
             supervisor,
         }))
-    }
-}
-
-/// An opened SQLite store, before its actors start.
-struct OpenStore {
-    pool: SqlitePool,
-    storage: Addr<StorageActor>,
-    thread: Arbiter,
-    board: Arc<CheckpointBoard>,
-    head: i64,
-    checkpoints: Vec<crate::storage::models::CheckpointRow>,
-}
-
-fn open_store(options: &SqliteOptions, subscriptions: Vec<(String, usize)>) -> Result<OpenStore> {
-    let path = options.path.as_path();
-    let pool = pool::open(options)?;
-    let mut conn = pool
-        .get()
-        .map_err(|e| StoreError::Connection(e.to_string()))?;
-    let head = store_log::head(&mut conn).map_err(|e| pool::classify(path, e))?;
-    let checkpoints =
-        store_log::load_all_checkpoints(&mut conn).map_err(|e| pool::classify(path, e))?;
-    drop(conn);
-    let writer_conn = pool
-        .get()
-        .map_err(|e| StoreError::Connection(e.to_string()))?;
-    let board = Arc::new(CheckpointBoard::default());
-    let writer = Writer::new(writer_conn, path.to_path_buf());
-    let actor_board = Arc::clone(&board);
-    let actor_pool = pool.clone();
-    let retention = options.retention;
-    // A thread of its own for the single writer: its diesel calls block only it. A plain
-    // arbiter rather than a SyncArbiter, because shutdown must be able to join the thread
-    // while the actix system still runs.
-    let thread = Arbiter::new();
-    let storage = StorageActor::start_in_arbiter(&thread.handle(), move |_| {
-        StorageActor::new(writer, actor_board, actor_pool, subscriptions, retention)
-    });
-    Ok(OpenStore {
-        pool,
-        storage,
-        thread,
-        board,
-        head,
-        checkpoints,
-    })
-}
-
-impl OpenStore {
-    /// Where each of the `partitions` actors of `handler` resumes. A checkpoint written with
-    /// another concurrency maps streams to other actors: then every actor resumes from the
-    /// lowest position (events may be handled again, none is skipped).
-    fn starts(&self, handler: &str, partitions: usize, start_from: StartFrom) -> Vec<u64> {
-        let rows: Vec<_> = self
-            .checkpoints
-            .iter()
-            .filter(|c| c.handler == handler)
-            .collect();
-        if rows.is_empty() {
-            let start = match start_from {
-                StartFrom::Beginning => 0,
-                StartFrom::Now => self.head.max(0) as u64,
-            };
-            return vec![start; partitions];
-        }
-        let same_layout =
-            rows.iter().all(|c| c.partitions as usize == partitions) && rows.len() == partitions;
-        if same_layout {
-            let mut starts = vec![0; partitions];
-            for c in rows {
-                starts[c.partition as usize] = c.position.max(0) as u64;
-            }
-            return starts;
-        }
-        let lowest = rows.iter().map(|c| c.position).min().unwrap_or(0).max(0) as u64;
-        self.board.relayout(handler, partitions);
-        vec![lowest; partitions]
     }
 }

@@ -8,11 +8,14 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use diesel::prelude::*;
 
+use crate::config::StartFrom;
 use crate::storage::log::{self as store_log, micros, Unit, UnitOutcome, Writer};
 use crate::storage::models::CheckpointRow;
 use crate::storage::models::NewDeadLetter;
-use crate::storage::pool::{SqlitePool, WalCheckpointer};
+use crate::storage::pool::{self, classify, SqlitePool, WalCheckpointer};
+use crate::storage::SqliteOptions;
 use crate::storage::{Retention, StoreError};
+use actix::Arbiter;
 
 /// Append these units in one transaction, with the checkpoints advanced since the last commit.
 pub(crate) struct Append(pub(crate) Vec<Unit>);
@@ -308,5 +311,95 @@ impl Handler<FlushCheckpoints> for StorageActor {
             }
         }
         Ok(())
+    }
+}
+
+/// An opened SQLite store, before its actors start.
+pub(crate) struct OpenStore {
+    pub(crate) pool: SqlitePool,
+    pub(crate) storage: Addr<StorageActor>,
+    pub(crate) thread: Arbiter,
+    pub(crate) board: Arc<CheckpointBoard>,
+    pub(crate) head: i64,
+    checkpoints: Vec<CheckpointRow>,
+}
+
+impl OpenStore {
+    /// Opens the store and starts its writer; `subscriptions` (name, concurrency) are the
+    /// bus's, which retention must not outrun.
+    ///
+    /// # Errors
+    /// Whatever opening the file met (see [`StoreError`]).
+    pub(crate) fn start(
+        options: &SqliteOptions,
+        subscriptions: Vec<(String, usize)>,
+    ) -> Result<Self, StoreError> {
+        let path = options.path.as_path();
+        let pool = pool::open(options)?;
+        let mut conn = pool
+            .get()
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        let head = store_log::head(&mut conn).map_err(|e| classify(path, e))?;
+        let checkpoints =
+            store_log::load_all_checkpoints(&mut conn).map_err(|e| classify(path, e))?;
+        drop(conn);
+        let writer_conn = pool
+            .get()
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        let board = Arc::new(CheckpointBoard::default());
+        let writer = Writer::new(writer_conn, path.to_path_buf());
+        let actor_board = Arc::clone(&board);
+        let actor_pool = pool.clone();
+        let retention = options.retention;
+        // A thread of its own for the single writer: its diesel calls block only it. A plain
+        // arbiter rather than a SyncArbiter, because shutdown must be able to join the thread
+        // while the actix system still runs.
+        let thread = Arbiter::new();
+        let storage = StorageActor::start_in_arbiter(&thread.handle(), move |_| {
+            StorageActor::new(writer, actor_board, actor_pool, subscriptions, retention)
+        });
+        Ok(OpenStore {
+            pool,
+            storage,
+            thread,
+            board,
+            head,
+            checkpoints,
+        })
+    }
+
+    /// Where each of the `partitions` actors of `handler` resumes. A checkpoint written with
+    /// another concurrency maps streams to other actors: then every actor resumes from the
+    /// lowest position (events may be handled again, none is skipped).
+    pub(crate) fn starts(
+        &self,
+        handler: &str,
+        partitions: usize,
+        start_from: StartFrom,
+    ) -> Vec<u64> {
+        let rows: Vec<_> = self
+            .checkpoints
+            .iter()
+            .filter(|c| c.handler == handler)
+            .collect();
+        if rows.is_empty() {
+            let start = match start_from {
+                StartFrom::Beginning => 0,
+                StartFrom::Now => self.head.max(0) as u64,
+            };
+            return vec![start; partitions];
+        }
+        let same_layout =
+            rows.iter().all(|c| c.partitions as usize == partitions) && rows.len() == partitions;
+        if same_layout {
+            let mut starts = vec![0; partitions];
+            for c in rows {
+                starts[c.partition as usize] = c.position.max(0) as u64;
+            }
+            return starts;
+        }
+        let lowest = rows.iter().map(|c| c.position).min().unwrap_or(0).max(0) as u64;
+        self.board.relayout(handler, partitions);
+        vec![lowest; partitions]
     }
 }
