@@ -1,5 +1,15 @@
 //! Command-line interface: one file per subcommand under `cli/`.
 
+/// `println!` that returns the write error (a closed pipe) instead of panicking.
+macro_rules! say {
+    () => {
+        std::io::Write::write_all(&mut std::io::stdout(), b"\n")?
+    };
+    ($($arg:tt)+) => {
+        std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", format_args!($($arg)+)))?
+    };
+}
+
 mod bench;
 mod check;
 mod demo;
@@ -52,7 +62,7 @@ impl Cli {
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),
         Command::Events(cmd) => events::run(cmd),
@@ -61,6 +71,22 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => stats::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Bench(args) => bench::run(args),
+    };
+    quiet_broken_pipe(result)
+}
+
+/// A reader that closed the pipe (`| head`) has all it wanted: not an error.
+fn quiet_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 

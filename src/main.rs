@@ -15,7 +15,14 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("actorbus: {e:#}");
+            // One line, whatever the causes' messages contain.
+            let text = format!("{e:#}");
+            let text: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("actorbus: {}", text.join(" "));
             ExitCode::FAILURE
         }
     }

@@ -851,3 +851,19 @@ fn an_unknown_handler_is_an_error_and_changes_nothing() {
         assert_eq!(data_files(dir.path()), before, "{args:?} changed a file");
     }
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_is_not_an_error() {
+    // `actorbus bench ... | head -1`: stdout is closed before the summary is written.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_actorbus"))
+        .args(["bench", "--events", "1000", "--no-baseline"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -124,11 +124,11 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     let m = system.block_on(run_memory(&args))?;
     let (peak_rss, _) = crate::cli::rss_mb().unwrap_or((0.0, 0.0));
     let eps = args.events as f64 / m.seconds;
-    println!(
+    say!(
         "memory bus: {} events x {} handlers (concurrency {}) in {:.3} s = {:.0} events/s fully handled",
         args.events, args.handlers, args.concurrency, m.seconds, eps
     );
-    println!(
+    say!(
         "latency publish->handled: p50 {:.0} us, p99 {:.0} us; peak RSS {:.1} MiB, growth after warm-up {:.1} MiB",
         m.p50_us, m.p99_us, peak_rss, m.rss_growth_mb
     );
@@ -147,7 +147,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     if let Some(base) = baseline {
         let ratio = eps / base;
-        println!(
+        say!(
             "baseline (raw actix send, 1 sender -> {} bounded actors, 1024 in flight): {:.0} events/s; ratio {:.2}",
             args.handlers, base, ratio
         );
@@ -155,7 +155,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         json["ratio_to_baseline"] = ratio.into();
     }
     if args.json {
-        println!("{json}");
+        say!("{json}");
     }
     Ok(())
 }
@@ -343,11 +343,11 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         Sync::Normal => "normal",
         Sync::Full => "full",
     };
-    println!(
+    say!(
         "sqlite bus (synchronous={sync}): {} events, {} publishers, {} handlers in {seconds:.3} s = {eps:.0} events/s handled and checkpointed",
         args.events, args.publishers, args.handlers
     );
-    println!(
+    say!(
         "publish->ack p99 {:.0} us; publish->handled p50 {:.0} us, p99 {:.0} us; file {:.1} MB ({:.1} MB per million events); peak RSS {peak_rss:.1} MiB",
         p99_ack as f64 / 1e3,
         p50.as_secs_f64() * 1e6,
@@ -356,7 +356,7 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         size as f64 / 1e6 / (args.events as f64 / 1e6),
     );
     if let Some(base) = baseline {
-        println!(
+        say!(
             "baseline (raw rusqlite, same rows and schema, prepared INSERT, transactions of 1000): {base:.0} rows/s; ratio {:.2}",
             eps / base
         );
@@ -381,7 +381,7 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             json["baseline_rows_per_sec"] = base.into();
             json["ratio_to_baseline"] = (eps / base).into();
         }
-        println!("{json}");
+        say!("{json}");
     }
     Ok(())
 }

@@ -25,11 +25,11 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<()> {
         problems.extend(check_demo(&store)?);
     }
     if problems.is_empty() {
-        println!("consistent");
+        say!("consistent");
         return Ok(());
     }
     for p in &problems {
-        println!("{p}");
+        say!("{p}");
     }
     anyhow::bail!(
         "{} is not consistent: {} problem(s)",

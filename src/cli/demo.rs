@@ -323,7 +323,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.events
     );
     if already > 0 {
-        println!(
+        say!(
             "resuming: {} holds {already} of {} demo events",
             args.db.display(),
             args.events
@@ -347,9 +347,9 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let letters = store.dead_letters(None)?.len();
     print_summary(
         &args, &outcome, total, already, seconds, violations, letters,
-    );
+    )?;
     if outcome.interrupted {
-        println!(
+        say!(
             "interrupted: run `actorbus demo --db {}` again to resume",
             args.db.display()
         );
@@ -517,36 +517,43 @@ fn print_summary(
     seconds: f64,
     violations: i64,
     stored_letters: usize,
-) {
+) -> std::io::Result<()> {
     let s = &outcome.stats;
     let micros = |d: Duration| d.as_secs_f64() * 1e6;
-    println!();
-    println!("actorbus demo: {} (seed {})", args.db.display(), args.seed);
-    println!(
+    say!();
+    say!("actorbus demo: {} (seed {})", args.db.display(), args.seed);
+    say!(
         "  events in store       {total} of {} ({} published now, {already} before)",
-        args.events, outcome.published
+        args.events,
+        outcome.published
     );
-    println!(
+    say!(
         "  throughput            {:.0} events/s (published, stored, handled by 4 subscriptions, in {seconds:.2} s)",
         outcome.published as f64 / seconds.max(1e-9)
     );
-    println!(
+    say!(
         "  retries               {}",
         s.handlers.iter().map(|h| h.retries).sum::<u64>()
     );
-    println!("  restarts              {}", s.restarts());
-    println!(
+    say!("  restarts              {}", s.restarts());
+    say!(
         "  dead letters          {stored_letters} in the store ({} this run)",
         s.dead_letters()
     );
-    println!("  ordering violations   {violations}");
-    println!();
-    println!(
+    say!("  ordering violations   {violations}");
+    say!();
+    say!(
         "  {:<14} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10}",
-        "handler", "handled", "retries", "restarts", "dead", "p50 (us)", "p99 (us)"
+        "handler",
+        "handled",
+        "retries",
+        "restarts",
+        "dead",
+        "p50 (us)",
+        "p99 (us)"
     );
     for h in &s.handlers {
-        println!(
+        say!(
             "  {:<14} {:>9} {:>8} {:>8} {:>8} {:>10.0} {:>10.0}",
             h.name,
             h.handled,
@@ -557,6 +564,7 @@ fn print_summary(
             micros(h.latency.p99)
         );
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use super::events::{event_json, one_line, open_existing, truncate, utc, write_table};
+use super::events::{event_json, open_existing, truncate, utc, write_table};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {
@@ -73,13 +73,12 @@ pub(crate) struct PurgeArgs {
 }
 
 pub(crate) fn run(cmd: DlqCommand) -> anyhow::Result<()> {
-    let result = match cmd {
+    match cmd {
         DlqCommand::List(args) => list(&args),
         DlqCommand::Show(args) => show(&args),
         DlqCommand::Redrive(args) => redrive(&args),
         DlqCommand::Purge(args) => purge(&args),
-    };
-    super::events::quiet_broken_pipe(result).map_err(one_line)
+    }
 }
 
 /// Fails unless the store knows `handler` (from its checkpoints or dead letters), naming the
@@ -233,11 +232,11 @@ fn redrive(args: &RedriveArgs) -> anyhow::Result<()> {
         None => with_letters(&store)?,
     };
     if handlers.is_empty() {
-        println!("no dead letters to redrive");
+        say!("no dead letters to redrive");
     }
     for h in handlers {
         let n = store.request_redrive(Some(&h))?;
-        println!("{n} dead letter(s) of {h} will be redriven when the bus next starts");
+        say!("{n} dead letter(s) of {h} will be redriven when the bus next starts");
     }
     Ok(())
 }
@@ -250,7 +249,7 @@ fn purge(args: &PurgeArgs) -> anyhow::Result<()> {
         anyhow::bail!("not deleting {n} dead letter(s) of {whose}: add --yes to delete them");
     }
     let n = store.purge_dead_letters(args.handler.as_deref())?;
-    println!("deleted {n} dead letter(s) of {whose}");
+    say!("deleted {n} dead letter(s) of {whose}");
     Ok(())
 }
 

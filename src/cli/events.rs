@@ -61,11 +61,10 @@ pub(crate) struct TailArgs {
 }
 
 pub(crate) fn run(cmd: EventsCommand) -> anyhow::Result<()> {
-    let result = match cmd {
+    match cmd {
         EventsCommand::List(args) => list(&args),
         EventsCommand::Tail(args) => tail(&args),
-    };
-    quiet_broken_pipe(result).map_err(one_line)
+    }
 }
 
 fn filter(stream: &Option<String>, event_type: &Option<String>) -> EventFilter {
@@ -334,24 +333,6 @@ pub(super) fn event_json(e: &StoredEventInfo) -> Value {
         "payload": json_text(&e.payload),
         "metadata": e.metadata.as_deref().map(json_text),
     })
-}
-
-/// The error with its causes on one line, as `main` prints it: `actorbus: <message>`.
-pub(super) fn one_line(e: anyhow::Error) -> anyhow::Error {
-    anyhow::anyhow!(one_line_text(&format!("{e:#}")))
-}
-
-/// A reader that closed the pipe (`| head`) has all it wanted: not an error.
-pub(super) fn quiet_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
-    match result {
-        Err(e)
-            if e.downcast_ref::<io::Error>()
-                .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe) =>
-        {
-            Ok(())
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::events::one_line;
-
 #[derive(Debug, Args)]
 pub(crate) struct MigrateArgs {
     /// The SQLite store to create (when missing) or upgrade.
@@ -15,7 +13,7 @@ pub(crate) struct MigrateArgs {
 }
 
 pub(crate) fn run(args: MigrateArgs) -> anyhow::Result<()> {
-    migrate(&args).map_err(one_line)
+    migrate(&args)
 }
 
 fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
@@ -36,9 +34,9 @@ fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create or migrate the store {}", args.db.display()))?;
     let version = store.schema_version()?;
     if existed {
-        println!("{} is at schema version {version}", args.db.display());
+        say!("{} is at schema version {version}", args.db.display());
     } else {
-        println!("created {} at schema version {version}", args.db.display());
+        say!("created {} at schema version {version}", args.db.display());
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::dlq::known_handler;
-use super::events::{one_line, open_existing};
+use super::events::open_existing;
 
 #[derive(Debug, Args)]
 pub(crate) struct ReplayArgs {
@@ -22,7 +22,7 @@ pub(crate) struct ReplayArgs {
 }
 
 pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    replay(&args).map_err(one_line)
+    replay(&args)
 }
 
 fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
@@ -46,12 +46,16 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     );
     let moved = store.reset_checkpoint(&args.handler, args.from)?;
     for c in &before {
-        println!(
+        say!(
             "{} partition {}/{}: checkpoint {} -> {}",
-            args.handler, c.partition, c.partitions, c.position, args.from
+            args.handler,
+            c.partition,
+            c.partitions,
+            c.position,
+            args.from
         );
     }
-    println!(
+    say!(
         "moved {moved} checkpoint(s): at its next start {} processes the events after position {} (head {head}) again",
         args.handler, args.from
     );

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use super::events::{one_line, open_existing, quiet_broken_pipe, write_table};
+use super::events::{open_existing, write_table};
 
 #[derive(Debug, Args)]
 pub(crate) struct StatsArgs {
@@ -19,7 +19,7 @@ pub(crate) struct StatsArgs {
 }
 
 pub(crate) fn run(args: StatsArgs) -> anyhow::Result<()> {
-    quiet_broken_pipe(stats(&args)).map_err(one_line)
+    stats(&args)
 }
 
 fn stats(args: &StatsArgs) -> anyhow::Result<()> {
