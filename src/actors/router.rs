@@ -233,6 +233,7 @@ impl RouterActor {
         if units.is_empty() {
             return;
         }
+        log::trace!("group commit of {} publish(es)", units.len());
         let committed = storage.send(Append(units));
         ctx.wait(
             actix::fut::wrap_future(committed).map(move |reply, act: &mut Self, ctx| {
