@@ -452,7 +452,7 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
     };
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events {per_sec} {msg}",
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events {msg}",
         )
         .expect("static template")
         .progress_chars("=> "),
@@ -467,8 +467,9 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
                 tick.tick().await;
                 let s = bus.stats();
                 let handled = s.handler("order-checker").map_or(0, |h| h.handled);
+                let rate = s.published as f64 / bar.elapsed().as_secs_f64().max(1e-3);
                 bar.set_message(format!(
-                    "| checked {handled} | retries {} | restarts {} | dead letters {}",
+                    "| {rate:.0}/s | checked {handled} | retries {} | restarts {} | dead letters {}",
                     s.handlers.iter().map(|h| h.retries).sum::<u64>(),
                     s.restarts(),
                     s.dead_letters()
