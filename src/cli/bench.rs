@@ -57,6 +57,9 @@ pub(crate) struct BenchArgs {
     /// SQLite mode: concurrent publishers, each awaiting its acknowledgement.
     #[arg(long, default_value_t = 64)]
     publishers: usize,
+    /// SQLite mode: rows per transaction of the raw-SQLite baseline.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    baseline_batch: u64,
     /// Skip the baseline run.
     #[arg(long)]
     no_baseline: bool,
@@ -357,7 +360,8 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
     );
     if let Some(base) = baseline {
         say!(
-            "baseline (raw rusqlite, same rows and schema, prepared INSERT, transactions of 1000): {base:.0} rows/s; ratio {:.2}",
+            "baseline (raw rusqlite, same rows and schema, prepared INSERT, transactions of {}): {base:.0} rows/s; ratio {:.2}",
+            args.baseline_batch,
             eps / base
         );
     }
@@ -379,6 +383,7 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         });
         if let Some(base) = baseline {
             json["baseline_rows_per_sec"] = base.into();
+            json["baseline_batch"] = args.baseline_batch.into();
             json["ratio_to_baseline"] = (eps / base).into();
         }
         say!("{json}");
@@ -387,7 +392,7 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Rows/s of raw SQLite: the same rows into the same schema (created by the bus in a file
-/// beside `db`), one prepared INSERT, transactions of 1000, the same `synchronous`, no actors.
+/// beside `db`), one prepared INSERT, transactions of `--baseline-batch` rows, the same `synchronous`, no actors.
 fn baseline_rusqlite(
     args: &BenchArgs,
     durability: actorbus::Durability,
@@ -421,7 +426,7 @@ fn baseline_rusqlite(
                 "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
                  schema_version, payload, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?;
-            for _ in 0..1000.min(args.events as i64 - position) {
+            for _ in 0..(args.baseline_batch as i64).min(args.events as i64 - position) {
                 position += 1;
                 let stream = (position as u64 * 7919) % args.streams;
                 versions[stream as usize] += 1;
