@@ -5,9 +5,12 @@
 //!        |  bounded intake
 //!   SupervisorActor ── starts everything below, restarts panicked handlers with backoff
 //!        |
-//!   RouterActor ── event type -> subscriptions; stream hash -> handler actor
+//!   RouterActor ── catch-up from checkpoints; each intake chunk -> StorageActor (one
+//!        |         transaction, the single SQLite writer); event type -> subscriptions;
+//!        |         stream hash -> handler actor
 //!        |  Deliver batches, send().await: bounded mailboxes
-//!   HandlerActor x concurrency per subscription ── your EventHandler, retries, dead letters
+//!   HandlerActor x concurrency per subscription ── your EventHandler or Projection,
+//!                  retries, dead letters, checkpoints
 //! ```
 //!
 //! A minimal bus, end to end:
@@ -51,7 +54,10 @@
 //! - [`DomainEvent`], [`Envelope`], [`Metadata`], [`PublishOptions`]: events and their metadata.
 //! - [`EventHandler`], [`handler_fn`], [`blocking`], [`Handle`]: ways to handle events.
 //! - [`RetryPolicy`], [`RestartPolicy`], [`Backoff`], [`Escalation`]: failure policies.
-//! - [`Stats`], [`DeadLetter`], [`Error`]: what the bus reports.
+//! - [`Projection`]: a read model written in the store's transaction with its checkpoint.
+//! - [`StoreConfig`], [`SqliteOptions`], [`Durability`], [`Retention`]: where events are kept.
+//! - [`Store`]: an operator's view of a store (what the `actorbus` command uses).
+//! - [`Stats`], [`DeadLetter`], [`Error`], [`StoreError`]: what the bus reports.
 
 #![forbid(unsafe_code)]
 #![warn(
