@@ -50,7 +50,8 @@ pub struct HandlerStats {
     pub concurrency: usize,
     /// Events handed to its mailboxes.
     pub delivered: u64,
-    /// Events its handler accepted (returned `Ok`).
+    /// Events its handler accepted (returned `Ok`), and replayed events its checkpoint
+    /// already covered (skipped, as handled before a restart).
     pub handled: u64,
     /// Attempts that returned an error or panicked.
     pub failed_attempts: u64,
