@@ -14,14 +14,7 @@ use common::*;
 #[actix::test]
 async fn stopped_bus_refuses_events_with_stopped() {
     let log = new_log();
-    let bus = EventBus::builder()
-        .handler_with(
-            "recorder",
-            HandlerOptions::new(),
-            RecordingHandler::factory(&log),
-        )
-        .build()
-        .unwrap();
+    let bus = recording_bus(&log);
     let clone = bus.clone();
     bus.publish(placed(1, 1)).await.unwrap();
     assert!(bus.is_running());
@@ -50,14 +43,7 @@ async fn stopped_bus_refuses_events_with_stopped() {
 #[actix::test]
 async fn shutting_down_twice_is_fine() {
     let log = new_log();
-    let bus = EventBus::builder()
-        .handler_with(
-            "recorder",
-            HandlerOptions::new(),
-            RecordingHandler::factory(&log),
-        )
-        .build()
-        .unwrap();
+    let bus = recording_bus(&log);
     bus.publish(placed(1, 1)).await.unwrap();
 
     bus.shutdown(DRAIN).await.unwrap();

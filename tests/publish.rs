@@ -15,14 +15,7 @@ use serde::{Deserialize, Serialize};
 #[actix::test]
 async fn published_event_is_handled_end_to_end() {
     let log = new_log();
-    let bus = EventBus::builder()
-        .handler_with(
-            "recorder",
-            HandlerOptions::new(),
-            RecordingHandler::factory(&log),
-        )
-        .build()
-        .unwrap();
+    let bus = recording_bus(&log);
 
     let receipt = bus.publish(placed(7, 1)).await.unwrap();
     drain(&bus).await;
@@ -83,14 +76,7 @@ impl DomainEvent for NobodyListens {
 #[actix::test]
 async fn event_without_subscribers_is_counted_as_unrouted_not_an_error() {
     let log = new_log();
-    let bus = EventBus::builder()
-        .handler_with(
-            "recorder",
-            HandlerOptions::new(),
-            RecordingHandler::factory(&log),
-        )
-        .build()
-        .unwrap();
+    let bus = recording_bus(&log);
 
     bus.publish(NobodyListens).await.unwrap();
     bus.try_publish(NobodyListens).unwrap();
@@ -107,14 +93,7 @@ async fn event_without_subscribers_is_counted_as_unrouted_not_an_error() {
 #[actix::test]
 async fn publish_all_keeps_publish_order() {
     let log = new_log();
-    let bus = EventBus::builder()
-        .handler_with(
-            "recorder",
-            HandlerOptions::new(),
-            RecordingHandler::factory(&log),
-        )
-        .build()
-        .unwrap();
+    let bus = recording_bus(&log);
 
     let receipts = bus
         .publish_all((0..50).map(|seq| placed(seq % 4, seq)))

@@ -227,3 +227,15 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("never happened: {what}");
 }
+
+/// An in-memory bus with one `RecordingHandler` named "recorder", default options.
+pub fn recording_bus(log: &Log) -> EventBus {
+    EventBus::builder()
+        .handler_with(
+            "recorder",
+            actorbus::HandlerOptions::new(),
+            RecordingHandler::factory(log),
+        )
+        .build()
+        .expect("the bus builds")
+}
