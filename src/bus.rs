@@ -185,7 +185,7 @@ impl EventBus {
         }
         let expected_version = options.expected();
         let check_ids = options.has_event_id();
-        let record = Record::encoded(event, options)?;
+        let record = self.record(event, options)?;
         let (ack, acked) = oneshot::channel();
         let item = if expected_version.is_some() || check_ids {
             Intake::Many {
@@ -199,6 +199,15 @@ impl EventBus {
         };
         let receipts = self.send_and_wait(item, acked).await?;
         receipts.into_iter().next().ok_or(Error::Stopped)
+    }
+
+    /// Wraps an event for the intake; a durable bus also encodes its payload for the store.
+    fn record<E: DomainEvent>(&self, event: E, options: PublishOptions) -> Result<Record> {
+        if self.shared.durable {
+            Ok(Record::encoded(event, options)?)
+        } else {
+            Ok(Record::new(event, options))
+        }
     }
 
     async fn send(&self, item: Intake) -> Result<()> {
@@ -230,17 +239,10 @@ impl EventBus {
         events: impl IntoIterator<Item = E>,
     ) -> Result<Vec<Receipt>> {
         self.shared.lifecycle.check()?;
-        let records: Vec<Record> = if self.shared.durable {
-            events
-                .into_iter()
-                .map(|e| Record::encoded(e, PublishOptions::default()))
-                .collect::<serde_json::Result<_>>()?
-        } else {
-            events
-                .into_iter()
-                .map(|e| Record::new(e, PublishOptions::default()))
-                .collect()
-        };
+        let records: Vec<Record> = events
+            .into_iter()
+            .map(|e| self.record(e, PublishOptions::default()))
+            .collect::<Result<_>>()?;
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -274,11 +276,7 @@ impl EventBus {
     /// [`Error::Full`] at once when the intake is full; otherwise as [`publish`](Self::publish).
     pub fn try_publish<E: DomainEvent>(&self, event: E) -> Result<Receipt> {
         self.shared.lifecycle.check()?;
-        let record = if self.shared.durable {
-            Record::encoded(event, PublishOptions::default())?
-        } else {
-            Record::new(event, PublishOptions::default())
-        };
+        let record = self.record(event, PublishOptions::default())?;
         let receipt = receipt(&record);
         self.shared
             .intake

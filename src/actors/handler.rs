@@ -180,6 +180,14 @@ impl<H> Clone for HandlerSetup<H> {
     }
 }
 
+impl<H> HandlerSetup<H> {
+    /// Gives up on `record`: it goes to the dead letters, and the counters say so.
+    fn dead_letter(&self, record: Record, attempts: u32, why: String) {
+        self.dead_letters.push(&self.name, record, attempts, why);
+        HandlerCounters::add(&self.counters.dead_letters, 1);
+    }
+}
+
 /// Events not yet handled when a handler panicked: `batch[at..]`, the first at `attempt`.
 struct Pending {
     batch: Vec<Record>,
@@ -339,10 +347,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
             } else {
                 0
             };
-            self.setup
-                .dead_letters
-                .push(&self.setup.name, record, attempts, why.to_owned());
-            HandlerCounters::add(&self.setup.counters.dead_letters, 1);
+            self.setup.dead_letter(record, attempts, why.to_owned());
         }
     }
 }
@@ -453,10 +458,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                         // which retries it with backoff.
                         HandlerCounters::add(&counters.failed_attempts, 1);
                         if retry.max_attempts() <= 1 {
-                            setup
-                                .dead_letters
-                                .push(&setup.name, batch[i].clone(), 1, error);
-                            HandlerCounters::add(&counters.dead_letters, 1);
+                            setup.dead_letter(batch[i].clone(), 1, error);
                             i += 1;
                         } else {
                             log::debug!("handler `{}` failed in a run: {error}", setup.name);
@@ -473,8 +475,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
             Ok(envelope) => envelope,
             Err(why) => {
                 // Retrying cannot make a payload decode: straight to the dead letters.
-                setup.dead_letters.push(&setup.name, record.clone(), 0, why);
-                HandlerCounters::add(&counters.dead_letters, 1);
+                setup.dead_letter(record.clone(), 0, why);
                 continue;
             }
         };
@@ -502,13 +503,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                 Ok(Err(error)) => {
                     HandlerCounters::add(&counters.failed_attempts, 1);
                     if attempt >= retry.max_attempts() {
-                        setup.dead_letters.push(
-                            &setup.name,
-                            record.clone(),
-                            attempt,
-                            error.to_string(),
-                        );
-                        HandlerCounters::add(&counters.dead_letters, 1);
+                        setup.dead_letter(record.clone(), attempt, error.to_string());
                         break;
                     }
                     log::debug!(
@@ -525,13 +520,11 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                     let message = panic_message(&*panic);
                     // The panic counts as an attempt; give up on this event once they are spent.
                     let pending = if attempt >= retry.max_attempts() {
-                        setup.dead_letters.push(
-                            &setup.name,
+                        setup.dead_letter(
                             record.clone(),
                             attempt,
                             format!("handler panicked: {message}"),
                         );
-                        HandlerCounters::add(&counters.dead_letters, 1);
                         Pending {
                             batch,
                             at: i,

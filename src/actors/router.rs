@@ -312,13 +312,10 @@ impl RouterActor {
         };
         let pool = durable.pool.clone();
         let after = durable.replay_after;
-        let read = actix_rt::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(|e| e.to_string())?;
-            store_log::load_requested_redrives(&mut conn).map_err(|e| e.to_string())
-        });
+        let read = read_in_background(pool, store_log::load_requested_redrives);
         ctx.wait(
             actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| {
-                let rows = match rows.map_err(|e| e.to_string()).and_then(|r| r) {
+                let rows = match rows {
                     Ok(rows) => rows,
                     Err(e) => {
                         log::error!(
@@ -369,34 +366,28 @@ impl RouterActor {
         };
         let pool = durable.pool.clone();
         let types: Vec<String> = self.by_type.keys().cloned().collect();
-        let read = actix_rt::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(|e| e.to_string())?;
-            store_log::read_types_after(&mut conn, &types, after, CATCH_UP_PAGE)
-                .map_err(|e| e.to_string())
+        let read = read_in_background(pool, move |conn| {
+            store_log::read_types_after(conn, &types, after, CATCH_UP_PAGE)
         });
         ctx.wait(
-            actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| {
-                let rows = rows.map_err(|e| e.to_string()).and_then(|r| r);
-                match rows {
-                    Ok(rows) if rows.is_empty() => act.start_intake(ctx),
-                    Ok(rows) => {
-                        let last = rows.last().map_or(after, |r| r.position);
-                        let records: Vec<Record> =
-                            rows.into_iter().map(|r| r.into_record()).collect();
-                        let delivery = act.delivery(records.into_iter(), None);
-                        ctx.wait(
-                            actix::fut::wrap_future(delivery)
-                                .map(move |(), act: &mut Self, ctx| act.catch_up(last, ctx)),
-                        );
-                    }
-                    Err(e) => {
-                        log::error!(
-                            "catch-up read after position {after} failed: {e}; retrying in 1 s"
-                        );
-                        ctx.run_later(Duration::from_secs(1), move |act, ctx| {
-                            act.catch_up(after, ctx)
-                        });
-                    }
+            actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| match rows {
+                Ok(rows) if rows.is_empty() => act.start_intake(ctx),
+                Ok(rows) => {
+                    let last = rows.last().map_or(after, |r| r.position);
+                    let records: Vec<Record> = rows.into_iter().map(|r| r.into_record()).collect();
+                    let delivery = act.delivery(records.into_iter(), None);
+                    ctx.wait(
+                        actix::fut::wrap_future(delivery)
+                            .map(move |(), act: &mut Self, ctx| act.catch_up(last, ctx)),
+                    );
+                }
+                Err(e) => {
+                    log::error!(
+                        "catch-up read after position {after} failed: {e}; retrying in 1 s"
+                    );
+                    ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                        act.catch_up(after, ctx)
+                    });
                 }
             }),
         );
@@ -495,6 +486,20 @@ impl StreamHandler<Vec<Intake>> for RouterActor {
         // The intake is closed and empty: wait for every mailbox to run dry.
         self.finish_drain(ctx);
     }
+}
+
+/// Runs a read on the blocking pool with a pooled connection, so the arbiter never waits for
+/// SQLite; any failure comes back as its message.
+async fn read_in_background<T: Send + 'static>(
+    pool: SqlitePool,
+    read: impl FnOnce(&mut diesel::SqliteConnection) -> diesel::QueryResult<T> + Send + 'static,
+) -> std::result::Result<T, String> {
+    let joined = actix_rt::task::spawn_blocking(move || {
+        let mut conn = pool.get().map_err(|e| e.to_string())?;
+        read(&mut conn).map_err(|e| e.to_string())
+    })
+    .await;
+    joined.map_err(|e| e.to_string())?
 }
 
 /// Close the intake (shutdown or escalation); buffered events are still routed.

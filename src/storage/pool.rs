@@ -198,15 +198,11 @@ pub(crate) fn classify_message(path: &Path, text: String) -> StoreError {
     }
 }
 
+/// As [`classify_message`], for a failure to get a connection at all.
 fn classify_pool_error(path: &Path, text: String) -> StoreError {
-    if text.contains("file is not a database") {
-        StoreError::NotADatabase {
-            path: PathBuf::from(path),
-        }
-    } else if text.contains("locked") || text.contains("busy") {
-        StoreError::Locked
-    } else {
-        StoreError::Connection(text)
+    match classify_message(path, text) {
+        StoreError::Database(text) => StoreError::Connection(text),
+        known => known,
     }
 }
 
