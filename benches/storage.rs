@@ -1,7 +1,7 @@
 //! Throughput of the SQLite-backed bus (64 publishers each awaiting its commit, 4 counting
 //! handlers, timed until `shutdown` has drained and written the checkpoints) beside raw
-//! rusqlite writing the same rows into the same schema: one prepared INSERT, transactions of
-//! 1000, WAL and `synchronous=NORMAL`. The same measurement as `actorbus bench --mode sqlite`
+//! rusqlite writing the same rows into the same schema (`actorbus::baseline`): one prepared
+//! INSERT, transactions of 1000, WAL and `synchronous=NORMAL`. The same measurement as `actorbus bench --mode sqlite`
 //! (src/cli/bench.rs), with the same event shape.
 //!
 //! `cargo bench --bench storage`
@@ -75,63 +75,26 @@ fn create_schema(db: &Path) {
     });
 }
 
-/// The baseline: the same rows into the same schema with one cached prepared INSERT,
-/// `BATCH` rows per transaction; returns the time to write them all.
+/// The baseline ([`actorbus::baseline`]): the same rows into the same schema, `BATCH` rows per
+/// transaction; returns the time to write them all.
 fn raw_rusqlite(db: &Path) -> Duration {
-    let mut conn = rusqlite::Connection::open(db).expect("rusqlite opens the store");
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; \
-         PRAGMA cache_size = -16000; PRAGMA wal_autocheckpoint = 8192;",
+    let took = actorbus::baseline::raw_sqlite_inserts(
+        db,
+        &actorbus::baseline::RawInserts {
+            events: EVENTS,
+            streams: STREAMS,
+            batch: BATCH,
+            durability: actorbus::Durability::Normal,
+            event_type: BenchEvent::EVENT_TYPE,
+        },
     )
-    .expect("pragmas apply");
-    let mut versions = vec![0i64; STREAMS as usize];
-
-    let start = Instant::now();
-    let mut position = 0u64;
-    while position < EVENTS {
-        let tx = conn.transaction().expect("transaction begins");
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO events (position, event_id, stream_id, stream_version, \
-                     event_type, schema_version, payload, metadata, recorded_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .expect("insert prepares");
-            for _ in 0..BATCH.min(EVENTS - position) {
-                position += 1;
-                let stream = (position * 7919) % STREAMS;
-                versions[stream as usize] += 1;
-                let payload = serde_json::to_string(&BenchEvent {
-                    stream,
-                    seq: position,
-                })
-                .expect("event encodes");
-                let id = uuid::Uuid::now_v7();
-                insert
-                    .execute(rusqlite::params![
-                        position as i64,
-                        id.as_bytes().as_slice(),
-                        stream.to_string(),
-                        versions[stream as usize],
-                        BenchEvent::EVENT_TYPE,
-                        1,
-                        payload,
-                        Option::<String>::None,
-                        position as i64,
-                    ])
-                    .expect("row inserts");
-            }
-        }
-        tx.commit().expect("transaction commits");
-    }
-    let elapsed = start.elapsed();
-
+    .expect("raw inserts succeed");
+    let conn = rusqlite::Connection::open(db).expect("rusqlite opens the store");
     let stored: i64 = conn
         .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
         .expect("rows count");
     assert_eq!(stored as u64, EVENTS, "every row stored");
-    elapsed
+    took
 }
 
 fn storage(c: &mut Criterion) {

@@ -268,9 +268,25 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEventInfo>> {
+        let mut conn = self.conn()?;
         let mut q = events::table.select(StoredEvent::as_select()).into_boxed();
         if let Some(s) = &filter.stream {
-            q = q.filter(events::stream_id.eq(s.clone()));
+            // Indexed events through stream_events, the short tail past its mark by scanning.
+            let indexed = store_log::indexed_through(&mut conn).map_err(db)?;
+            // One IN list of positions (a UNION ALL), so SQLite seeks by position rather than
+            // scanning the log, as it would for an OR of the two.
+            use diesel::sql_types::{BigInt, Bool, Text};
+            q = q.filter(
+                diesel::dsl::sql::<Bool>(
+                    "events.position IN (SELECT position FROM stream_events WHERE stream_id = ",
+                )
+                .bind::<Text, _>(s.clone())
+                .sql(" UNION ALL SELECT position FROM events WHERE position > ")
+                .bind::<BigInt, _>(indexed)
+                .sql(" AND stream_id = ")
+                .bind::<Text, _>(s.clone())
+                .sql(")"),
+            );
         }
         if let Some(t) = &filter.event_type {
             q = q.filter(events::event_type.eq(t.clone()));
@@ -287,7 +303,7 @@ impl Store {
             q = q.limit(n.min(i64::MAX as u64) as i64);
         }
         let mut rows: Vec<StoredEventInfo> = q
-            .load(&mut self.conn()?)
+            .load(&mut conn)
             .map_err(db)?
             .into_iter()
             .map(StoredEventInfo::from)
@@ -426,9 +442,14 @@ impl Store {
     pub fn summary(&self) -> Result<StoreSummary> {
         let mut conn = self.conn()?;
         let events: i64 = events::table.count().get_result(&mut conn).map_err(db)?;
+        let indexed = store_log::indexed_through(&mut conn).map_err(db)?;
+        // The index keeps each stream's newest entry after retention: streams ever written.
         let streams: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "SELECT count(DISTINCT stream_id) FROM events",
+            "SELECT count(*) FROM (SELECT stream_id FROM stream_events \
+             UNION SELECT stream_id FROM events WHERE position > ",
         )
+        .bind::<diesel::sql_types::BigInt, _>(indexed)
+        .sql(")")
         .get_result(&mut conn)
         .map_err(db)?;
         drop(conn);
@@ -461,8 +482,8 @@ impl Store {
         })
     }
 
-    /// Checks the invariants of the log: stream versions contiguous, event ids unique,
-    /// every checkpoint at or below the head. Returns what differs (empty: consistent).
+    /// Checks the invariants of the log: stream versions contiguous and unique, event ids
+    /// unique, the stream index complete up to its mark, every checkpoint at or below the head. Returns what differs (empty: consistent).
     ///
     /// # Errors
     /// A database error.
@@ -480,11 +501,14 @@ impl Store {
         }
         let mut conn = self.conn()?;
         let mut problems = Vec::new();
-        // Retention may have removed a stream's oldest events: contiguous from its lowest.
+        // Retention leaves gaps (it keeps dead-lettered events) up to its mark; past the mark
+        // each stream's versions are contiguous.
+        let pruned = store_log::pruned_through(&mut conn).map_err(db)?;
         let gaps: Vec<Gap> = diesel::sql_query(
             "SELECT stream_id, count(*) AS n, min(stream_version) AS lo, max(stream_version) AS hi \
-             FROM events GROUP BY stream_id HAVING hi - lo + 1 != n LIMIT 20",
+             FROM events WHERE position > ?1 GROUP BY stream_id HAVING hi - lo + 1 != n LIMIT 20",
         )
+        .bind::<diesel::sql_types::BigInt, _>(pruned)
         .load(&mut conn)
         .map_err(db)?;
         for g in gaps {
@@ -500,6 +524,31 @@ impl Store {
         .map_err(db)?;
         if dup > 0 {
             problems.push(format!("{dup} event id(s) stored more than once"));
+        }
+        let twice: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "SELECT count(*) FROM (SELECT 1 FROM events \
+             GROUP BY stream_id, stream_version HAVING count(*) > 1)",
+        )
+        .get_result(&mut conn)
+        .map_err(db)?;
+        if twice > 0 {
+            problems.push(format!("{twice} stream version(s) stored more than once"));
+        }
+        let indexed = store_log::indexed_through(&mut conn).map_err(db)?;
+        let unindexed: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "SELECT count(*) FROM events e WHERE e.position <= ",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(indexed)
+        .sql(
+            " AND NOT EXISTS (SELECT 1 FROM stream_events s WHERE s.stream_id = e.stream_id \
+             AND s.stream_version = e.stream_version AND s.position = e.position)",
+        )
+        .get_result(&mut conn)
+        .map_err(db)?;
+        if unindexed > 0 {
+            problems.push(format!(
+                "{unindexed} event(s) at or below {indexed} missing from the stream index"
+            ));
         }
         drop(conn);
         let head = self.head()?;

@@ -69,6 +69,8 @@
 
 mod actors;
 mod admin;
+#[doc(hidden)]
+pub mod baseline;
 mod blocking;
 mod bus;
 mod config;

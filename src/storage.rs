@@ -23,7 +23,7 @@ pub enum Durability {
 }
 
 impl Durability {
-    fn pragma(self) -> &'static str {
+    pub(crate) fn pragma(self) -> &'static str {
         match self {
             Durability::Normal => "NORMAL",
             Durability::Full => "FULL",

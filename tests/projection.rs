@@ -296,13 +296,17 @@ async fn retention_deletes_only_what_every_subscription_processed_and_no_dead_le
         )
         .build()
         .unwrap();
+    // Cart 2's five events are the oldest: retention deletes all of them.
+    bus.publish_all((0..5).map(|qty| ItemAdded { cart: 2, qty }))
+        .await
+        .unwrap();
     bus.publish_all((0..100).map(|qty| ItemAdded { cart: 1, qty }))
         .await
         .unwrap();
     bus.shutdown(T).await.unwrap();
-    assert_eq!(event_count(&db), 100);
+    assert_eq!(event_count(&db), 105);
 
-    // keep_last 10: 90 processed events may go, except the dead-lettered one.
+    // keep_last 10: 95 processed events may go, except the dead-lettered one.
     let bus = EventBus::builder()
         .sqlite(&db)
         .retention(Retention::keep_last(10))
@@ -324,5 +328,17 @@ async fn retention_deletes_only_what_every_subscription_processed_and_no_dead_le
         "the newest 10 and the dead-lettered event stay"
     );
     assert_eq!(bus.dead_letters(Some("picky")).unwrap().len(), 1);
+    // A stream whose events were all deleted goes on from its version; it does not start over.
+    let receipt = bus.publish(ItemAdded { cart: 2, qty: 9 }).await.unwrap();
+    assert_eq!(receipt.stream_version, Some(6));
     bus.shutdown(T).await.unwrap();
+    let store = actorbus::Store::open(&db).unwrap();
+    assert_eq!(store.check().unwrap(), Vec::<String>::new());
+    let cart2 = store
+        .events(&actorbus::EventFilter::all().stream("cart-2"))
+        .unwrap();
+    assert_eq!(
+        cart2.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        vec![6]
+    );
 }

@@ -53,7 +53,7 @@ pub(crate) struct Durable {
 /// Events read per catch-up page.
 const CATCH_UP_PAGE: i64 = 1000;
 /// How often advanced checkpoints are written when no appends carry them.
-const CHECKPOINT_FLUSH: Duration = Duration::from_millis(200);
+pub(crate) const CHECKPOINT_FLUSH: Duration = Duration::from_millis(200);
 
 /// One handler actor, as the router sees it.
 pub(crate) struct Slot {

@@ -25,7 +25,7 @@ impl Message for Append {
     type Result = (Vec<Unit>, Result<Vec<UnitOutcome>, StoreError>);
 }
 
-/// Write the advanced checkpoints now (idle bus, shutdown).
+/// Write the advanced checkpoints and index the newest events by stream (timer, shutdown).
 pub(crate) struct FlushCheckpoints;
 
 impl Message for FlushCheckpoints {
@@ -299,6 +299,10 @@ impl Handler<FlushCheckpoints> for StorageActor {
             self.board.restore(checkpoints);
             self.board.restore_letters(letters);
             return result;
+        }
+        // The same timer keeps the un-indexed tail a moment's worth of events.
+        if let Err(e) = self.writer.index_tail() {
+            log::warn!("indexing the newest events by stream failed (retried later): {e}");
         }
         for (handler, partitions) in self.board.pending_relayout() {
             match self

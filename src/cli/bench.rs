@@ -391,8 +391,9 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rows/s of raw SQLite: the same rows into the same schema (created by the bus in a file
-/// beside `db`), one prepared INSERT, transactions of `--baseline-batch` rows, the same `synchronous`, no actors.
+/// Rows/s of raw SQLite (see [`actorbus::baseline`]): the same rows into the same schema,
+/// created by the bus in a file beside `db`; transactions of `--baseline-batch` rows, the same
+/// `synchronous`, no actors.
 fn baseline_rusqlite(
     args: &BenchArgs,
     durability: actorbus::Durability,
@@ -407,52 +408,17 @@ fn baseline_rusqlite(
         let bus = EventBus::builder().sqlite(&path).build()?;
         bus.shutdown(Duration::from_secs(10)).await
     })?;
-    let mut conn = rusqlite::Connection::open(&path)?;
-    let sync = match durability {
-        actorbus::Durability::Normal => "NORMAL",
-        actorbus::Durability::Full => "FULL",
-    };
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA temp_store = MEMORY; \
-         PRAGMA cache_size = -16000; PRAGMA wal_autocheckpoint = 8192;"
-    ))?;
-    let mut versions = vec![0i64; args.streams as usize];
-    let start = Instant::now();
-    let mut position = 0i64;
-    while position < args.events as i64 {
-        let tx = conn.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
-                 schema_version, payload, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )?;
-            for _ in 0..(args.baseline_batch as i64).min(args.events as i64 - position) {
-                position += 1;
-                let stream = (position as u64 * 7919) % args.streams;
-                versions[stream as usize] += 1;
-                let event = BenchEvent {
-                    stream,
-                    seq: position as u64,
-                };
-                let payload = serde_json::to_string(&event)?;
-                let id = uuid::Uuid::now_v7();
-                insert.execute(rusqlite::params![
-                    position,
-                    id.as_bytes().as_slice(),
-                    stream.to_string(),
-                    versions[stream as usize],
-                    BenchEvent::EVENT_TYPE,
-                    1,
-                    payload,
-                    Option::<String>::None,
-                    position,
-                ])?;
-            }
-        }
-        tx.commit()?;
-    }
-    let rate = args.events as f64 / start.elapsed().as_secs_f64();
-    drop(conn);
+    let took = actorbus::baseline::raw_sqlite_inserts(
+        &path,
+        &actorbus::baseline::RawInserts {
+            events: args.events,
+            streams: args.streams,
+            batch: args.baseline_batch,
+            durability,
+            event_type: BenchEvent::EVENT_TYPE,
+        },
+    )?;
+    let rate = args.events as f64 / took.as_secs_f64();
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

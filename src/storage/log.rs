@@ -15,12 +15,27 @@ use crate::storage::models::{
     CheckpointRow, DeadLetterRow, NewDeadLetter, NewStoredEvent, StoredEvent,
 };
 use crate::storage::pool::{classify, classify_message};
-use crate::storage::schema::{checkpoints, dead_letters, events};
+use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, stream_events};
 use crate::storage::{Retention, StoreError};
 
-/// Streams whose last version the writer remembers; past this the cache starts over, so
-/// memory stays flat however many streams there are.
+/// Streams whose last version the writer remembers; past this the cache starts over at the
+/// next indexing of the tail, so memory stays flat however many streams there are.
 const VERSION_CACHE_LIMIT: usize = 100_000;
+
+/// An append that leaves more events than this past `indexed_through` indexes the tail in its
+/// own transaction. The storage actor's timer normally indexes it long before (every 200 ms).
+pub(crate) const INDEX_TAIL_LIMIT: i64 = 65_536;
+
+/// Indexes the events in `(?1, ?2]` by stream, sorted so each stream's entries go in together.
+pub(crate) const INDEX_TAIL_SQL: &str =
+    "INSERT INTO stream_events (stream_id, stream_version, position) \
+     SELECT stream_id, stream_version, position FROM events \
+     WHERE position > ?1 AND position <= ?2 ORDER BY stream_id, stream_version";
+
+/// The `store_meta` key of the last position `stream_events` covers.
+const INDEXED_THROUGH: &str = "indexed_through";
+/// The `store_meta` key of the newest position retention deleted.
+const PRUNED_THROUGH: &str = "pruned_through";
 
 /// One publish (or `publish_all`): all of it is stored, or none.
 #[derive(Debug)]
@@ -52,6 +67,9 @@ pub(crate) struct Writer {
     conn: PooledConnection<ConnectionManager<SqliteConnection>>,
     path: PathBuf,
     head: i64,
+    /// The last position `stream_events` covers (-1: not known, read it at the next commit).
+    /// Invariant: every stream with an event past it is in `versions`.
+    indexed: i64,
     versions: HashMap<String, i64>,
 }
 
@@ -60,6 +78,7 @@ impl std::fmt::Debug for Writer {
         f.debug_struct("Writer")
             .field("path", &self.path)
             .field("head", &self.head)
+            .field("indexed", &self.indexed)
             .finish()
     }
 }
@@ -73,6 +92,7 @@ impl Writer {
             conn,
             path,
             head: -1,
+            indexed: -1,
             versions: HashMap::new(),
         }
     }
@@ -89,11 +109,15 @@ impl Writer {
     ) -> Result<Vec<UnitOutcome>, StoreError> {
         let mut versions = std::mem::take(&mut self.versions);
         let cached_head = self.head;
+        let mut indexed = self.indexed;
         let result = in_transaction(&mut self.conn, &self.path, |conn| {
             let head = current_head(conn)?;
-            if head != cached_head {
-                // Someone else wrote (or this is the first commit): cached versions may be stale.
+            if head != cached_head || indexed < 0 {
+                // Someone else wrote (or this is the first commit): cached versions may be
+                // stale. Index the tail first, so every version not cached is in the index.
                 versions.clear();
+                let mark = indexed_through(conn)?;
+                indexed = index_tail(conn, mark, head)?;
             }
             let mut changed: HashMap<&str, i64> = HashMap::new();
             let mut outcomes = Vec::with_capacity(units.len());
@@ -113,7 +137,7 @@ impl Writer {
                     let stream = record.meta.stream_id.as_str();
                     let current = match local.get(stream).or(changed.get(stream)) {
                         Some(v) => *v,
-                        None => stream_version(conn, &mut versions, stream)?,
+                        None => indexed_version(conn, &mut versions, stream)?,
                     };
                     if let (Some(expected), true) = (unit.expected_version, assigned.is_empty()) {
                         if current as u64 != expected {
@@ -175,27 +199,84 @@ impl Writer {
             }
             save_checkpoints(conn, checkpoints)?;
             save_dead_letters(conn, letters)?;
+            let mut reindexed = false;
+            if next_position - indexed > INDEX_TAIL_LIMIT
+                || versions.len() + changed.len() > VERSION_CACHE_LIMIT
+            {
+                indexed = index_tail(conn, indexed, next_position)?;
+                reindexed = true;
+            }
             let changed: Vec<(String, i64)> = changed
                 .into_iter()
                 .map(|(s, v)| (s.to_owned(), v))
                 .collect();
-            Ok::<_, diesel::result::Error>((outcomes, next_position, changed))
+            Ok::<_, diesel::result::Error>((outcomes, next_position, changed, reindexed))
         });
         match result {
-            Ok((outcomes, head, changed)) => {
-                if versions.len() > VERSION_CACHE_LIMIT {
-                    versions.clear();
-                }
-                versions.extend(changed);
+            Ok((outcomes, head, changed, reindexed)) => {
                 self.versions = versions;
+                self.indexed = indexed;
                 self.head = head;
+                if reindexed {
+                    self.indexed_tail();
+                }
+                self.versions.extend(changed);
                 Ok(outcomes)
             }
             Err(e) => {
-                self.head = -1;
+                self.forget();
                 Err(e)
             }
         }
+    }
+
+    /// Writes the stream index for every event past `indexed_through` (one sorted bulk insert,
+    /// a few pages per stream rather than one random page per event). Called by the storage
+    /// actor's timer, so the tail per-stream reads must scan stays short.
+    ///
+    /// # Errors
+    /// A database error: the tail stays as it was, to be indexed by a later call.
+    pub(crate) fn index_tail(&mut self) -> Result<(), StoreError> {
+        if self.head < 0 || self.indexed < 0 || self.indexed >= self.head {
+            return Ok(());
+        }
+        let (from, to) = (self.indexed, self.head);
+        let result = in_transaction(&mut self.conn, &self.path, |conn| {
+            if current_head(conn)? != to {
+                return Ok(None);
+            }
+            index_tail(conn, from, to).map(Some)
+        });
+        match result {
+            Ok(Some(indexed)) => {
+                self.indexed = indexed;
+                self.indexed_tail();
+                Ok(())
+            }
+            // Another writer appended: the next append reads everything again.
+            Ok(None) => {
+                self.forget();
+                Ok(())
+            }
+            Err(e) => {
+                self.forget();
+                Err(e)
+            }
+        }
+    }
+
+    /// After the tail was indexed: the cache may start over without breaking its invariant.
+    fn indexed_tail(&mut self) {
+        if self.versions.len() > VERSION_CACHE_LIMIT {
+            self.versions.clear();
+        }
+    }
+
+    /// Forget what is cached: the next append reads the head and the index mark again.
+    fn forget(&mut self) {
+        self.head = -1;
+        self.indexed = -1;
+        self.versions.clear();
     }
 
     /// Runs `f` in one write transaction; an `Err` rolls it back.
@@ -268,7 +349,9 @@ fn current_head(conn: &mut SqliteConnection) -> QueryResult<i64> {
         .map(|h| h.unwrap_or(0))
 }
 
-fn stream_version(
+/// The stream's version: cached, or else in the index (a stream not cached has no event in
+/// the tail, by the writer's invariant).
+fn indexed_version(
     conn: &mut SqliteConnection,
     cache: &mut HashMap<String, i64>,
     stream: &str,
@@ -276,13 +359,57 @@ fn stream_version(
     if let Some(v) = cache.get(stream) {
         return Ok(*v);
     }
-    let v = events::table
-        .filter(events::stream_id.eq(stream))
-        .select(diesel::dsl::max(events::stream_version))
+    let v = stream_events::table
+        .filter(stream_events::stream_id.eq(stream))
+        .select(diesel::dsl::max(stream_events::stream_version))
         .first::<Option<i64>>(conn)?
         .unwrap_or(0);
     cache.insert(stream.to_owned(), v);
     Ok(v)
+}
+
+/// The last position `stream_events` covers (0 for a store with nothing indexed).
+pub(crate) fn indexed_through(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    meta_number(conn, INDEXED_THROUGH)
+}
+
+/// The newest position retention deleted (0 if it never ran).
+pub(crate) fn pruned_through(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    meta_number(conn, PRUNED_THROUGH)
+}
+
+fn meta_number(conn: &mut SqliteConnection, key: &str) -> QueryResult<i64> {
+    let value = store_meta::table
+        .filter(store_meta::key.eq(key))
+        .select(store_meta::value)
+        .first::<String>(conn)
+        .optional()?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+fn set_meta_number(conn: &mut SqliteConnection, key: &str, value: i64) -> QueryResult<()> {
+    diesel::replace_into(store_meta::table)
+        .values((
+            store_meta::key.eq(key),
+            store_meta::value.eq(value.to_string()),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
+/// Indexes the events in `(from, to]`, sorted by stream so that each stream's entries go in
+/// together, and moves the mark to `to`. Returns `to`.
+fn index_tail(conn: &mut SqliteConnection, from: i64, to: i64) -> QueryResult<i64> {
+    use diesel::sql_types::BigInt;
+    if to <= from {
+        return Ok(from);
+    }
+    diesel::sql_query(INDEX_TAIL_SQL)
+        .bind::<BigInt, _>(from)
+        .bind::<BigInt, _>(to)
+        .execute(conn)?;
+    set_meta_number(conn, INDEXED_THROUGH, to)?;
+    Ok(to)
 }
 
 /// (position, version) of every record when all of their ids are stored already.
@@ -397,6 +524,8 @@ pub(crate) fn prune(
     let by_age = retention
         .max_age
         .map_or(i64::MIN, |age| now_micros - age.as_micros() as i64);
+    // Only indexed events: their stream index entries go with them (see below).
+    let safe = safe.min(indexed_through(conn)?);
     let victims = events::table
         .filter(events::position.le(safe))
         .filter(
@@ -407,14 +536,35 @@ pub(crate) fn prune(
         .filter(diesel::dsl::not(diesel::dsl::exists(
             dead_letters::table.filter(dead_letters::position.eq(events::position)),
         )))
-        .select(events::position)
+        .select((events::position, events::stream_id, events::stream_version))
         .order(events::position.asc())
         .limit(limit)
-        .load::<i64>(conn)?;
+        .load::<(i64, String, i64)>(conn)?;
     let mut deleted = 0;
     for chunk in victims.chunks(1000) {
-        deleted +=
-            diesel::delete(events::table.filter(events::position.eq_any(chunk))).execute(conn)?;
+        let positions: Vec<i64> = chunk.iter().map(|v| v.0).collect();
+        deleted += diesel::delete(events::table.filter(events::position.eq_any(positions)))
+            .execute(conn)?;
+    }
+    if let Some(last) = victims.last() {
+        // The mark `check` reads: below it, retention may have left gaps in a stream.
+        let marked = meta_number(conn, PRUNED_THROUGH)?;
+        set_meta_number(conn, PRUNED_THROUGH, marked.max(last.0))?;
+    }
+    // Each stream keeps its newest index entry: its version outlives its events.
+    let newer = diesel::alias!(stream_events as newer);
+    for (_, stream, version) in &victims {
+        diesel::delete(
+            stream_events::table
+                .filter(stream_events::stream_id.eq(stream))
+                .filter(stream_events::stream_version.eq(version))
+                .filter(diesel::dsl::exists(
+                    newer
+                        .filter(newer.field(stream_events::stream_id).eq(stream))
+                        .filter(newer.field(stream_events::stream_version).gt(version)),
+                )),
+        )
+        .execute(conn)?;
     }
     Ok(deleted)
 }

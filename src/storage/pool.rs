@@ -13,7 +13,7 @@ use crate::storage::{Durability, SqliteOptions, StoreError};
 
 pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// The newest `store_meta.schema_version` this binary understands.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 /// SQLite's default page size, which the store keeps.
 const PAGE_SIZE: u64 = 4096;
 

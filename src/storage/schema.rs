@@ -43,4 +43,18 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(checkpoints, dead_letters, events, store_meta,);
+diesel::table! {
+    stream_events (stream_id, stream_version) {
+        stream_id -> Text,
+        stream_version -> BigInt,
+        position -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    checkpoints,
+    dead_letters,
+    events,
+    store_meta,
+    stream_events,
+);

@@ -1,0 +1,86 @@
+//! The raw-SQLite baseline that `actorbus bench --mode sqlite` and `benches/storage.rs`
+//! compare the bus against: the rows the bus writes, into the same tables and indexes, with
+//! no actors. Not part of the API.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::actors::router::CHECKPOINT_FLUSH;
+use crate::storage::log::INDEX_TAIL_SQL;
+use crate::storage::Durability;
+
+/// What the baseline writes.
+#[derive(Debug, Clone, Copy)]
+pub struct RawInserts {
+    /// Events to insert.
+    pub events: u64,
+    /// Streams the events are spread over, round robin (as the bench's publishers do).
+    pub streams: u64,
+    /// Rows per transaction.
+    pub batch: u64,
+    /// `synchronous` of every commit.
+    pub durability: Durability,
+    /// The event type stored in every row.
+    pub event_type: &'static str,
+}
+
+/// Writes `spec.events` rows into the store at `path` (whose schema the bus created): one
+/// cached prepared INSERT, `spec.batch` rows per transaction, the stream index written from
+/// the tail as often as the bus's writer does it. Returns the time taken.
+///
+/// # Errors
+/// Any SQLite error.
+pub fn raw_sqlite_inserts(path: &Path, spec: &RawInserts) -> Result<Duration, rusqlite::Error> {
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA temp_store = MEMORY; \
+         PRAGMA cache_size = -16000; PRAGMA wal_autocheckpoint = 8192;",
+        spec.durability.pragma()
+    ))?;
+    let mut versions = vec![0i64; spec.streams.max(1) as usize];
+    let start = Instant::now();
+    let mut indexed_at = Instant::now();
+    let (mut position, mut indexed) = (0i64, 0i64);
+    let events = spec.events as i64;
+    while position < events {
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+                 schema_version, payload, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?;
+            for _ in 0..(spec.batch.max(1) as i64).min(events - position) {
+                position += 1;
+                let stream = (position as u64 * 7919) % spec.streams.max(1);
+                versions[stream as usize] += 1;
+                let payload = format!(r#"{{"stream":{stream},"seq":{position}}}"#);
+                insert.execute(rusqlite::params![
+                    position,
+                    crate::event::new_event_id(SystemTime::now())
+                        .as_bytes()
+                        .as_slice(),
+                    stream.to_string(),
+                    versions[stream as usize],
+                    spec.event_type,
+                    1,
+                    payload,
+                    Option::<String>::None,
+                    position,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        if indexed_at.elapsed() >= CHECKPOINT_FLUSH || position == events {
+            let tx = conn.transaction()?;
+            tx.execute(INDEX_TAIL_SQL, rusqlite::params![indexed, position])?;
+            tx.execute(
+                "REPLACE INTO store_meta (key, value) VALUES ('indexed_through', ?)",
+                [position.to_string()],
+            )?;
+            tx.commit()?;
+            indexed = position;
+            indexed_at = Instant::now();
+        }
+    }
+    Ok(start.elapsed())
+}

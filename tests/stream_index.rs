@@ -1,0 +1,171 @@
+//! The stream index: per-stream reads and versions over indexed events and the newest tail,
+//! `check` catching a damaged index, and a store of an older schema migrated to it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use actorbus::{DomainEvent, EventBus, EventFilter, Store};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Deposited {
+    account: u32,
+    cents: u64,
+}
+
+impl DomainEvent for Deposited {
+    const EVENT_TYPE: &'static str = "account.deposited";
+    fn stream_id(&self) -> String {
+        format!("account-{}", self.account)
+    }
+}
+
+const T: Duration = Duration::from_secs(10);
+
+async fn publish(db: &Path, events: &[(u32, u64)]) -> Vec<u64> {
+    let bus = EventBus::builder().sqlite(db).build().expect("bus builds");
+    let mut versions = Vec::new();
+    for &(account, cents) in events {
+        let receipt = bus.publish(Deposited { account, cents }).await.unwrap();
+        versions.push(
+            receipt
+                .stream_version
+                .expect("a stored event has a version"),
+        );
+    }
+    bus.shutdown(T).await.unwrap();
+    versions
+}
+
+fn versions_of(db: &Path, stream: &str) -> Vec<u64> {
+    Store::open(db)
+        .unwrap()
+        .events(&EventFilter::all().stream(stream))
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect()
+}
+
+/// Appends an event row as another process would, past the index mark.
+fn insert_foreign(db: &Path, position: i64, stream: &str, version: i64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(
+        "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+         schema_version, payload, metadata, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, NULL, 0)",
+        rusqlite::params![
+            position,
+            uuid::Uuid::now_v7().as_bytes().as_slice(),
+            stream,
+            version,
+            Deposited::EVENT_TYPE,
+            r#"{"account":1,"cents":1}"#,
+        ],
+    )
+    .unwrap();
+}
+
+#[actix::test]
+async fn per_stream_reads_and_versions_cover_indexed_events_and_the_unindexed_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bus.db");
+    assert_eq!(
+        publish(&db, &[(1, 10), (2, 20), (1, 11), (1, 12), (2, 21)]).await,
+        vec![1, 1, 2, 3, 2]
+    );
+    // Another process appended version 4 of account-1; nothing indexed it yet.
+    insert_foreign(&db, 6, "account-1", 4);
+    assert_eq!(versions_of(&db, "account-1"), vec![1, 2, 3, 4]);
+    assert_eq!(versions_of(&db, "account-2"), vec![1, 2]);
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.check().unwrap(), Vec::<String>::new());
+    assert_eq!(store.summary().unwrap().streams, 2);
+    drop(store);
+
+    // The next bus indexes that tail before it appends, so versions go on from it.
+    assert_eq!(publish(&db, &[(1, 13), (3, 30)]).await, vec![5, 1]);
+    assert_eq!(versions_of(&db, "account-1"), vec![1, 2, 3, 4, 5]);
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.check().unwrap(), Vec::<String>::new());
+    assert_eq!(store.summary().unwrap().streams, 3);
+}
+
+#[actix::test]
+async fn check_reports_a_damaged_stream_index_and_a_version_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bus.db");
+    publish(&db, &[(1, 10), (1, 11), (2, 20)]).await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "DELETE FROM stream_events WHERE stream_id = 'account-1' AND stream_version = 2",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    // A second version 1 of account-2, past the mark.
+    insert_foreign(&db, 4, "account-2", 1);
+
+    let problems = Store::open(&db).unwrap().check().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("missing from the stream index")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("stored more than once")),
+        "{problems:?}"
+    );
+}
+
+/// The migrations a store of schema version 2 was created with.
+const SCHEMA_2: [(&str, &str); 3] = [
+    (
+        "20261125000001",
+        include_str!("../migrations/2026-11-25-000001_create_store/up.sql"),
+    ),
+    (
+        "20261125000002",
+        include_str!("../migrations/2026-11-25-000002_redrive_requests/up.sql"),
+    ),
+    (
+        "20261125000003",
+        include_str!("../migrations/2026-11-25-000003_drop_type_index/up.sql"),
+    ),
+];
+
+#[actix::test]
+async fn a_store_of_the_previous_schema_is_migrated_with_every_event_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, \
+         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);",
+    )
+    .unwrap();
+    for (version, sql) in SCHEMA_2 {
+        conn.execute_batch(sql).unwrap();
+        conn.execute(
+            "INSERT INTO __diesel_schema_migrations (version) VALUES (?1)",
+            [version],
+        )
+        .unwrap();
+    }
+    for (position, (stream, version)) in [("account-1", 1), ("account-2", 1), ("account-1", 2)]
+        .into_iter()
+        .enumerate()
+    {
+        insert_foreign(&db, position as i64 + 1, stream, version);
+    }
+    drop(conn);
+
+    assert_eq!(publish(&db, &[(1, 1), (2, 2)]).await, vec![3, 2]);
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.summary().unwrap().schema_version, 3);
+    assert_eq!(store.head().unwrap(), 5);
+    assert_eq!(store.check().unwrap(), Vec::<String>::new());
+    drop(store);
+    assert_eq!(versions_of(&db, "account-1"), vec![1, 2, 3]);
+    assert_eq!(versions_of(&db, "account-2"), vec![1, 2]);
+}
