@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -15,6 +16,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::handler::{Control, Deliver};
+use crate::actors::pipeline::{CommitGate, InOrder};
 use crate::actors::storage::{Append, FlushCheckpoints, StorageActor};
 use crate::bus::Receipt;
 use crate::error::{Error, Result};
@@ -80,9 +82,21 @@ pub(crate) struct RouterActor {
     intake: Option<(mpsc::Receiver<Intake>, usize)>,
     close: Option<mpsc::Sender<Intake>>,
     durable: Option<Durable>,
+    /// Group commits sent and not yet handled (durable bus).
+    gate: Rc<CommitGate>,
+    /// Their results, handled in the order the chunks were sent.
+    committed: InOrder<Committed>,
+    /// The intake ended while commits were outstanding: drain once they are handled.
+    drain_when_committed: bool,
     drained: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
+
+/// What the storage actor answered for one chunk, and whom to tell.
+type Committed = (
+    std::result::Result<<Append as Message>::Result, MailboxError>,
+    Vec<Option<Ack>>,
+);
 
 impl RouterActor {
     /// `chunk` bounds how many intake items the router takes at once.
@@ -112,6 +126,9 @@ impl RouterActor {
             intake: Some((intake, chunk)),
             close: Some(close),
             durable,
+            gate: Rc::default(),
+            committed: InOrder::default(),
+            drain_when_committed: false,
             drained: false,
             drain_waiters: Vec::new(),
         }
@@ -234,72 +251,45 @@ impl RouterActor {
             return;
         }
         log::trace!("group commit of {} publish(es)", units.len());
+        let ticket = self.committed.ticket();
+        self.gate.enter();
         let committed = storage.send(Append(units));
-        ctx.wait(
+        // Spawned, not waited for: the router gathers the next chunk meanwhile (the gate
+        // bounds how many are outstanding), and handles results in the order sent.
+        ctx.spawn(
             actix::fut::wrap_future(committed).map(move |reply, act: &mut Self, ctx| {
-                let (units, outcomes) = match reply {
-                    Ok(reply) => reply,
-                    Err(_) => {
-                        for ack in acks.into_iter().flatten() {
-                            let _ = ack.send(Err(Error::Stopped));
-                        }
-                        return;
-                    }
-                };
-                let outcomes = match outcomes {
-                    Ok(outcomes) => outcomes,
-                    Err(e) => {
-                        for ack in acks.into_iter().flatten() {
-                            let _ = ack.send(Err(Error::Store(e.clone())));
-                        }
-                        return;
-                    }
-                };
-                let mut stored = Vec::new();
-                for ((unit, outcome), ack) in units.into_iter().zip(outcomes).zip(acks) {
-                    let answer = match outcome {
-                        UnitOutcome::Stored(places) => {
-                            let mut receipts = Vec::with_capacity(places.len());
-                            for (mut record, (position, version)) in
-                                unit.records.into_iter().zip(places)
-                            {
-                                let meta = Arc::make_mut(&mut record.meta);
-                                meta.position = Some(position);
-                                meta.stream_version = Some(version);
-                                receipts.push(Receipt {
-                                    id: meta.id,
-                                    position: Some(position),
-                                    stream_version: Some(version),
-                                });
-                                stored.push(record);
-                            }
-                            Ok(receipts)
-                        }
-                        UnitOutcome::Duplicate(places) => Ok(unit
-                            .records
-                            .iter()
-                            .zip(places)
-                            .map(|(r, (position, version))| Receipt {
-                                id: r.meta.id,
-                                position: Some(position),
-                                stream_version: Some(version),
-                            })
-                            .collect()),
-                        UnitOutcome::Conflict {
-                            stream,
-                            expected,
-                            actual,
-                        } => Err(Error::VersionConflict {
-                            stream,
-                            expected,
-                            actual,
-                        }),
-                    };
-                    if let Some(ack) = ack {
-                        let _ = ack.send(answer);
-                    }
+                act.commit_done(ticket, (reply, acks), ctx);
+            }),
+        );
+    }
+
+    /// A chunk's commit came back: answer the publishers and deliver, in the order the
+    /// chunks were sent; the deliveries keep the router waiting until handlers took them.
+    fn commit_done(&mut self, ticket: u64, result: Committed, ctx: &mut Context<Self>) {
+        let due = self.committed.arrived(ticket, result);
+        if due.is_empty() {
+            return;
+        }
+        let deliveries: Vec<_> = due
+            .into_iter()
+            .map(|(reply, acks)| {
+                self.gate.leave();
+                let stored = acknowledge(reply, acks);
+                self.delivery(stored.into_iter(), None)
+            })
+            .collect();
+        // One waited future: actix polls the newest wait first, so two would run out of order.
+        let delivered = async move {
+            for delivery in deliveries {
+                delivery.await;
+            }
+        };
+        ctx.wait(
+            actix::fut::wrap_future(delivered).map(|(), act: &mut Self, ctx| {
+                if act.drain_when_committed && act.gate.is_idle() {
+                    act.drain_when_committed = false;
+                    act.finish_drain(ctx);
                 }
-                act.deliver(stored.into_iter(), None, ctx);
             }),
         );
     }
@@ -397,7 +387,11 @@ impl RouterActor {
         let Some((mut rx, chunk)) = self.intake.take() else {
             return;
         };
+        let gate = self.durable.as_ref().map(|_| Rc::clone(&self.gate));
         ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
+            if gate.as_ref().is_some_and(|g| !g.is_open(cx)) {
+                return Poll::Pending;
+            }
             let mut items = Vec::new();
             match rx.poll_recv_many(cx, &mut items, chunk) {
                 Poll::Ready(0) => Poll::Ready(None),
@@ -446,6 +440,75 @@ impl RouterActor {
     }
 }
 
+/// Answers each publisher of a committed chunk; returns the records stored, with their
+/// positions and versions, to deliver.
+fn acknowledge(
+    reply: std::result::Result<<Append as Message>::Result, MailboxError>,
+    acks: Vec<Option<Ack>>,
+) -> Vec<Record> {
+    let (units, outcomes) = match reply {
+        Ok(reply) => reply,
+        Err(_) => {
+            for ack in acks.into_iter().flatten() {
+                let _ = ack.send(Err(Error::Stopped));
+            }
+            return Vec::new();
+        }
+    };
+    let outcomes = match outcomes {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            for ack in acks.into_iter().flatten() {
+                let _ = ack.send(Err(Error::Store(e.clone())));
+            }
+            return Vec::new();
+        }
+    };
+    let mut stored = Vec::new();
+    for ((unit, outcome), ack) in units.into_iter().zip(outcomes).zip(acks) {
+        let answer = match outcome {
+            UnitOutcome::Stored(places) => {
+                let mut receipts = Vec::with_capacity(places.len());
+                for (mut record, (position, version)) in unit.records.into_iter().zip(places) {
+                    let meta = Arc::make_mut(&mut record.meta);
+                    meta.position = Some(position);
+                    meta.stream_version = Some(version);
+                    receipts.push(Receipt {
+                        id: meta.id,
+                        position: Some(position),
+                        stream_version: Some(version),
+                    });
+                    stored.push(record);
+                }
+                Ok(receipts)
+            }
+            UnitOutcome::Duplicate(places) => Ok(unit
+                .records
+                .iter()
+                .zip(places)
+                .map(|(r, (position, version))| Receipt {
+                    id: r.meta.id,
+                    position: Some(position),
+                    stream_version: Some(version),
+                })
+                .collect()),
+            UnitOutcome::Conflict {
+                stream,
+                expected,
+                actual,
+            } => Err(Error::VersionConflict {
+                stream,
+                expected,
+                actual,
+            }),
+        };
+        if let Some(ack) = ack {
+            let _ = ack.send(answer);
+        }
+    }
+    stored
+}
+
 impl Actor for RouterActor {
     type Context = Context<Self>;
 
@@ -483,8 +546,13 @@ impl StreamHandler<Vec<Intake>> for RouterActor {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        // The intake is closed and empty: wait for every mailbox to run dry.
-        self.finish_drain(ctx);
+        // The intake is closed and empty: once the outstanding commits are answered and
+        // delivered, wait for every mailbox to run dry.
+        if self.gate.is_idle() {
+            self.finish_drain(ctx);
+        } else {
+            self.drain_when_committed = true;
+        }
     }
 }
 

@@ -1,0 +1,131 @@
+//! Group commits in flight between the router and the storage actor: while the writer commits
+//! one chunk, the router acknowledges and delivers the one before and gathers the next, so
+//! neither thread waits for the other. At most [`MAX_IN_FLIGHT`] commits are outstanding,
+//! and their results are handled in the order the chunks were sent.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::task::{Context, Waker};
+
+/// Commits the router may have sent and not yet handled: one being written, one waiting.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+/// Shared by the router and its intake stream: the stream yields no chunk while
+/// [`MAX_IN_FLIGHT`] commits are outstanding, so publishers wait in the bounded intake.
+#[derive(Debug, Default)]
+pub(crate) struct CommitGate {
+    in_flight: Cell<usize>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl CommitGate {
+    /// Whether another chunk may be taken now; if not, `cx` is woken when one may.
+    pub(crate) fn is_open(&self, cx: &Context<'_>) -> bool {
+        if self.in_flight.get() < MAX_IN_FLIGHT {
+            return true;
+        }
+        *self.waker.borrow_mut() = Some(cx.waker().clone());
+        false
+    }
+
+    /// A commit was sent.
+    pub(crate) fn enter(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    /// A commit's result was handled: the intake may go on.
+    pub(crate) fn leave(&self) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// No commit outstanding.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.get() == 0
+    }
+}
+
+/// Hands results back in the order their tickets were issued, whatever order they arrive in.
+#[derive(Debug)]
+pub(crate) struct InOrder<T> {
+    issued: u64,
+    next: u64,
+    arrived: BTreeMap<u64, T>,
+}
+
+impl<T> Default for InOrder<T> {
+    fn default() -> Self {
+        Self {
+            issued: 0,
+            next: 0,
+            arrived: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> InOrder<T> {
+    /// The ticket of the next result.
+    pub(crate) fn ticket(&mut self) -> u64 {
+        self.issued += 1;
+        self.issued - 1
+    }
+
+    /// Records the result of `ticket`; returns every result now due, oldest first.
+    pub(crate) fn arrived(&mut self, ticket: u64, value: T) -> Vec<T> {
+        self.arrived.insert(ticket, value);
+        let mut due = Vec::new();
+        while let Some(v) = self.arrived.remove(&self.next) {
+            due.push(v);
+            self.next += 1;
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    #[test]
+    fn results_come_back_in_ticket_order_whatever_order_they_arrive_in() {
+        let mut order = InOrder::default();
+        let (a, b, c) = (order.ticket(), order.ticket(), order.ticket());
+        assert_eq!(order.arrived(c, "c"), Vec::<&str>::new());
+        assert_eq!(order.arrived(b, "b"), Vec::<&str>::new());
+        assert_eq!(order.arrived(a, "a"), vec!["a", "b", "c"]);
+        let d = order.ticket();
+        assert_eq!(order.arrived(d, "d"), vec!["d"]);
+    }
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_gate_closes_at_the_limit_and_wakes_the_intake_when_a_commit_is_handled() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let cx = Context::from_waker(&waker);
+        let gate = CommitGate::default();
+        assert!(gate.is_idle());
+        for _ in 0..MAX_IN_FLIGHT {
+            assert!(gate.is_open(&cx));
+            gate.enter();
+        }
+        assert!(!gate.is_open(&cx), "closed with {MAX_IN_FLIGHT} in flight");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        gate.leave();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the intake is woken");
+        assert!(gate.is_open(&cx));
+        gate.leave();
+        assert!(gate.is_idle());
+    }
+}
