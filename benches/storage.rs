@@ -1,7 +1,8 @@
 //! Throughput of the SQLite-backed bus (64 publishers each awaiting its commit, 4 counting
 //! handlers, timed until `shutdown` has drained and written the checkpoints) beside raw
-//! rusqlite writing the same rows into the same schema (`actorbus::baseline`): one prepared
-//! INSERT, transactions of 1000, WAL and `synchronous=NORMAL`. The same measurement as `actorbus bench --mode sqlite`
+//! rusqlite writing the same rows into the same schema (`actorbus::baseline`), and the same
+//! event rows into one table whose UNIQUE (stream, version) index every insert keeps: one
+//! prepared INSERT, transactions of 1000, WAL and `synchronous=NORMAL`. The same measurement as `actorbus bench --mode sqlite`
 //! (src/cli/bench.rs), with the same event shape.
 //!
 //! `cargo bench --bench storage`
@@ -75,9 +76,10 @@ fn create_schema(db: &Path) {
     });
 }
 
-/// The baseline ([`actorbus::baseline`]): the same rows into the same schema, `BATCH` rows per
-/// transaction; returns the time to write them all.
-fn raw_rusqlite(db: &Path) -> Duration {
+/// A baseline ([`actorbus::baseline`]), `BATCH` rows per transaction: the same rows into the
+/// same schema (`Bulk`), or into one table with a per-insert stream index (`PerEvent`);
+/// returns the time to write them all.
+fn raw_rusqlite(db: &Path, index: actorbus::baseline::StreamIndex) -> Duration {
     let took = actorbus::baseline::raw_sqlite_inserts(
         db,
         &actorbus::baseline::RawInserts {
@@ -86,6 +88,7 @@ fn raw_rusqlite(db: &Path) -> Duration {
             batch: BATCH,
             durability: actorbus::Durability::Normal,
             event_type: BenchEvent::EVENT_TYPE,
+            index,
         },
     )
     .expect("raw inserts succeed");
@@ -127,7 +130,20 @@ fn storage(c: &mut Criterion) {
                     let dir = tempfile::tempdir().expect("temp dir");
                     let db = dir.path().join("bench.db");
                     create_schema(&db);
-                    raw_rusqlite(&db)
+                    raw_rusqlite(&db, actorbus::baseline::StreamIndex::Bulk)
+                })
+                .sum()
+        })
+    });
+    group.bench_function("raw_rusqlite_per_event_index", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    raw_rusqlite(
+                        &dir.path().join("bench.db"),
+                        actorbus::baseline::StreamIndex::PerEvent,
+                    )
                 })
                 .sum()
         })

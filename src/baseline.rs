@@ -1,6 +1,8 @@
-//! The raw-SQLite baseline that `actorbus bench --mode sqlite` and `benches/storage.rs`
-//! compare the bus against: the rows the bus writes, into the same tables and indexes, with
-//! no actors. Not part of the API.
+//! The raw-SQLite baselines that `actorbus bench --mode sqlite` and `benches/storage.rs`
+//! compare the bus against, with no actors: the rows the bus writes into the same tables,
+//! indexed the same way ([`StreamIndex::Bulk`]); or the same event rows into one table with
+//! a UNIQUE (stream, version) index, as a store built by hand would ([`StreamIndex::PerEvent`]).
+//! Not part of the API.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -8,6 +10,24 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::actors::router::CHECKPOINT_FLUSH;
 use crate::storage::log::INDEX_TAIL_SQL;
 use crate::storage::Durability;
+
+/// How the baseline finds a stream's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamIndex {
+    /// The store's schema (created by the bus beforehand): `stream_events` filled from the
+    /// tail as often as the bus's writer does it.
+    Bulk,
+    /// A fresh file: `events` with a UNIQUE (stream_id, stream_version) index, kept by every
+    /// insert.
+    PerEvent,
+}
+
+/// The events table with its stream index kept by every insert.
+const PER_EVENT_INDEX_SCHEMA: &str = "CREATE TABLE events (
+    position INTEGER PRIMARY KEY NOT NULL, event_id BLOB NOT NULL UNIQUE,
+    stream_id TEXT NOT NULL, stream_version BIGINT NOT NULL, event_type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL, payload TEXT NOT NULL, metadata TEXT,
+    recorded_at BIGINT NOT NULL, UNIQUE (stream_id, stream_version));";
 
 /// What the baseline writes.
 #[derive(Debug, Clone, Copy)]
@@ -22,11 +42,13 @@ pub struct RawInserts {
     pub durability: Durability,
     /// The event type stored in every row.
     pub event_type: &'static str,
+    /// How streams are indexed.
+    pub index: StreamIndex,
 }
 
-/// Writes `spec.events` rows into the store at `path` (whose schema the bus created): one
-/// cached prepared INSERT, `spec.batch` rows per transaction, the stream index written from
-/// the tail as often as the bus's writer does it. Returns the time taken.
+/// Writes `spec.events` rows into the database at `path`: one cached prepared INSERT,
+/// `spec.batch` rows per transaction, streams indexed as `spec.index` says (for
+/// [`StreamIndex::Bulk`] the bus must have created the store). Returns the time taken.
 ///
 /// # Errors
 /// Any SQLite error.
@@ -37,6 +59,9 @@ pub fn raw_sqlite_inserts(path: &Path, spec: &RawInserts) -> Result<Duration, ru
          PRAGMA cache_size = -16000; PRAGMA wal_autocheckpoint = 8192;",
         spec.durability.pragma()
     ))?;
+    if spec.index == StreamIndex::PerEvent {
+        conn.execute_batch(PER_EVENT_INDEX_SCHEMA)?;
+    }
     let mut versions = vec![0i64; spec.streams.max(1) as usize];
     let start = Instant::now();
     let mut indexed_at = Instant::now();
@@ -70,7 +95,9 @@ pub fn raw_sqlite_inserts(path: &Path, spec: &RawInserts) -> Result<Duration, ru
             }
         }
         tx.commit()?;
-        if indexed_at.elapsed() >= CHECKPOINT_FLUSH || position == events {
+        if spec.index == StreamIndex::Bulk
+            && (indexed_at.elapsed() >= CHECKPOINT_FLUSH || position == events)
+        {
             let tx = conn.transaction()?;
             tx.execute(INDEX_TAIL_SQL, rusqlite::params![indexed, position])?;
             tx.execute(

@@ -867,3 +867,44 @@ fn a_reader_that_closes_the_pipe_early_is_not_an_error() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn sqlite_bench_leaves_a_consistent_store_and_reports_both_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let out = ok(&[
+        "bench",
+        "--mode",
+        "sqlite",
+        "--events",
+        "3000",
+        "--publishers",
+        "16",
+        "--db",
+        path(&db),
+        "--json",
+    ]);
+    let last = out.lines().last().expect("a summary");
+    let report: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(report["mode"], "sqlite");
+    assert_eq!(report["events"], 3000);
+    assert_eq!(report["publishers"], 16);
+    let eps = report["events_per_sec"].as_f64().unwrap();
+    for (rate, ratio) in [
+        ("baseline_rows_per_sec", "ratio_to_baseline"),
+        ("per_event_index_rows_per_sec", "ratio_to_per_event_index"),
+    ] {
+        let base = report[rate]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{rate}: {report}"));
+        let r = report[ratio].as_f64().unwrap();
+        assert!(
+            (r - eps / base).abs() < 1e-9,
+            "{ratio} is events/s over {rate}"
+        );
+    }
+    // What the bench published is stored once, indexed, and checks out.
+    let stats = json(&["stats", "--db", path(&db), "--json"]);
+    assert_eq!(stats["events"], 3000);
+    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+}

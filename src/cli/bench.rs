@@ -331,10 +331,14 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>((seconds, p50, p99, acks.value_at_quantile(0.99)))
     });
     let (seconds, p50, p99, p99_ack) = result?;
-    let baseline = if args.no_baseline {
+    use actorbus::baseline::StreamIndex;
+    let baselines = if args.no_baseline {
         None
     } else {
-        Some(baseline_rusqlite(args, durability, &db)?)
+        Some((
+            baseline_rusqlite(args, durability, &db, StreamIndex::Bulk)?,
+            baseline_rusqlite(args, durability, &db, StreamIndex::PerEvent)?,
+        ))
     };
     let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(db.with_extension("db-wal"))
@@ -358,11 +362,16 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         size as f64 / 1e6,
         size as f64 / 1e6 / (args.events as f64 / 1e6),
     );
-    if let Some(base) = baseline {
+    if let Some((same, per_event)) = baselines {
         say!(
-            "baseline (raw rusqlite, same rows and schema, prepared INSERT, transactions of {}): {base:.0} rows/s; ratio {:.2}",
+            "baseline (raw rusqlite, the same rows, tables and bulk stream index, prepared INSERT, transactions of {}): {same:.0} rows/s; ratio {:.2}",
             args.baseline_batch,
-            eps / base
+            eps / same
+        );
+        say!(
+            "baseline (raw rusqlite, the same event rows into one table whose UNIQUE (stream, version) index every insert keeps, transactions of {}): {per_event:.0} rows/s; ratio {:.2}",
+            args.baseline_batch,
+            eps / per_event
         );
     }
     if args.json {
@@ -381,33 +390,37 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             "peak_rss_mb": peak_rss,
             "file_bytes": size,
         });
-        if let Some(base) = baseline {
-            json["baseline_rows_per_sec"] = base.into();
+        if let Some((same, per_event)) = baselines {
+            json["baseline_rows_per_sec"] = same.into();
             json["baseline_batch"] = args.baseline_batch.into();
-            json["ratio_to_baseline"] = (eps / base).into();
+            json["ratio_to_baseline"] = (eps / same).into();
+            json["per_event_index_rows_per_sec"] = per_event.into();
+            json["ratio_to_per_event_index"] = (eps / per_event).into();
         }
         say!("{json}");
     }
     Ok(())
 }
 
-/// Rows/s of raw SQLite (see [`actorbus::baseline`]): the same rows into the same schema,
-/// created by the bus in a file beside `db`; transactions of `--baseline-batch` rows, the same
-/// `synchronous`, no actors.
+/// Rows/s of raw SQLite (see [`actorbus::baseline`]) in a file beside `db`: transactions of
+/// `--baseline-batch` rows, the same `synchronous`, no actors.
 fn baseline_rusqlite(
     args: &BenchArgs,
     durability: actorbus::Durability,
     db: &std::path::Path,
+    index: actorbus::baseline::StreamIndex,
 ) -> anyhow::Result<f64> {
     let path = db.with_extension("baseline.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    // Let the bus create the schema, so that both runs write the same tables and indexes.
-    System::new().block_on(async {
-        let bus = EventBus::builder().sqlite(&path).build()?;
-        bus.shutdown(Duration::from_secs(10)).await
-    })?;
+    if index == actorbus::baseline::StreamIndex::Bulk {
+        // Let the bus create the schema, so that both runs write the same tables and indexes.
+        System::new().block_on(async {
+            let bus = EventBus::builder().sqlite(&path).build()?;
+            bus.shutdown(Duration::from_secs(10)).await
+        })?;
+    }
     let took = actorbus::baseline::raw_sqlite_inserts(
         &path,
         &actorbus::baseline::RawInserts {
@@ -416,6 +429,7 @@ fn baseline_rusqlite(
             batch: args.baseline_batch,
             durability,
             event_type: BenchEvent::EVENT_TYPE,
+            index,
         },
     )?;
     let rate = args.events as f64 / took.as_secs_f64();
