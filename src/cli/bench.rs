@@ -327,10 +327,12 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         for t in tasks {
             t.await??;
         }
-        let acks = acks.borrow();
         // Each publisher waits for its ack, so a stall delays one ack per publisher: the
         // tail beyond p99 shows what p99 hides.
-        let ack_us = [0.99, 0.999, 1.0].map(|q| acks.value_at_quantile(q) as f64 / 1e3);
+        let ack_us = {
+            let acks = acks.borrow();
+            [0.99, 0.999, 1.0].map(|q| acks.value_at_quantile(q) as f64 / 1e3)
+        };
         bus.shutdown(Duration::from_secs(3600)).await?;
         let seconds = start.elapsed().as_secs_f64();
         check_all_seen(&seen, args.events)?;
