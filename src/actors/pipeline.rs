@@ -15,6 +15,8 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 #[derive(Debug, Default)]
 pub(crate) struct CommitGate {
     in_flight: Cell<usize>,
+    /// Publishes in the outstanding commits.
+    units: Cell<usize>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -28,14 +30,26 @@ impl CommitGate {
         false
     }
 
-    /// A commit was sent.
-    pub(crate) fn enter(&self) {
-        self.in_flight.set(self.in_flight.get() + 1);
+    /// How many intake items to take now, with `queued` waiting and at most `chunk`: an even
+    /// share of the publishes in flight and waiting, so that two commits of about equal size
+    /// alternate (one written while the other is answered, delivered and gathered again)
+    /// rather than one commit of everything, with the writer idle in between.
+    pub(crate) fn share(&self, queued: usize, chunk: usize) -> usize {
+        (self.units.get() + queued)
+            .div_ceil(MAX_IN_FLIGHT)
+            .clamp(1, chunk.max(1))
     }
 
-    /// A commit's result was handled: the intake may go on.
-    pub(crate) fn leave(&self) {
+    /// A commit of `units` publishes was sent.
+    pub(crate) fn enter(&self, units: usize) {
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.units.set(self.units.get() + units);
+    }
+
+    /// A commit of `units` publishes was handled: the intake may go on.
+    pub(crate) fn leave(&self, units: usize) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        self.units.set(self.units.get().saturating_sub(units));
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
         }
@@ -118,14 +132,27 @@ mod tests {
         assert!(gate.is_idle());
         for _ in 0..MAX_IN_FLIGHT {
             assert!(gate.is_open(&cx));
-            gate.enter();
+            gate.enter(3);
         }
         assert!(!gate.is_open(&cx), "closed with {MAX_IN_FLIGHT} in flight");
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
-        gate.leave();
+        gate.leave(3);
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "the intake is woken");
         assert!(gate.is_open(&cx));
-        gate.leave();
+        gate.leave(3);
         assert!(gate.is_idle());
+    }
+
+    #[test]
+    fn the_share_splits_the_publishes_in_flight_and_waiting_between_two_commits() {
+        let gate = CommitGate::default();
+        assert_eq!(gate.share(0, 1024), 1, "never nothing");
+        assert_eq!(gate.share(64, 1024), 32, "64 waiting, none in flight");
+        gate.enter(32);
+        assert_eq!(gate.share(32, 1024), 32, "32 in flight, 32 waiting");
+        assert_eq!(gate.share(5000, 1024), 1024, "at most a chunk");
+        assert_eq!(gate.share(1, 8), 8, "at most a chunk");
+        gate.leave(32);
+        assert_eq!(gate.share(1, 1024), 1);
     }
 }

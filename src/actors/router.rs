@@ -252,7 +252,7 @@ impl RouterActor {
         }
         log::trace!("group commit of {} publish(es)", units.len());
         let ticket = self.committed.ticket();
-        self.gate.enter();
+        self.gate.enter(acks.len());
         let committed = storage.send(Append(units));
         // Spawned, not waited for: the router gathers the next chunk meanwhile (the gate
         // bounds how many are outstanding), and handles results in the order sent.
@@ -273,7 +273,7 @@ impl RouterActor {
         let deliveries: Vec<_> = due
             .into_iter()
             .map(|(reply, acks)| {
-                self.gate.leave();
+                self.gate.leave(acks.len());
                 let stored = acknowledge(reply, acks);
                 self.delivery(stored.into_iter(), None)
             })
@@ -389,11 +389,13 @@ impl RouterActor {
         };
         let gate = self.durable.as_ref().map(|_| Rc::clone(&self.gate));
         ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
-            if gate.as_ref().is_some_and(|g| !g.is_open(cx)) {
-                return Poll::Pending;
-            }
+            let limit = match &gate {
+                Some(gate) if !gate.is_open(cx) => return Poll::Pending,
+                Some(gate) => gate.share(rx.len(), chunk),
+                None => chunk,
+            };
             let mut items = Vec::new();
-            match rx.poll_recv_many(cx, &mut items, chunk) {
+            match rx.poll_recv_many(cx, &mut items, limit) {
                 Poll::Ready(0) => Poll::Ready(None),
                 Poll::Ready(_) => {
                     if items.iter().any(|i| matches!(i, Intake::Close)) {
