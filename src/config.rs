@@ -437,6 +437,10 @@ impl BusBuilder {
             }
         };
         let durable_bus = store.is_some();
+        let split_commits = matches!(
+            &self.store,
+            StoreConfig::Sqlite(o) if o.durability == crate::storage::Durability::Normal
+        );
         let storage_thread = std::sync::Mutex::new(None);
         let lifecycle = Arc::new(Lifecycle::default());
         let bus_counters = Arc::new(BusCounters::default());
@@ -504,6 +508,7 @@ impl BusBuilder {
                     } else {
                         replay_after
                     },
+                    split_commits,
                 }
             });
             let router = RouterActor::new(

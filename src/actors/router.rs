@@ -50,6 +50,11 @@ pub(crate) struct Durable {
     pub(crate) pool: SqlitePool,
     /// Catch-up replays events after this position before live intake starts.
     pub(crate) replay_after: i64,
+    /// Take an even share of the waiting publishes per commit ([`CommitGate::share`]), so
+    /// that two commits alternate; otherwise all of them. Splitting pays when a commit costs
+    /// little beyond its rows (`synchronous=NORMAL`: the arbiter's work overlaps the
+    /// writer's), not when each commit waits for an fsync (`FULL`: fewer, larger commits).
+    pub(crate) split_commits: bool,
 }
 
 /// Events read per catch-up page.
@@ -388,10 +393,12 @@ impl RouterActor {
             return;
         };
         let gate = self.durable.as_ref().map(|_| Rc::clone(&self.gate));
+        let split = self.durable.as_ref().is_some_and(|d| d.split_commits);
         ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
             let limit = match &gate {
                 Some(gate) if !gate.is_open(cx) => return Poll::Pending,
-                Some(gate) => gate.share(rx.len(), chunk),
+                Some(gate) if split => gate.share(rx.len(), chunk),
+                Some(_) => chunk,
                 None => chunk,
             };
             let mut items = Vec::new();
