@@ -8,7 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use actorbus::{handler_fn, DomainEvent, Envelope, EventBus, HandlerError, HandlerOptions};
+use actorbus::{
+    handler_fn, DomainEvent, Durability, Envelope, EventBus, HandlerError, HandlerOptions,
+};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +31,13 @@ impl DomainEvent for Moved {
 /// (stream, version, position, publisher, seq) as a handler saw it.
 type Seen = Arc<Mutex<Vec<(String, u64, u64, u64, u64)>>>;
 
-fn run_case(publishers: u64, per_publisher: u64, streams: u64, concurrency: usize) {
+fn run_case(
+    publishers: u64,
+    per_publisher: u64,
+    streams: u64,
+    concurrency: usize,
+    durability: Durability,
+) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bus.db");
     let seen: Seen = Arc::default();
@@ -37,6 +45,7 @@ fn run_case(publishers: u64, per_publisher: u64, streams: u64, concurrency: usiz
         let log = Arc::clone(&seen);
         let bus = EventBus::builder()
             .sqlite(&db)
+            .durability(durability)
             .intake_capacity(16)
             .handler_with(
                 "recorder",
@@ -126,11 +135,16 @@ proptest! {
         streams in 1u64..12,
         concurrency in 1usize..4,
     ) {
-        run_case(publishers, per_publisher, streams, concurrency);
+        run_case(publishers, per_publisher, streams, concurrency, Durability::Normal);
     }
 }
 
 #[test]
 fn many_publishers_on_few_streams_keep_every_stream_in_order() {
-    run_case(64, 40, 3, 2);
+    run_case(64, 40, 3, 2, Durability::Normal);
+}
+
+#[test]
+fn with_full_durability_versions_and_order_hold_the_same() {
+    run_case(32, 10, 3, 2, Durability::Full);
 }
