@@ -6,8 +6,8 @@
 //!   SupervisorActor ── starts everything below, restarts panicked handlers with backoff
 //!        |
 //!   RouterActor ── catch-up from checkpoints; each intake chunk -> StorageActor (one
-//!        |         transaction, the single SQLite writer); event type -> subscriptions;
-//!        |         stream hash -> handler actor
+//!        |         transaction, the single SQLite writer; two in flight, answered in
+//!        |         order); event type -> subscriptions; stream hash -> handler actor
 //!        |  Deliver batches, send().await: bounded mailboxes
 //!   HandlerActor x concurrency per subscription ── your EventHandler or Projection,
 //!                  retries, dead letters, checkpoints
