@@ -169,3 +169,45 @@ async fn a_store_of_the_previous_schema_is_migrated_with_every_event_and_version
     assert_eq!(versions_of(&db, "account-1"), vec![1, 2, 3]);
     assert_eq!(versions_of(&db, "account-2"), vec![1, 2]);
 }
+
+#[actix::test]
+async fn a_version_stored_twice_by_another_process_stops_appends_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bus.db");
+    publish(&db, &[(1, 10), (1, 11)]).await;
+    // Another process wrote a second version 2 of account-1 past the mark.
+    insert_foreign(&db, 3, "account-1", 2);
+
+    let bus = EventBus::builder().sqlite(&db).build().unwrap();
+    let err = bus
+        .publish(Deposited {
+            account: 2,
+            cents: 1,
+        })
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("stored twice") && text.contains("actorbus check"),
+        "{text}"
+    );
+    // Nothing was lost or added; once the duplicate is gone, publishing goes on.
+    assert_eq!(Store::open(&db).unwrap().head().unwrap(), 3);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("DELETE FROM events WHERE position = 3", [])
+        .unwrap();
+    drop(conn);
+    let receipt = bus
+        .publish(Deposited {
+            account: 1,
+            cents: 12,
+        })
+        .await
+        .unwrap();
+    assert_eq!(receipt.stream_version, Some(3));
+    bus.shutdown(T).await.unwrap();
+    assert_eq!(
+        Store::open(&db).unwrap().check().unwrap(),
+        Vec::<String>::new()
+    );
+}

@@ -193,6 +193,13 @@ pub(crate) fn classify_message(path: &Path, text: String) -> StoreError {
         StoreError::Locked
     } else if text.contains("database or disk is full") {
         StoreError::Full
+    } else if text.contains("UNIQUE constraint failed: stream_events") {
+        // Only a writer that bypassed this one can store a stream version twice.
+        StoreError::Database(format!(
+            "{text}: a stream version is stored twice in {} (written by another program?); \
+             `actorbus check` lists it",
+            path.display()
+        ))
     } else {
         StoreError::Database(text)
     }
