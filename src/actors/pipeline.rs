@@ -1,11 +1,22 @@
-//! Group commits in flight between the router and the storage actor: while the writer commits
-//! one chunk, the router acknowledges and delivers the one before and gathers the next, so
-//! neither thread waits for the other. At most [`MAX_IN_FLIGHT`] commits are outstanding,
-//! and their results are handled in the order the chunks were sent.
+//! Group commits in flight between the router and the storage actor: while the writer
+//! commits one chunk, the router acknowledges and delivers the one before and gathers the
+//! next, so neither thread waits for the other. At most [`MAX_IN_FLIGHT`] commits are
+//! outstanding; their results are handled in the order the chunks were sent, and
+//! [`acknowledge`] answers each publisher.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::task::{Context, Waker};
+
+use actix::prelude::*;
+
+use crate::actors::router::Ack;
+use crate::actors::storage::Append;
+use crate::bus::Receipt;
+use crate::error::Error;
+use crate::event::Record;
+use crate::storage::log::UnitOutcome;
 
 /// Commits the router may have sent and not yet handled: one being written, one waiting.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
@@ -96,6 +107,81 @@ impl<T> InOrder<T> {
         }
         due
     }
+}
+
+/// What the storage actor answered for one chunk, and whom to tell.
+pub(crate) type Committed = (
+    std::result::Result<<Append as Message>::Result, MailboxError>,
+    Vec<Option<Ack>>,
+);
+
+/// Answers each publisher of a committed chunk; returns the records stored, with their
+/// positions and versions, to deliver.
+pub(crate) fn acknowledge(
+    reply: std::result::Result<<Append as Message>::Result, MailboxError>,
+    acks: Vec<Option<Ack>>,
+) -> Vec<Record> {
+    let (units, outcomes) = match reply {
+        Ok(reply) => reply,
+        Err(_) => {
+            for ack in acks.into_iter().flatten() {
+                let _ = ack.send(Err(Error::Stopped));
+            }
+            return Vec::new();
+        }
+    };
+    let outcomes = match outcomes {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            for ack in acks.into_iter().flatten() {
+                let _ = ack.send(Err(Error::Store(e.clone())));
+            }
+            return Vec::new();
+        }
+    };
+    let mut stored = Vec::new();
+    for ((unit, outcome), ack) in units.into_iter().zip(outcomes).zip(acks) {
+        let answer = match outcome {
+            UnitOutcome::Stored(places) => {
+                let mut receipts = Vec::with_capacity(places.len());
+                for (mut record, (position, version)) in unit.records.into_iter().zip(places) {
+                    let meta = Arc::make_mut(&mut record.meta);
+                    meta.position = Some(position);
+                    meta.stream_version = Some(version);
+                    receipts.push(Receipt {
+                        id: meta.id,
+                        position: Some(position),
+                        stream_version: Some(version),
+                    });
+                    stored.push(record);
+                }
+                Ok(receipts)
+            }
+            UnitOutcome::Duplicate(places) => Ok(unit
+                .records
+                .iter()
+                .zip(places)
+                .map(|(r, (position, version))| Receipt {
+                    id: r.meta.id,
+                    position: Some(position),
+                    stream_version: Some(version),
+                })
+                .collect()),
+            UnitOutcome::Conflict {
+                stream,
+                expected,
+                actual,
+            } => Err(Error::VersionConflict {
+                stream,
+                expected,
+                actual,
+            }),
+        };
+        if let Some(ack) = ack {
+            let _ = ack.send(answer);
+        }
+    }
+    stored
 }
 
 #[cfg(test)]

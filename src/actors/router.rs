@@ -16,13 +16,13 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::handler::{Control, Deliver};
-use crate::actors::pipeline::{CommitGate, InOrder};
+use crate::actors::pipeline::{acknowledge, CommitGate, Committed, InOrder};
 use crate::actors::storage::{Append, FlushCheckpoints, StorageActor};
 use crate::bus::Receipt;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::Record;
 use crate::stats::{BusCounters, HandlerCounters};
-use crate::storage::log::{self as store_log, Unit, UnitOutcome};
+use crate::storage::log::{self as store_log, Unit};
 use crate::storage::pool::SqlitePool;
 
 /// Where a durable publish learns its fate: receipts once committed, or the error.
@@ -96,12 +96,6 @@ pub(crate) struct RouterActor {
     drained: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
-
-/// What the storage actor answered for one chunk, and whom to tell.
-type Committed = (
-    std::result::Result<<Append as Message>::Result, MailboxError>,
-    Vec<Option<Ack>>,
-);
 
 impl RouterActor {
     /// `chunk` bounds how many intake items the router takes at once.
@@ -447,75 +441,6 @@ impl RouterActor {
             }),
         );
     }
-}
-
-/// Answers each publisher of a committed chunk; returns the records stored, with their
-/// positions and versions, to deliver.
-fn acknowledge(
-    reply: std::result::Result<<Append as Message>::Result, MailboxError>,
-    acks: Vec<Option<Ack>>,
-) -> Vec<Record> {
-    let (units, outcomes) = match reply {
-        Ok(reply) => reply,
-        Err(_) => {
-            for ack in acks.into_iter().flatten() {
-                let _ = ack.send(Err(Error::Stopped));
-            }
-            return Vec::new();
-        }
-    };
-    let outcomes = match outcomes {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            for ack in acks.into_iter().flatten() {
-                let _ = ack.send(Err(Error::Store(e.clone())));
-            }
-            return Vec::new();
-        }
-    };
-    let mut stored = Vec::new();
-    for ((unit, outcome), ack) in units.into_iter().zip(outcomes).zip(acks) {
-        let answer = match outcome {
-            UnitOutcome::Stored(places) => {
-                let mut receipts = Vec::with_capacity(places.len());
-                for (mut record, (position, version)) in unit.records.into_iter().zip(places) {
-                    let meta = Arc::make_mut(&mut record.meta);
-                    meta.position = Some(position);
-                    meta.stream_version = Some(version);
-                    receipts.push(Receipt {
-                        id: meta.id,
-                        position: Some(position),
-                        stream_version: Some(version),
-                    });
-                    stored.push(record);
-                }
-                Ok(receipts)
-            }
-            UnitOutcome::Duplicate(places) => Ok(unit
-                .records
-                .iter()
-                .zip(places)
-                .map(|(r, (position, version))| Receipt {
-                    id: r.meta.id,
-                    position: Some(position),
-                    stream_version: Some(version),
-                })
-                .collect()),
-            UnitOutcome::Conflict {
-                stream,
-                expected,
-                actual,
-            } => Err(Error::VersionConflict {
-                stream,
-                expected,
-                actual,
-            }),
-        };
-        if let Some(ack) = ack {
-            let _ = ack.send(answer);
-        }
-    }
-    stored
 }
 
 impl Actor for RouterActor {
