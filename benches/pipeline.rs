@@ -7,14 +7,12 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actorbus::EventBus;
 use common::{counting_bus, BenchEvent};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 
 const EVENTS: u64 = 100_000;
 const STREAMS: u64 = 1000;
@@ -50,56 +48,12 @@ async fn actorbus_memory(events: u64) -> Duration {
     elapsed
 }
 
-/// A plain actix actor that counts what it receives.
-struct Sink(u64);
-
-impl Actor for Sink {
-    type Context = Context<Self>;
-}
-
-struct Msg(#[allow(dead_code)] Arc<BenchEvent>);
-
-impl Message for Msg {
-    type Result = ();
-}
-
-impl Handler<Msg> for Sink {
-    type Result = ();
-    fn handle(&mut self, _msg: Msg, _ctx: &mut Context<Self>) {
-        self.0 += 1;
-    }
-}
-
-/// The baseline: one sender, `HANDLERS` bounded actors, `send` with at most `IN_FLIGHT`
-/// requests outstanding; timed until every request resolved.
+/// The baseline ([`actorbus::baseline::raw_actix_send`]): one sender, `HANDLERS` bounded
+/// actors, `send` with at most `IN_FLIGHT` requests outstanding.
 async fn raw_actix_send(events: u64) -> Duration {
-    let sinks: Vec<Addr<Sink>> = (0..HANDLERS)
-        .map(|_| {
-            Sink::create(|ctx| {
-                ctx.set_mailbox_capacity(IN_FLIGHT);
-                Sink(0)
-            })
-        })
-        .collect();
-    let mut in_flight = FuturesUnordered::new();
-
-    let start = Instant::now();
-    for seq in 0..events {
-        let e = Arc::new(BenchEvent {
-            stream: seq % STREAMS,
-            seq,
-        });
-        for s in &sinks {
-            in_flight.push(s.send(Msg(Arc::clone(&e))));
-        }
-        while in_flight.len() >= IN_FLIGHT {
-            in_flight.next().await.transpose().expect("sink is alive");
-        }
-    }
-    while let Some(r) = in_flight.next().await {
-        r.expect("sink is alive");
-    }
-    start.elapsed()
+    actorbus::baseline::raw_actix_send(events, HANDLERS, IN_FLIGHT)
+        .await
+        .expect("sinks are alive")
 }
 
 fn pipeline(c: &mut Criterion) {

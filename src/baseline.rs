@@ -1,11 +1,16 @@
-//! The raw-SQLite baselines that `actorbus bench --mode sqlite` and `benches/storage.rs`
-//! compare the bus against, with no actors: the rows the bus writes into the same tables,
+//! The baselines the benchmarks compare the bus against. [`raw_actix_send`]: plain actix
+//! message passing (`actorbus bench --mode memory`, `benches/pipeline.rs`). The raw-SQLite
+//! baselines of `actorbus bench --mode sqlite` and `benches/storage.rs`, with no actors: the rows the bus writes into the same tables,
 //! indexed the same way ([`StreamIndex::Bulk`]); or the same event rows into one table with
 //! a UNIQUE (stream, version) index, as a store built by hand would ([`StreamIndex::PerEvent`]).
 //! Not part of the API.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::actors::router::CHECKPOINT_FLUSH;
 use crate::storage::log::INDEX_TAIL_SQL;
@@ -108,6 +113,64 @@ pub fn raw_sqlite_inserts(path: &Path, spec: &RawInserts) -> Result<Duration, ru
             indexed = position;
             indexed_at = Instant::now();
         }
+    }
+    Ok(start.elapsed())
+}
+
+/// A plain actix actor that counts what it receives.
+struct Sink(u64);
+
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+
+/// One event, shared by every actor as a bus shares its record.
+struct Msg(#[allow(dead_code)] Arc<[u64; 2]>);
+
+impl Message for Msg {
+    type Result = ();
+}
+
+impl Handler<Msg> for Sink {
+    type Result = ();
+    fn handle(&mut self, _msg: Msg, _ctx: &mut Context<Self>) {
+        self.0 += 1;
+    }
+}
+
+/// Raw actix message passing: one sender, `actors` actors with mailboxes of `in_flight`,
+/// `send` with at most `in_flight` requests outstanding; an event is done once every actor
+/// handled it. Returns the time until every request resolved. Run inside an actix system.
+///
+/// # Errors
+/// An actor that stopped ([`MailboxError`]).
+pub async fn raw_actix_send(
+    events: u64,
+    actors: usize,
+    in_flight: usize,
+) -> Result<Duration, MailboxError> {
+    let in_flight = in_flight.max(1);
+    let sinks: Vec<Addr<Sink>> = (0..actors)
+        .map(|_| {
+            Sink::create(|ctx| {
+                ctx.set_mailbox_capacity(in_flight);
+                Sink(0)
+            })
+        })
+        .collect();
+    let mut pending = FuturesUnordered::new();
+    let start = Instant::now();
+    for seq in 0..events {
+        let event = Arc::new([seq, seq]);
+        for sink in &sinks {
+            pending.push(sink.send(Msg(Arc::clone(&event))));
+        }
+        while pending.len() >= in_flight {
+            pending.next().await.transpose()?;
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
     }
     Ok(start.elapsed())
 }

@@ -9,7 +9,6 @@ use actix::prelude::*;
 use actorbus::{DomainEvent, Envelope, EventBus, EventHandler, HandlerError, HandlerOptions};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -229,52 +228,11 @@ async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
     })
 }
 
-/// A plain actix actor that counts what it receives.
-struct Sink(u64);
-
-impl Actor for Sink {
-    type Context = Context<Self>;
-}
-
-struct Msg(#[allow(dead_code)] Arc<BenchEvent>);
-
-impl Message for Msg {
-    type Result = ();
-}
-
-impl Handler<Msg> for Sink {
-    type Result = ();
-    fn handle(&mut self, _msg: Msg, _ctx: &mut Context<Self>) {
-        self.0 += 1;
-    }
-}
-
-/// Events/s of raw actix message passing: one sender, `k` bounded actors, `send` with up to
-/// 1024 messages in flight; an event counts once all `k` actors handled it.
+/// Events/s of raw actix message passing ([`actorbus::baseline::raw_actix_send`]): one
+/// sender, `k` bounded actors, up to 1024 messages in flight.
 async fn baseline_actix(events: u64, k: usize) -> anyhow::Result<f64> {
-    let sinks: Vec<Addr<Sink>> = (0..k)
-        .map(|_| {
-            Sink::create(|ctx| {
-                ctx.set_mailbox_capacity(1024);
-                Sink(0)
-            })
-        })
-        .collect();
-    let mut in_flight = FuturesUnordered::new();
-    let start = Instant::now();
-    for seq in 0..events {
-        let e = Arc::new(BenchEvent { stream: seq, seq });
-        for s in &sinks {
-            in_flight.push(s.send(Msg(Arc::clone(&e))));
-        }
-        while in_flight.len() >= 1024 {
-            in_flight.next().await.transpose()?;
-        }
-    }
-    while let Some(r) = in_flight.next().await {
-        r?;
-    }
-    Ok(events as f64 / start.elapsed().as_secs_f64())
+    let took = actorbus::baseline::raw_actix_send(events, k, 1024).await?;
+    Ok(events as f64 / took.as_secs_f64())
 }
 
 /// SQLite mode: `publishers` tasks publish and await each acknowledgement; the run ends when
