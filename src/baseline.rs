@@ -13,7 +13,7 @@ use actix::prelude::*;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::actors::router::CHECKPOINT_FLUSH;
-use crate::storage::log::INDEX_TAIL_SQL;
+use crate::storage::log::{INDEXED_THROUGH, INDEX_TAIL_SQL};
 use crate::storage::Durability;
 
 /// How the baseline finds a stream's events.
@@ -106,8 +106,8 @@ pub fn raw_sqlite_inserts(path: &Path, spec: &RawInserts) -> Result<Duration, ru
             let tx = conn.transaction()?;
             tx.execute(INDEX_TAIL_SQL, rusqlite::params![indexed, position])?;
             tx.execute(
-                "REPLACE INTO store_meta (key, value) VALUES ('indexed_through', ?)",
-                [position.to_string()],
+                "REPLACE INTO store_meta (key, value) VALUES (?, ?)",
+                [INDEXED_THROUGH, &position.to_string()],
             )?;
             tx.commit()?;
             indexed = position;

@@ -19,8 +19,9 @@ pub(crate) enum EventsCommand {
     Tail(TailArgs),
 }
 
+/// The store and which of its events: shared by `list` and `tail`.
 #[derive(Debug, Args)]
-pub(crate) struct ListArgs {
+pub(crate) struct Selection {
     /// The SQLite store to read.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
@@ -30,6 +31,25 @@ pub(crate) struct ListArgs {
     /// Only events of this type, e.g. `order.placed`.
     #[arg(long = "type", value_name = "T")]
     event_type: Option<String>,
+}
+
+impl Selection {
+    fn filter(&self) -> EventFilter {
+        let mut filter = EventFilter::all();
+        if let Some(s) = &self.stream {
+            filter = filter.stream(s.clone());
+        }
+        if let Some(t) = &self.event_type {
+            filter = filter.event_type(t.clone());
+        }
+        filter
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    select: Selection,
     /// Only events after this global position (to page: the last position shown).
     #[arg(long, value_name = "POS")]
     after: Option<u64>,
@@ -43,15 +63,8 @@ pub(crate) struct ListArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
-    /// The SQLite store to read.
-    #[arg(long, value_name = "PATH")]
-    db: PathBuf,
-    /// Only the events of this stream (aggregate) id.
-    #[arg(long, value_name = "ID")]
-    stream: Option<String>,
-    /// Only events of this type, e.g. `order.placed`.
-    #[arg(long = "type", value_name = "T")]
-    event_type: Option<String>,
+    #[command(flatten)]
+    select: Selection,
     /// How many of the newest events to print first.
     #[arg(long, value_name = "N", default_value_t = 20)]
     limit: u64,
@@ -67,20 +80,9 @@ pub(crate) fn run(cmd: EventsCommand) -> anyhow::Result<()> {
     }
 }
 
-fn filter(stream: &Option<String>, event_type: &Option<String>) -> EventFilter {
-    let mut filter = EventFilter::all();
-    if let Some(s) = stream {
-        filter = filter.stream(s.clone());
-    }
-    if let Some(t) = event_type {
-        filter = filter.event_type(t.clone());
-    }
-    filter
-}
-
 fn list(args: &ListArgs) -> anyhow::Result<()> {
-    let store = open_existing(&args.db)?;
-    let mut filter = filter(&args.stream, &args.event_type);
+    let store = open_existing(&args.select.db)?;
+    let mut filter = args.select.filter();
     if let Some(after) = args.after {
         filter = filter.after(after);
     }
@@ -118,8 +120,8 @@ const POLL: Duration = Duration::from_millis(200);
 const FOLLOW_BATCH: u64 = 1000;
 
 fn tail(args: &TailArgs) -> anyhow::Result<()> {
-    let store = open_existing(&args.db)?;
-    let filter = filter(&args.stream, &args.event_type);
+    let store = open_existing(&args.select.db)?;
+    let filter = args.select.filter();
     // Read before the events: every event at or below it is in the snapshot read next.
     let mut seen = store.head()?;
     let events = store.events(&filter.clone().newest().limit(args.limit))?;

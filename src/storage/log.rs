@@ -24,7 +24,7 @@ const VERSION_CACHE_LIMIT: usize = 100_000;
 
 /// An append that leaves more events than this past `indexed_through` indexes the tail in its
 /// own transaction. The storage actor's timer normally indexes it long before (every 200 ms).
-pub(crate) const INDEX_TAIL_LIMIT: i64 = 65_536;
+const INDEX_TAIL_LIMIT: i64 = 65_536;
 
 /// Indexes the events in `(?1, ?2]` by stream, sorted so each stream's entries go in together.
 pub(crate) const INDEX_TAIL_SQL: &str =
@@ -33,7 +33,7 @@ pub(crate) const INDEX_TAIL_SQL: &str =
      WHERE position > ?1 AND position <= ?2 ORDER BY stream_id, stream_version";
 
 /// The `store_meta` key of the last position `stream_events` covers.
-const INDEXED_THROUGH: &str = "indexed_through";
+pub(crate) const INDEXED_THROUGH: &str = "indexed_through";
 /// The `store_meta` key of the newest position retention deleted.
 const PRUNED_THROUGH: &str = "pruned_through";
 
