@@ -11,11 +11,14 @@ use crate::error::{Error, Result};
 use crate::storage::log::{self as store_log, micros};
 use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
 use crate::storage::pool::{self, SqlitePool};
-use crate::storage::schema::{checkpoints, dead_letters, events, store_meta};
+use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, subscriptions};
+use crate::storage::{lock, registry};
 use crate::storage::{SqliteOptions, StoreError};
 
-/// An operator's handle on a SQLite store file. Safe beside a running bus on the same file
-/// (SQLite locks; writes wait `busy_timeout`), though repairs are meant for a stopped bus.
+/// An operator's handle on a SQLite store file. Safe beside a running bus on the same file,
+/// in this process or another (SQLite locks; writes wait `busy_timeout`; every report reads
+/// one snapshot). Repairs that a running bus would overwrite ([`replay`](Self::replay)) are
+/// refused while one runs.
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -157,13 +160,26 @@ pub struct StoreSummary {
     pub handlers: Vec<HandlerSummary>,
 }
 
+/// What [`Store::replay`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replay {
+    /// The handler's checkpoints moved: at its next start it processes the events after the
+    /// position again. The number of checkpoints moved.
+    Moved(usize),
+    /// The projection will reset its read model at the next start of its bus and apply the
+    /// whole log again.
+    Rebuild,
+}
+
 /// One subscription in a [`StoreSummary`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HandlerSummary {
     /// Subscription name.
     pub name: String,
-    /// Its lowest checkpoint over its actors (`None`: only dead letters known).
+    /// Its lowest checkpoint over the actors of its current concurrency (`None`: only dead
+    /// letters known).
     pub checkpoint: Option<u64>,
     /// Events stored after that checkpoint.
     pub lag: u64,
@@ -247,15 +263,11 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn schema_version(&self) -> Result<i64> {
-        let v: String = store_meta::table
-            .filter(store_meta::key.eq("schema_version"))
-            .select(store_meta::value)
-            .first(&mut self.conn()?)
-            .map_err(db)?;
-        Ok(v.parse().unwrap_or(0))
+        schema_version(&mut *self.conn()?).map_err(db)
     }
 
-    /// Position of the newest event (0 when empty).
+    /// The last position given out (0 when nothing was ever stored). Retention may have
+    /// deleted the event there; positions are never given out twice.
     ///
     /// # Errors
     /// A database error.
@@ -336,27 +348,12 @@ impl Store {
             .collect())
     }
 
-    /// Subscription names the store knows (from checkpoints and dead letters), sorted.
+    /// Subscription names the store knows (registered, or from checkpoints and dead letters), sorted.
     ///
     /// # Errors
     /// A database error.
     pub fn handlers(&self) -> Result<Vec<String>> {
-        let mut conn = self.conn()?;
-        let mut names: Vec<String> = checkpoints::table
-            .select(checkpoints::handler)
-            .distinct()
-            .load(&mut conn)
-            .map_err(db)?;
-        names.extend(
-            dead_letters::table
-                .select(dead_letters::handler)
-                .distinct()
-                .load::<String>(&mut conn)
-                .map_err(db)?,
-        );
-        names.sort();
-        names.dedup();
-        Ok(names)
+        handler_names(&mut *self.conn()?).map_err(db)
     }
 
     /// Fails with [`Error::UnknownHandler`] unless the store knows `handler`.
@@ -435,51 +432,131 @@ impl Store {
         Ok(n)
     }
 
-    /// Events, streams, head and per-subscription progress.
+    /// Events, streams, head and per-subscription progress, read in one snapshot.
     ///
     /// # Errors
     /// A database error.
     pub fn summary(&self) -> Result<StoreSummary> {
-        let mut conn = self.conn()?;
-        let events: i64 = events::table.count().get_result(&mut conn).map_err(db)?;
-        let indexed = store_log::indexed_through(&mut conn).map_err(db)?;
-        // The index keeps each stream's newest entry after retention: streams ever written.
-        let streams: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "SELECT count(*) FROM (SELECT stream_id FROM stream_events \
-             UNION SELECT stream_id FROM events WHERE position > ",
-        )
-        .bind::<diesel::sql_types::BigInt, _>(indexed)
-        .sql(")")
-        .get_result(&mut conn)
-        .map_err(db)?;
-        drop(conn);
-        let head = self.head()?;
-        let checkpoints = self.checkpoints()?;
-        let letters = self.dead_letters(None)?;
-        let handlers = self
-            .handlers()?
-            .into_iter()
-            .map(|name| {
-                let checkpoint = checkpoints
-                    .iter()
-                    .filter(|c| c.handler == name)
-                    .map(|c| c.position)
-                    .min();
-                HandlerSummary {
-                    lag: head.saturating_sub(checkpoint.unwrap_or(0)),
-                    dead_letters: letters.iter().filter(|l| l.handler == name).count() as u64,
-                    checkpoint,
-                    name,
-                }
+        self.read(|conn| {
+            let events: i64 = events::table.count().get_result(conn)?;
+            let indexed = store_log::indexed_through(conn)?;
+            // The index keeps each stream's newest entry after retention: streams ever written.
+            let streams: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "SELECT count(*) FROM (SELECT stream_id FROM stream_events \
+                 UNION SELECT stream_id FROM events WHERE position > ",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(indexed)
+            .sql(")")
+            .get_result(conn)?;
+            let head = store_log::head(conn)?.max(0) as u64;
+            let checkpoints = store_log::load_all_checkpoints(conn)?;
+            let layouts: Vec<(String, i32)> = subscriptions::table
+                .select((subscriptions::name, subscriptions::partitions))
+                .load(conn)?;
+            let letters: Vec<(String, i64)> = dead_letters::table
+                .group_by(dead_letters::handler)
+                .select((dead_letters::handler, diesel::dsl::count_star()))
+                .load(conn)?;
+            let handlers = handler_names(conn)?
+                .into_iter()
+                .map(|name| {
+                    // The current layout's actors: an earlier concurrency's rows are kept
+                    // only until the current ones pass them.
+                    let current = layouts.iter().find(|(n, _)| *n == name).map(|l| l.1);
+                    let checkpoint = checkpoints
+                        .iter()
+                        .filter(|c| c.handler == name)
+                        .filter(|c| current.is_none_or(|p| c.partitions == p))
+                        .map(|c| c.position.max(0) as u64)
+                        .min();
+                    HandlerSummary {
+                        lag: head.saturating_sub(checkpoint.unwrap_or(0)),
+                        dead_letters: letters
+                            .iter()
+                            .find(|(h, _)| *h == name)
+                            .map_or(0, |l| l.1 as u64),
+                        checkpoint,
+                        name,
+                    }
+                })
+                .collect();
+            Ok(StoreSummary {
+                events: events as u64,
+                streams: streams as u64,
+                head,
+                schema_version: schema_version(conn)?,
+                handlers,
             })
-            .collect();
-        Ok(StoreSummary {
-            events: events as u64,
-            streams: streams as u64,
-            head,
-            schema_version: self.schema_version()?,
-            handlers,
         })
+    }
+
+    /// Runs `f` in one read transaction: every query sees the same snapshot of the store,
+    /// however much a running bus writes meanwhile.
+    fn read<T>(&self, f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>) -> Result<T> {
+        let mut conn = self.conn()?;
+        (*conn).transaction(f).map_err(db)
+    }
+
+    /// Whether a bus is running on this store: `Some(who)` (e.g. `process 4242`) if one is.
+    ///
+    /// # Errors
+    /// The lock file exists but cannot be read.
+    pub fn running_bus(&self) -> Result<Option<String>> {
+        Ok(lock::holder(&self.path)?)
+    }
+
+    /// Has `handler` process the log again after `from`, at the next start of its bus.
+    ///
+    /// A plain handler's checkpoints move to `from` now. A projection cannot take its events
+    /// twice: it is rebuilt instead, from the beginning: at the next start its read model is
+    /// reset ([`Projection::reset`](crate::Projection::reset)) and the whole log applied again.
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] while a bus runs on the store (it would overwrite the change);
+    /// [`Error::UnknownHandler`]; [`Error::NotReplayable`] for a projection without a reset,
+    /// a projection with `from` other than 0, or one whose events retention deleted.
+    pub fn replay(&self, handler: &str, from: u64) -> Result<Replay> {
+        if let Some(holder) = self.running_bus()? {
+            return Err(Error::Store(StoreError::InUse {
+                path: self.path.clone(),
+                holder,
+            }));
+        }
+        let not = |reason: String| Error::NotReplayable {
+            handler: handler.to_owned(),
+            reason,
+        };
+        let mut conn = self.conn()?;
+        let kind = registry::kind_of(&mut conn, handler).map_err(db)?;
+        if let Some((kind, resettable)) = kind.filter(|(k, _)| k == "projection") {
+            debug_assert_eq!(kind, "projection");
+            if !resettable {
+                return Err(not(
+                    "it is a projection without a reset: its read model already \
+                     holds those events and would apply them twice. Give it \
+                     `Projection::reset` (and `RESETTABLE = true`) to rebuild it"
+                        .into(),
+                ));
+            }
+            if from != 0 {
+                return Err(not(format!(
+                    "a projection is rebuilt from the beginning (its read model is reset): \
+                     replay it from 0, not {from}"
+                )));
+            }
+            let pruned = store_log::pruned_through(&mut conn).map_err(db)?;
+            if pruned > 0 {
+                return Err(not(format!(
+                    "retention deleted events up to position {pruned}: the read model cannot \
+                     be rebuilt from the log"
+                )));
+            }
+            registry::request_rebuild(&mut conn, handler)
+                .map_err(|e| Error::Store(pool::classify(&self.path, e)))?;
+            return Ok(Replay::Rebuild);
+        }
+        drop(conn);
+        self.reset_checkpoint(handler, from).map(Replay::Moved)
     }
 
     /// Checks the invariants of the log: stream versions contiguous and unique, event ids
@@ -499,68 +576,74 @@ impl Store {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             hi: i64,
         }
-        let mut conn = self.conn()?;
-        let mut problems = Vec::new();
-        // Retention leaves gaps (it keeps dead-lettered events) up to its mark; past the mark
-        // each stream's versions are contiguous.
-        let pruned = store_log::pruned_through(&mut conn).map_err(db)?;
-        let gaps: Vec<Gap> = diesel::sql_query(
-            "SELECT stream_id, count(*) AS n, min(stream_version) AS lo, max(stream_version) AS hi \
-             FROM events WHERE position > ?1 GROUP BY stream_id HAVING hi - lo + 1 != n LIMIT 20",
-        )
-        .bind::<diesel::sql_types::BigInt, _>(pruned)
-        .load(&mut conn)
-        .map_err(db)?;
-        for g in gaps {
-            problems.push(format!(
-                "stream `{}` has {} events for versions {}..={}",
-                g.stream_id, g.n, g.lo, g.hi
-            ));
-        }
-        let dup: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "SELECT count(*) FROM (SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1)",
-        )
-        .get_result(&mut conn)
-        .map_err(db)?;
-        if dup > 0 {
-            problems.push(format!("{dup} event id(s) stored more than once"));
-        }
-        let twice: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "SELECT count(*) FROM (SELECT 1 FROM events \
-             GROUP BY stream_id, stream_version HAVING count(*) > 1)",
-        )
-        .get_result(&mut conn)
-        .map_err(db)?;
-        if twice > 0 {
-            problems.push(format!("{twice} stream version(s) stored more than once"));
-        }
-        let indexed = store_log::indexed_through(&mut conn).map_err(db)?;
-        let unindexed: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "SELECT count(*) FROM events e WHERE e.position <= ",
-        )
-        .bind::<diesel::sql_types::BigInt, _>(indexed)
-        .sql(
-            " AND NOT EXISTS (SELECT 1 FROM stream_events s WHERE s.stream_id = e.stream_id \
-             AND s.stream_version = e.stream_version AND s.position = e.position)",
-        )
-        .get_result(&mut conn)
-        .map_err(db)?;
-        if unindexed > 0 {
-            problems.push(format!(
-                "{unindexed} event(s) at or below {indexed} missing from the stream index"
-            ));
-        }
-        drop(conn);
-        let head = self.head()?;
-        for c in self.checkpoints()? {
-            if c.position > head {
+        self.read(|conn| {
+            let mut problems = Vec::new();
+            // Retention leaves gaps (it keeps dead-lettered events) up to its mark; past the
+            // mark each stream's versions are contiguous.
+            let pruned = store_log::pruned_through(conn)?;
+            let gaps: Vec<Gap> = diesel::sql_query(
+                "SELECT stream_id, count(*) AS n, min(stream_version) AS lo, max(stream_version) AS hi \
+                 FROM events WHERE position > ?1 GROUP BY stream_id HAVING hi - lo + 1 != n LIMIT 20",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(pruned)
+            .load(conn)?;
+            for g in gaps {
                 problems.push(format!(
-                    "checkpoint of `{}` #{} is at {}, past the head {head}",
-                    c.handler, c.partition, c.position
+                    "stream `{}` has {} events for versions {}..={}",
+                    g.stream_id, g.n, g.lo, g.hi
                 ));
             }
-        }
-        Ok(problems)
+            let dup: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "SELECT count(*) FROM (SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1)",
+            )
+            .get_result(conn)?;
+            if dup > 0 {
+                problems.push(format!("{dup} event id(s) stored more than once"));
+            }
+            let twice: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "SELECT count(*) FROM (SELECT 1 FROM events \
+                 GROUP BY stream_id, stream_version HAVING count(*) > 1)",
+            )
+            .get_result(conn)?;
+            if twice > 0 {
+                problems.push(format!("{twice} stream version(s) stored more than once"));
+            }
+            let indexed = store_log::indexed_through(conn)?;
+            let unindexed: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "SELECT count(*) FROM events e WHERE e.position <= ",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(indexed)
+            .sql(
+                " AND NOT EXISTS (SELECT 1 FROM stream_events s WHERE s.stream_id = e.stream_id \
+                 AND s.stream_version = e.stream_version AND s.position = e.position)",
+            )
+            .get_result(conn)?;
+            if unindexed > 0 {
+                problems.push(format!(
+                    "{unindexed} event(s) at or below {indexed} missing from the stream index"
+                ));
+            }
+            let letters_twice: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "SELECT count(*) FROM (SELECT 1 FROM dead_letters \
+                 GROUP BY handler, position HAVING count(*) > 1)",
+            )
+            .get_result(conn)?;
+            if letters_twice > 0 {
+                problems.push(format!(
+                    "{letters_twice} event(s) dead-lettered more than once by one handler"
+                ));
+            }
+            let head = store_log::head(conn)?;
+            for c in store_log::load_all_checkpoints(conn)? {
+                if c.position > head {
+                    problems.push(format!(
+                        "checkpoint of `{}` #{} is at {}, past the head {head}",
+                        c.handler, c.partition, c.position
+                    ));
+                }
+            }
+            Ok(problems)
+        })
     }
 
     /// Runs `f` with a connection to the store (for application-specific checks, such as a
@@ -574,6 +657,36 @@ impl Store {
     ) -> Result<T> {
         f(&mut *self.conn()?).map_err(db)
     }
+}
+
+fn schema_version(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    let v: String = store_meta::table
+        .filter(store_meta::key.eq("schema_version"))
+        .select(store_meta::value)
+        .first(conn)?;
+    Ok(v.parse().unwrap_or(0))
+}
+
+/// Subscription names the store knows (registered, or from checkpoints and dead letters), sorted.
+fn handler_names(conn: &mut SqliteConnection) -> QueryResult<Vec<String>> {
+    let mut names: Vec<String> = subscriptions::table
+        .select(subscriptions::name)
+        .load(conn)?;
+    names.extend(
+        checkpoints::table
+            .select(checkpoints::handler)
+            .distinct()
+            .load::<String>(conn)?,
+    );
+    names.extend(
+        dead_letters::table
+            .select(dead_letters::handler)
+            .distinct()
+            .load::<String>(conn)?,
+    );
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 fn letter_info((row, event): (DeadLetterRow, StoredEvent)) -> DeadLetterInfo {

@@ -19,6 +19,7 @@ use crate::event::DomainEvent;
 use crate::policy::{RestartPolicy, RetryPolicy};
 use crate::projection::{Projection, ProjectionHandler};
 use crate::stats::{BusCounters, HandlerCounters};
+use crate::storage::registry::{Kind, ResetHook, Resume, SubscriptionSpec};
 use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig};
 
 /// Default intake capacity: events accepted by `publish` but not yet routed.
@@ -139,16 +140,18 @@ struct SpawnArgs {
     supervisor: Addr<SupervisorActor>,
     checkpoints: Option<Arc<CheckpointBoard>>,
     storage: Option<Addr<StorageActor>>,
-    /// Per handler actor: the position its checkpoint covers.
-    starts: Vec<u64>,
+    /// Where each handler actor resumes (durable bus).
+    resume: Resume,
 }
 
 struct Subscription {
     name: Arc<str>,
     event_types: &'static [&'static str],
     options: HandlerOptions,
-    /// A projection: only possible on a durable bus.
-    needs_store: bool,
+    /// A projection (only possible on a durable bus) or any other handler.
+    kind: Kind,
+    /// A projection's read-model reset, where it has one.
+    reset: Option<ResetHook>,
     spawn: Box<dyn FnOnce(SpawnArgs) -> Vec<Slot>>,
 }
 
@@ -301,7 +304,7 @@ impl BusBuilder {
         H: EventHandler<E>,
     {
         let factory: Factory<H> = Arc::new(move |_partition| factory());
-        self.subscribe::<E, H>(name, options, false, move |_| factory)
+        self.subscribe::<E, H>(name, options, Kind::Handler, None, move |_| factory)
     }
 
     /// Subscribes a [`Projection`]: its read model is written in the store's transaction
@@ -319,7 +322,14 @@ impl BusBuilder {
         let projection_name: Arc<str> = Arc::from(name);
         let partitions = options.concurrency;
         let factory = Arc::new(factory);
-        self.subscribe::<E, ProjectionHandler<E, P>>(name, options, true, move |args| {
+        let reset: Option<ResetHook> = P::RESETTABLE.then(|| {
+            let factory = Arc::clone(&factory);
+            Box::new(move |conn: &mut diesel::SqliteConnection| {
+                factory().reset(conn).map_err(|e| e.to_string())
+            }) as ResetHook
+        });
+        let kind = Kind::Projection;
+        self.subscribe::<E, ProjectionHandler<E, P>>(name, options, kind, reset, move |args| {
             let storage = args
                 .storage
                 .clone()
@@ -341,7 +351,8 @@ impl BusBuilder {
         mut self,
         name: &str,
         options: HandlerOptions,
-        needs_store: bool,
+        kind: Kind,
+        reset: Option<ResetHook>,
         factory: impl FnOnce(&SpawnArgs) -> Factory<H> + 'static,
     ) -> Self
     where
@@ -361,10 +372,11 @@ impl BusBuilder {
                 supervisor: args.supervisor,
                 checkpoints: args.checkpoints,
                 partitions: options.concurrency,
+                older: Arc::clone(&args.resume.older),
             };
             (0..options.concurrency)
                 .map(|index| {
-                    let seen = args.starts.get(index).copied().unwrap_or(0);
+                    let seen = args.resume.own.get(index).copied().unwrap_or(0);
                     let addr = HandlerActor::<E, H>::start(setup.clone(), index, seen);
                     Slot {
                         deliver: addr.clone().recipient(),
@@ -377,7 +389,8 @@ impl BusBuilder {
             name,
             event_types: E::EVENT_TYPES,
             options,
-            needs_store,
+            kind,
+            reset,
             spawn: Box::new(spawn),
         });
         self
@@ -399,7 +412,7 @@ impl BusBuilder {
     /// # Errors
     /// [`Error::NoSystem`] outside a running actix system, [`Error::DuplicateHandler`] for a
     /// repeated name, [`Error::Config`] for a zero capacity, concurrency or attempt count.
-    pub fn build(self) -> Result<EventBus> {
+    pub fn build(mut self) -> Result<EventBus> {
         // Actors need a running arbiter: a System that exists but is not running has none.
         if actix_rt::Arbiter::try_current().is_none()
             || tokio::runtime::Handle::try_current().is_err()
@@ -414,7 +427,7 @@ impl BusBuilder {
         let mut names = HashSet::new();
         for s in &self.subscriptions {
             s.options.validate(&s.name)?;
-            if s.needs_store && matches!(self.store, StoreConfig::Memory) {
+            if s.kind == Kind::Projection && matches!(self.store, StoreConfig::Memory) {
                 return Err(Error::Config(format!(
                     "projection `{}` needs a durable store (sqlite://)",
                     s.name
@@ -425,17 +438,29 @@ impl BusBuilder {
             }
         }
 
-        let store = match &self.store {
+        let mut store = match &self.store {
             StoreConfig::Memory => None,
             StoreConfig::Sqlite(options) => {
-                let subscriptions = self
+                let specs = self
                     .subscriptions
-                    .iter()
-                    .map(|s| (s.name.to_string(), s.options.concurrency))
+                    .iter_mut()
+                    .map(|s| SubscriptionSpec {
+                        name: s.name.to_string(),
+                        kind: s.kind,
+                        event_types: s.event_types.iter().map(|t| (*t).to_owned()).collect(),
+                        partitions: s.options.concurrency,
+                        start_at_head: s.options.start_from == StartFrom::Now,
+                        reset: s.reset.take(),
+                    })
                     .collect();
-                Some(OpenStore::start(options, subscriptions)?)
+                Some(OpenStore::start(options, specs)?)
             }
         };
+        let mut resumes = store
+            .as_mut()
+            .map(|st| std::mem::take(&mut st.resumes))
+            .unwrap_or_default()
+            .into_iter();
         let durable_bus = store.is_some();
         let split_commits = matches!(
             &self.store,
@@ -469,18 +494,18 @@ impl BusBuilder {
                     HandlerCounters::new(&s.name, &s.event_types.join(","), s.options.concurrency);
                 handler_counters.push(Arc::clone(&counters));
                 group_index.insert(s.name.to_string(), i);
-                let starts = match &store {
-                    Some(st) => st.starts(&s.name, s.options.concurrency, s.options.start_from),
-                    None => Vec::new(),
-                };
-                replay_after = starts.iter().fold(replay_after, |m, &p| m.min(p as i64));
+                let resume = resumes.next().unwrap_or_default();
+                replay_after = resume
+                    .own
+                    .iter()
+                    .fold(replay_after, |m, &p| m.min(p as i64));
                 let slots = (s.spawn)(SpawnArgs {
                     counters: Arc::clone(&counters),
                     dead_letters: Arc::clone(&dead_letters),
                     supervisor: ctx.address(),
                     checkpoints: store.as_ref().map(|st| Arc::clone(&st.board)),
                     storage: store.as_ref().map(|st| st.storage.clone()),
-                    starts,
+                    resume,
                 });
                 groups.push(Group {
                     name: Arc::clone(&s.name),

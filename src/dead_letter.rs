@@ -9,7 +9,7 @@ use actix::Addr;
 
 use crate::actors::storage::{CheckpointBoard, DeleteDeadLetters, StorageActor};
 use crate::event::{Metadata, Record};
-use crate::storage::log::{self as store_log, micros};
+use crate::storage::log::{self as store_log, micros, LetterChange};
 use crate::storage::models::NewDeadLetter;
 use crate::storage::pool::SqlitePool;
 use crate::storage::StoreError;
@@ -99,13 +99,14 @@ impl DeadLetters {
         );
         if let (Some(store), Some(position)) = (&self.store, record.meta.position) {
             // Written no later than the checkpoint that passes this event: same transaction.
-            store.board.add_letter(NewDeadLetter {
+            // A redriven letter that fails again is updated in place (one per handler and event).
+            store.board.letter(LetterChange::Keep(NewDeadLetter {
                 position: position as i64,
                 handler: handler.to_owned(),
                 attempts: attempts as i32,
                 last_error,
                 failed_at: micros(SystemTime::now()),
-            });
+            }));
             return;
         }
         let letter = DeadLetter {
@@ -161,13 +162,13 @@ impl DeadLetters {
         Ok(self.take_in_memory(Some(handler)))
     }
 
-    /// Stored letters whose redelivery was handled (or dead-lettered anew).
-    pub(crate) fn resolved(&self, ids: Vec<i64>) {
-        if let (Some(store), false) = (&self.store, ids.is_empty()) {
-            store.storage.do_send(DeleteDeadLetters {
-                ids: Some(ids),
-                handler: None,
-            });
+    /// Stored letters whose redelivery was handled: deleted with the next checkpoint write,
+    /// in order with the letters given up on meanwhile.
+    pub(crate) fn resolved(&self, ids: impl IntoIterator<Item = i64>) {
+        if let Some(store) = &self.store {
+            for id in ids {
+                store.board.letter(LetterChange::Resolved(id));
+            }
         }
     }
 
@@ -179,7 +180,6 @@ impl DeadLetters {
         store
             .storage
             .send(DeleteDeadLetters {
-                ids: None,
                 handler: handler.map(str::to_owned),
             })
             .await

@@ -59,6 +59,15 @@ pub enum Error {
         /// The version the stream is at.
         actual: u64,
     },
+    /// A replay that would break what the handler guarantees (a projection's read model
+    /// would get its events twice, or events it needs were deleted). Nothing was changed.
+    #[error("cannot replay `{handler}`: {reason}")]
+    NotReplayable {
+        /// The subscription.
+        handler: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// The store failed; see [`StoreError`] for what to do.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -239,10 +239,18 @@ impl<E> Envelope<E> {
     }
 }
 
+/// A live event value, type-erased.
+pub(crate) type AnyEvent = Arc<dyn Any + Send + Sync>;
+
 /// The payload of a record: the live Rust value, or JSON read back from a store.
 #[derive(Clone)]
 pub(crate) enum Payload {
-    Typed(Arc<dyn Any + Send + Sync>),
+    /// The value as published, with the way to its JSON: a handler of another Rust type for
+    /// the same event type name decodes it from that, as it would from the store.
+    Typed(
+        AnyEvent,
+        fn(&AnyEvent) -> serde_json::Result<serde_json::Value>,
+    ),
     Json(Arc<serde_json::Value>),
     /// A stored payload that cannot be read at all, and why: its handlers dead-letter it.
     Invalid(Arc<str>),
@@ -307,7 +315,7 @@ impl Record {
         };
         Self {
             meta: Arc::new(meta),
-            payload: Payload::Typed(Arc::new(event)),
+            payload: Payload::Typed(Arc::new(event), to_json::<E>),
             encoded: None,
             published_at: Instant::now(),
             partition,
@@ -321,13 +329,20 @@ impl Record {
     /// A JSON payload that does not decode into `E`, or a live value of another type.
     pub(crate) fn envelope<E: DomainEvent>(&self) -> Result<Envelope<E>, String> {
         let event = match &self.payload {
-            Payload::Typed(any) => Arc::clone(any).downcast::<E>().map_err(|_| {
-                format!(
-                    "event of type `{}` is not a {}",
-                    self.meta.event_type,
-                    std::any::type_name::<E>()
-                )
-            })?,
+            Payload::Typed(any, json) => match Arc::clone(any).downcast::<E>() {
+                Ok(event) => event,
+                // Another Rust type for the same event type name: through JSON, as from the store.
+                Err(_) => {
+                    let value = match &self.encoded {
+                        Some(text) => serde_json::from_str(text),
+                        None => json(any),
+                    }
+                    .map_err(|e| format!("payload does not encode: {e}"))?;
+                    Arc::new(E::deserialize(value).map_err(|e| {
+                        format!("payload does not decode as `{}`: {e}", E::EVENT_TYPE)
+                    })?)
+                }
+            },
             Payload::Invalid(why) => {
                 return Err(format!(
                     "payload does not decode as `{}`: {why}",
@@ -343,6 +358,14 @@ impl Record {
             meta: Arc::clone(&self.meta),
             event,
         })
+    }
+}
+
+/// The JSON of a live value of `E` (what [`Payload::Typed`] keeps beside it).
+fn to_json<E: DomainEvent>(any: &AnyEvent) -> serde_json::Result<serde_json::Value> {
+    match any.downcast_ref::<E>() {
+        Some(event) => serde_json::to_value(event),
+        None => Err(serde::ser::Error::custom("not the published type")),
     }
 }
 

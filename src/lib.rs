@@ -86,7 +86,7 @@ mod storage;
 pub use crate::actors::handler::ManyHandled;
 pub use crate::actors::handler::{handler_fn, EventHandler, Handle, HandlerFn};
 pub use crate::admin::{
-    CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Store, StoreSummary,
+    CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Replay, Store, StoreSummary,
     StoredEventInfo,
 };
 pub use crate::blocking::{blocking, Blocking};

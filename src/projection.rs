@@ -51,6 +51,23 @@ pub trait Projection<E: DomainEvent>: Send + 'static {
         event: &Envelope<E>,
         conn: &mut SqliteConnection,
     ) -> Result<(), HandlerError>;
+
+    /// Whether [`reset`](Self::reset) can clear the read model so that it is rebuilt from
+    /// the log. Without it, `actorbus replay` refuses the projection: replaying events into
+    /// a read model that already holds them would apply them twice.
+    const RESETTABLE: bool = false;
+
+    /// Clears the read model (delete its rows, or drop and recreate its tables). Called when
+    /// an operator asked for a replay (`actorbus replay --handler NAME`), at the next start of
+    /// the bus, in the transaction that moves the checkpoints back to the beginning; then the
+    /// whole log is applied again. Only called when [`RESETTABLE`](Self::RESETTABLE) is true.
+    ///
+    /// # Errors
+    /// Any error: the bus does not start (nothing is changed), and says why.
+    fn reset(&mut self, conn: &mut SqliteConnection) -> Result<(), HandlerError> {
+        let _ = conn;
+        Err("this projection has no reset".into())
+    }
 }
 
 /// The handler a projection subscription runs: it sends each event's work to the writer.

@@ -1,9 +1,11 @@
 //! The durable store: SQLite through diesel. The storage actor is its single writer; reads
 //! (catch-up, the CLI) go through an r2d2 pool beside it, which WAL mode allows.
 
+pub(crate) mod lock;
 pub(crate) mod log;
 pub(crate) mod models;
 pub(crate) mod pool;
+pub(crate) mod registry;
 pub(crate) mod schema;
 
 use std::path::PathBuf;
@@ -185,6 +187,15 @@ pub enum StoreError {
     /// kept; publishing works again once there is room.
     #[error("the database or disk is full")]
     Full,
+    /// Another bus is running on this store (one bus per store: its subscriptions' checkpoints
+    /// and the order of its deliveries belong to it). Stop it first, or use another store.
+    #[error("another bus is running on {path} ({holder}); stop it first, or use another store")]
+    InUse {
+        /// The store.
+        path: PathBuf,
+        /// Who holds it, e.g. `process 4242`.
+        holder: String,
+    },
     /// Another process held the lock longer than `busy_timeout`. Retry later.
     #[error("the database is locked by another process (busy_timeout expired)")]
     Locked,

@@ -433,14 +433,22 @@ async fn a_bus_builds_on_a_store_another_connection_holds_the_write_lock_on_and_
     let other = open(&path);
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
 
-    // WAL readers do not wait for the writer: opening only reads.
+    // A starting bus registers its subscriptions: it waits busy_timeout, then says so.
     let log = new_log();
-    let bus = EventBus::builder()
-        .sqlite(&path)
-        .busy_timeout(Duration::from_millis(100))
-        .handler("recorder", RecordingHandler::factory(&log))
+    let builder = || {
+        EventBus::builder()
+            .sqlite(&path)
+            .busy_timeout(Duration::from_millis(100))
+            .handler("recorder", RecordingHandler::factory(&log))
+    };
+    let err = builder().build().unwrap_err();
+    assert!(matches!(err, Error::Store(StoreError::Locked)), "{err:?}");
+    other.execute_batch("ROLLBACK").unwrap();
+    let bus = builder()
         .build()
-        .expect("a bus opens while another connection writes");
+        .expect("the bus starts once the lock is gone");
+    // Taken before the bus's actors run (they run only when this task awaits).
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let err = bus.publish(placed(1, 1)).await.unwrap_err();
     assert!(matches!(err, Error::Store(StoreError::Locked)), "{err:?}");
 
@@ -630,7 +638,6 @@ async fn an_event_given_up_on_while_another_process_holds_the_lock_is_still_a_de
         &placed_json(1, 2),
     );
     let other = open(&path);
-    other.execute_batch("BEGIN IMMEDIATE").unwrap();
 
     let log = new_log();
     let (tx, mut handled) = mpsc::unbounded_channel();
@@ -644,6 +651,8 @@ async fn an_event_given_up_on_while_another_process_holds_the_lock_is_still_a_de
         })
         .build()
         .unwrap();
+    // Taken before the bus's actors run (they run only when this task awaits).
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
     handled_up_to(&mut handled, 2).await;
     // Queued behind the dead letter in the storage actor's mailbox: once it failed on the
     // lock, so had the dead letter's write.

@@ -162,7 +162,12 @@ async fn a_store_of_the_previous_schema_is_migrated_with_every_event_and_version
 
     assert_eq!(publish(&db, &[(1, 1), (2, 2)]).await, vec![3, 2]);
     let store = Store::open(&db).unwrap();
-    assert_eq!(store.summary().unwrap().schema_version, 3);
+    let fresh = Store::create(db.with_file_name("fresh.db")).unwrap();
+    assert_eq!(
+        store.summary().unwrap().schema_version,
+        fresh.schema_version().unwrap(),
+        "migrated to the newest schema"
+    );
     assert_eq!(store.head().unwrap(), 5);
     assert_eq!(store.check().unwrap(), Vec::<String>::new());
     drop(store);

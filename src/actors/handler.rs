@@ -17,6 +17,7 @@ use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope, Record};
 use crate::policy::RetryPolicy;
 use crate::stats::HandlerCounters;
+use crate::storage::registry::{older_covers, Layouts};
 
 /// User code that reacts to events of type `E`. It owns its state (`&mut self`): one
 /// handler instance per handler actor, so no locking is needed inside.
@@ -131,6 +132,10 @@ impl<E: DomainEvent> EventHandler<E> for RecipientHandler<E> {
 /// which resolves once the actor has taken it from its mailbox.
 pub(crate) struct Deliver {
     pub(crate) records: Vec<Record>,
+    /// On a durable bus: every stored event up to this position that belongs to this actor
+    /// has been delivered to it, in this batch or before. Once the batch is handled, its
+    /// checkpoint moves here even when the batch holds nothing (an idle actor keeps up).
+    pub(crate) through: Option<u64>,
 }
 
 impl Message for Deliver {
@@ -163,6 +168,8 @@ pub(crate) struct HandlerSetup<H> {
     /// Where the bus is durable: the checkpoints to advance, and the number of actors.
     pub(crate) checkpoints: Option<Arc<CheckpointBoard>>,
     pub(crate) partitions: usize,
+    /// Checkpoints of the subscription's earlier concurrencies: what they passed is handled.
+    pub(crate) older: Layouts,
 }
 
 impl<H> Clone for HandlerSetup<H> {
@@ -176,13 +183,16 @@ impl<H> Clone for HandlerSetup<H> {
             supervisor: self.supervisor.clone(),
             checkpoints: self.checkpoints.clone(),
             partitions: self.partitions,
+            older: Arc::clone(&self.older),
         }
     }
 }
 
 impl<H> HandlerSetup<H> {
-    /// Gives up on `record`: it goes to the dead letters, and the counters say so.
-    fn dead_letter(&self, record: Record, attempts: u32, why: String) {
+    /// Gives up on `record`: it goes to the dead letters, and the counters say so. A redriven
+    /// letter that fails again is noted in `refailed`: its stored letter stays (updated).
+    fn dead_letter(&self, record: Record, attempts: u32, why: String, refailed: &mut Vec<i64>) {
+        refailed.extend(record.letter);
         self.dead_letters.push(&self.name, record, attempts, why);
         HandlerCounters::add(&self.counters.dead_letters, 1);
     }
@@ -193,12 +203,43 @@ struct Pending {
     batch: Vec<Record>,
     at: usize,
     attempt: u32,
+    /// The delivery's watermark ([`Deliver::through`]).
+    through: Option<u64>,
+    /// Redriven letters of this batch that failed again: they stay.
+    refailed: Vec<i64>,
+}
+
+impl Pending {
+    fn new(batch: Vec<Record>, through: Option<u64>) -> Self {
+        Self {
+            batch,
+            at: 0,
+            attempt: 1,
+            through,
+            refailed: Vec::new(),
+        }
+    }
+
+    /// The position the actor's checkpoint reaches once the batch is done: its last event,
+    /// or the watermark past it. Redriven letters lie behind the checkpoint and do not count.
+    fn reaches(&self) -> Option<u64> {
+        self.batch
+            .iter()
+            .filter(|r| r.letter.is_none())
+            .filter_map(|r| r.meta.position)
+            .max()
+            .max(self.through)
+    }
 }
 
 /// How a run over a batch ended.
 enum Outcome<H> {
-    Done(Box<H>),
-    Panicked { pending: Pending, message: String },
+    /// Every event handled or dead-lettered; the redriven letters that failed again.
+    Done(Box<H>, Vec<i64>),
+    Panicked {
+        pending: Pending,
+        message: String,
+    },
 }
 
 pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
@@ -235,44 +276,51 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     }
 
     fn run(&mut self, pending: Pending, ctx: &mut Context<Self>) {
+        let reaches = pending.reaches();
         let Some(handler) = self.handler.take() else {
             self.dead_letter_rest(pending, "handler is parked");
+            self.reached(reaches);
             return;
         };
         let setup = self.setup.clone();
-        // Redriven letters lie behind the checkpoint: they must not move it.
-        let last_position = pending
-            .batch
-            .iter()
-            .filter(|r| r.letter.is_none())
-            .filter_map(|r| r.meta.position)
-            .max();
         let letters: Vec<i64> = pending.batch.iter().filter_map(|r| r.letter).collect();
         let fut = run_batch::<E, H>(handler, pending, setup);
         ctx.wait(
             fut.into_actor(self)
                 .map(move |outcome, act, ctx| match outcome {
-                    Outcome::Done(h) => {
+                    Outcome::Done(h, refailed) => {
                         act.handler = Some(h);
-                        act.setup.dead_letters.resolved(letters);
+                        act.setup
+                            .dead_letters
+                            .resolved(letters.into_iter().filter(|id| !refailed.contains(id)));
                         // Only now: a checkpoint must never pass an event that was not handled.
-                        if let (Some(board), Some(position)) =
-                            (&act.setup.checkpoints, last_position)
-                        {
-                            if position > act.seen {
-                                act.seen = position;
-                                board.advance(
-                                    &act.setup.name,
-                                    act.index,
-                                    act.setup.partitions,
-                                    position,
-                                );
-                            }
-                        }
+                        act.reached(reaches);
                     }
                     Outcome::Panicked { pending, message } => act.on_panic(pending, message, ctx),
                 }),
         );
+    }
+
+    /// Every event of this actor up to `position` is handled or dead-lettered: move the
+    /// checkpoint there (written with the dead letters queued before it).
+    fn reached(&mut self, position: Option<u64>) {
+        if let (Some(board), Some(position)) = (&self.setup.checkpoints, position) {
+            if position > self.seen {
+                self.seen = position;
+                board.advance(
+                    &self.setup.name,
+                    self.index,
+                    self.setup.partitions,
+                    position,
+                );
+            }
+        }
+    }
+
+    /// Whether the stored event at `position`, of the stream hashed `hash`, was handled
+    /// before this start (by this actor, or by the owner of its stream in an earlier layout).
+    fn handled_before(&self, hash: u64, position: u64) -> bool {
+        position <= self.seen || older_covers(&self.setup.older, hash, position)
     }
 
     /// The handler panicked (or its factory did): its instance is gone. Ask the supervisor
@@ -325,6 +373,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     }
 
     fn park(&mut self, pending: Pending, why: &str) {
+        let reaches = pending.reaches();
         log::error!(
             "handler `{}` #{} parked: {why}; its events go to the dead letters",
             self.setup.name,
@@ -337,17 +386,22 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
             .parked
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.dead_letter_rest(pending, &format!("handler parked: {why}"));
+        // Its events are dead letters now: only a redrive hands them over again.
+        self.reached(reaches);
     }
 
     fn dead_letter_rest(&self, pending: Pending, why: &str) {
-        let Pending { batch, at, attempt } = pending;
+        let Pending {
+            batch, at, attempt, ..
+        } = pending;
         for (i, record) in batch.into_iter().enumerate().skip(at) {
             let attempts = if i == at {
                 attempt.saturating_sub(1)
             } else {
                 0
             };
-            self.setup.dead_letter(record, attempts, why.to_owned());
+            self.setup
+                .dead_letter(record, attempts, why.to_owned(), &mut Vec::new());
         }
     }
 }
@@ -357,11 +411,7 @@ impl<E: DomainEvent, H: EventHandler<E>> Actor for HandlerActor<E, H> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(message) = self.start_panic.take() {
-            let nothing = Pending {
-                batch: Vec::new(),
-                at: 0,
-                attempt: 1,
-            };
+            let nothing = Pending::new(Vec::new(), None);
             self.on_panic(nothing, format!("handler factory panicked: {message}"), ctx);
         }
     }
@@ -370,28 +420,36 @@ impl<E: DomainEvent, H: EventHandler<E>> Actor for HandlerActor<E, H> {
 impl<E: DomainEvent, H: EventHandler<E>> Handler<Deliver> for HandlerActor<E, H> {
     type Result = ();
 
-    fn handle(&mut self, Deliver { mut records }: Deliver, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        Deliver {
+            mut records,
+            through,
+        }: Deliver,
+        ctx: &mut Context<Self>,
+    ) {
         HandlerCounters::add(&self.setup.counters.taken, records.len() as u64);
-        // Replayed events this actor's checkpoint already covers (catch-up after a crash);
-        // redriven dead letters are handed over whatever the checkpoint says.
-        let seen = self.seen;
+        // Replayed events handled before this start (catch-up after a crash or a change of
+        // concurrency); redriven dead letters are handed over whatever the checkpoint says.
         let before = records.len();
-        records.retain(|r| r.letter.is_some() || r.meta.position.is_none_or(|p| p > seen));
+        records.retain(|r| {
+            r.letter.is_some()
+                || r.meta
+                    .position
+                    .is_none_or(|p| !self.handled_before(r.partition, p))
+        });
         HandlerCounters::add(
             &self.setup.counters.handled,
             (before - records.len()) as u64,
         );
-        let batch = records;
+        if records.is_empty() {
+            // Nothing to handle (a watermark, or all replayed): only the checkpoint moves.
+            self.reached(through);
+            return;
+        }
         // ctx.wait keeps further deliveries in the (bounded) mailbox until this batch is
         // done: that is what makes a slow handler slow the router down.
-        self.run(
-            Pending {
-                batch,
-                at: 0,
-                attempt: 1,
-            },
-            ctx,
-        );
+        self.run(Pending::new(records, through), ctx);
     }
 }
 
@@ -402,11 +460,7 @@ impl<E: DomainEvent, H: EventHandler<E>> Handler<Control> for HandlerActor<E, H>
         match msg {
             Control::Drain => {}
             Control::Resume if self.parked => {
-                let resumed = Pending {
-                    batch: Vec::new(),
-                    at: 0,
-                    attempt: 1,
-                };
+                let resumed = Pending::new(Vec::new(), None);
                 self.parked = false;
                 self.setup
                     .counters
@@ -426,7 +480,13 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
     pending: Pending,
     setup: HandlerSetup<H>,
 ) -> Outcome<H> {
-    let Pending { batch, at, attempt } = pending;
+    let Pending {
+        batch,
+        at,
+        attempt,
+        through,
+        mut refailed,
+    } = pending;
     let counters = &*setup.counters;
     let retry = setup.retry;
     let mut latencies = Vec::with_capacity(batch.len() - at.min(batch.len()));
@@ -458,7 +518,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                         // which retries it with backoff.
                         HandlerCounters::add(&counters.failed_attempts, 1);
                         if retry.max_attempts() <= 1 {
-                            setup.dead_letter(batch[i].clone(), 1, error);
+                            setup.dead_letter(batch[i].clone(), 1, error, &mut refailed);
                             i += 1;
                         } else {
                             log::debug!("handler `{}` failed in a run: {error}", setup.name);
@@ -475,7 +535,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
             Ok(envelope) => envelope,
             Err(why) => {
                 // Retrying cannot make a payload decode: straight to the dead letters.
-                setup.dead_letter(record.clone(), 0, why);
+                setup.dead_letter(record.clone(), 0, why, &mut refailed);
                 continue;
             }
         };
@@ -503,7 +563,12 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                 Ok(Err(error)) => {
                     HandlerCounters::add(&counters.failed_attempts, 1);
                     if attempt >= retry.max_attempts() {
-                        setup.dead_letter(record.clone(), attempt, error.to_string());
+                        setup.dead_letter(
+                            record.clone(),
+                            attempt,
+                            error.to_string(),
+                            &mut refailed,
+                        );
                         break;
                     }
                     log::debug!(
@@ -524,17 +589,22 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                             record.clone(),
                             attempt,
                             format!("handler panicked: {message}"),
+                            &mut refailed,
                         );
                         Pending {
                             batch,
                             at: i,
                             attempt: 1,
+                            through,
+                            refailed,
                         }
                     } else {
                         Pending {
                             batch,
                             at: i - 1,
                             attempt: attempt + 1,
+                            through,
+                            refailed,
                         }
                     };
                     return Outcome::Panicked { pending, message };
@@ -543,7 +613,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
         }
     }
     counters.record_latencies(&latencies);
-    Outcome::Done(handler)
+    Outcome::Done(handler, refailed)
 }
 
 /// Builds a handler instance; a panicking factory is reported, not propagated.

@@ -11,6 +11,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix::prelude::*;
+use diesel::Connection as _;
 use futures_util::future::{join_all, LocalBoxFuture};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
@@ -93,6 +94,13 @@ pub(crate) struct RouterActor {
     committed: InOrder<Committed>,
     /// The intake ended while commits were outstanding: drain once they are handled.
     drain_when_committed: bool,
+    /// Durable bus: every stored event up to here has been delivered (or was of no
+    /// subscribed type). Idle handler actors learn it from watermarks ([`Self::watermarks`]).
+    delivered_through: u64,
+    /// Per slot (flat index): the last watermark sent with a delivery or alone.
+    sent_through: Vec<u64>,
+    /// Per slot: a watermark alone is on its way (at most one, so mailboxes stay bounded).
+    watermark_in_flight: Vec<bool>,
     drained: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -117,6 +125,8 @@ impl RouterActor {
         for g in &groups {
             slot_base.push(slot_base.last().copied().unwrap_or(0) + g.slots.len());
         }
+        let slots = slot_base.last().copied().unwrap_or(0);
+        let delivered_through = durable.as_ref().map_or(0, |d| d.replay_after.max(0) as u64);
         Self {
             groups,
             by_type,
@@ -128,6 +138,9 @@ impl RouterActor {
             gate: Rc::default(),
             committed: InOrder::default(),
             drain_when_committed: false,
+            delivered_through,
+            sent_through: vec![0; slots],
+            watermark_in_flight: vec![false; slots],
             drained: false,
             drain_waiters: Vec::new(),
         }
@@ -141,16 +154,22 @@ impl RouterActor {
         only: Option<usize>,
         ctx: &mut Context<Self>,
     ) {
-        let delivery = self.delivery(records, only);
+        let delivery = self.delivery(records, only, None);
         ctx.wait(actix::fut::wrap_future(delivery));
     }
 
     /// The future that hands `records` to the handler actors; done once each took its part.
+    /// `through` (durable bus): every stored event up to it is in this delivery or an
+    /// earlier one; each actor that gets records learns it with them.
     fn delivery(
         &mut self,
         records: impl Iterator<Item = Record>,
         only: Option<usize>,
+        through: Option<u64>,
     ) -> LocalBoxFuture<'static, ()> {
+        if let Some(through) = through {
+            self.delivered_through = self.delivered_through.max(through);
+        }
         let mut batches: Vec<Vec<Record>> =
             vec![Vec::new(); self.slot_base.last().copied().unwrap_or(0)];
         let mut unrouted = 0u64;
@@ -188,6 +207,9 @@ impl RouterActor {
             return async {}.boxed_local();
         }
         let sends = targets.into_iter().map(|(flat, records)| {
+            if let Some(through) = through {
+                self.sent_through[flat] = self.sent_through[flat].max(through);
+            }
             let g = self.slot_base.partition_point(|&base| base <= flat) - 1;
             let slot = flat - self.slot_base[g];
             let group = &self.groups[g];
@@ -199,7 +221,9 @@ impl RouterActor {
                 let mut records = records;
                 while !records.is_empty() {
                     let rest = records.split_off(records.len().min(capacity));
-                    let deliver = Deliver { records };
+                    // The watermark goes with the last part: it covers the parts before.
+                    let through = if rest.is_empty() { through } else { None };
+                    let deliver = Deliver { records, through };
                     if recipient.send(deliver).await.is_err() {
                         log::error!("a handler actor stopped before the bus was shut down");
                     }
@@ -274,7 +298,9 @@ impl RouterActor {
             .map(|(reply, acks)| {
                 self.gate.leave(acks.len());
                 let stored = acknowledge(reply, acks);
-                self.delivery(stored.into_iter(), None)
+                // Positions grow with every commit: the newest of this one covers all before.
+                let through = stored.iter().filter_map(|r| r.meta.position).max();
+                self.delivery(stored.into_iter(), None, through)
             })
             .collect();
         // One waited future: actix polls the newest wait first, so two would run out of order.
@@ -335,7 +361,7 @@ impl RouterActor {
                 }
                 let mut futures = Vec::new();
                 for (g, records) in deliveries {
-                    futures.push(act.delivery(records.into_iter(), Some(g)));
+                    futures.push(act.delivery(records.into_iter(), Some(g), None));
                 }
                 ctx.wait(
                     actix::fut::wrap_future(join_all(futures))
@@ -356,15 +382,25 @@ impl RouterActor {
         let pool = durable.pool.clone();
         let types: Vec<String> = self.by_type.keys().cloned().collect();
         let read = read_in_background(pool, move |conn| {
-            store_log::read_types_after(conn, &types, after, CATCH_UP_PAGE)
+            // In one read transaction: the head is that of the log the page was read from.
+            conn.transaction(|conn| {
+                let rows = store_log::read_types_after(conn, &types, after, CATCH_UP_PAGE)?;
+                Ok((rows, store_log::head(conn)?))
+            })
         });
         ctx.wait(
             actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| match rows {
-                Ok(rows) if rows.is_empty() => act.start_intake(ctx),
-                Ok(rows) => {
+                Ok((rows, head)) if rows.is_empty() => {
+                    // Nothing of a subscribed type up to the head: all of it is delivered.
+                    // This bus is the store's only writer, and intake has not started.
+                    act.delivered_through = act.delivered_through.max(head.max(0) as u64);
+                    act.start_intake(ctx)
+                }
+                Ok((rows, _)) => {
                     let last = rows.last().map_or(after, |r| r.position);
                     let records: Vec<Record> = rows.into_iter().map(|r| r.into_record()).collect();
-                    let delivery = act.delivery(records.into_iter(), None);
+                    let delivery =
+                        act.delivery(records.into_iter(), None, Some(last.max(0) as u64));
                     ctx.wait(
                         actix::fut::wrap_future(delivery)
                             .map(move |(), act: &mut Self, ctx| act.catch_up(last, ctx)),
@@ -410,20 +446,64 @@ impl RouterActor {
         }));
     }
 
+    /// Tells every handler actor that got nothing since its last watermark how far the log
+    /// has been delivered, so that its checkpoint keeps up (lag 0 when drained) and
+    /// retention is not held back by a subscription whose events stopped coming. Sent alone,
+    /// not waited for; one at a time per actor.
+    fn watermarks(&mut self, ctx: &mut Context<Self>) {
+        if self.durable.is_none() {
+            return;
+        }
+        let through = self.delivered_through;
+        for (g, group) in self.groups.iter().enumerate() {
+            for (i, slot) in group.slots.iter().enumerate() {
+                let flat = self.slot_base[g] + i;
+                if self.sent_through[flat] >= through || self.watermark_in_flight[flat] {
+                    continue;
+                }
+                self.sent_through[flat] = through;
+                self.watermark_in_flight[flat] = true;
+                let sent = slot.deliver.send(Deliver {
+                    records: Vec::new(),
+                    through: Some(through),
+                });
+                ctx.spawn(
+                    actix::fut::wrap_future(sent).map(move |_, act: &mut Self, _| {
+                        act.watermark_in_flight[flat] = false;
+                    }),
+                );
+            }
+        }
+    }
+
     fn finish_drain(&mut self, ctx: &mut Context<Self>) {
-        let drains: Vec<_> = self
+        // Every actor learns the final watermark first, then drains; the checkpoints and dead
+        // letters are written once all of them are done (so not a message earlier).
+        let through = self.delivered_through;
+        let mut finals = Vec::new();
+        if self.durable.is_some() {
+            for (g, group) in self.groups.iter().enumerate() {
+                for (i, slot) in group.slots.iter().enumerate() {
+                    if self.sent_through[self.slot_base[g] + i] < through {
+                        finals.push(slot.deliver.send(Deliver {
+                            records: Vec::new(),
+                            through: Some(through),
+                        }));
+                    }
+                }
+            }
+        }
+        let controls: Vec<_> = self
             .groups
             .iter()
-            .flat_map(|g| g.slots.iter().map(|s| s.control.send(Control::Drain)))
+            .flat_map(|g| g.slots.iter().map(|s| s.control.clone()))
             .collect();
-        let flush = self
-            .durable
-            .as_ref()
-            .map(|d| d.storage.send(FlushCheckpoints));
+        let storage = self.durable.as_ref().map(|d| d.storage.clone());
         let done = async move {
-            join_all(drains).await;
-            if let Some(flush) = flush {
-                match flush.await {
+            join_all(finals).await;
+            join_all(controls.iter().map(|c| c.send(Control::Drain))).await;
+            if let Some(storage) = storage {
+                match storage.send(FlushCheckpoints).await {
                     Ok(Err(e)) => log::error!("writing checkpoints at shutdown failed: {e}"),
                     Err(_) => log::error!("the storage actor stopped before shutdown"),
                     Ok(Ok(())) => {}
@@ -450,7 +530,8 @@ impl Actor for RouterActor {
         match &self.durable {
             Some(durable) => {
                 let storage = durable.storage.clone();
-                ctx.run_interval(CHECKPOINT_FLUSH, move |_, ctx| {
+                ctx.run_interval(CHECKPOINT_FLUSH, move |act, ctx| {
+                    act.watermarks(ctx);
                     let flush = storage.send(FlushCheckpoints);
                     ctx.spawn(actix::fut::wrap_future(flush).map(|_, _, _| ()));
                 });

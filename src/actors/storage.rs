@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use diesel::prelude::*;
 
-use crate::config::StartFrom;
-use crate::storage::log::{self as store_log, micros, Unit, UnitOutcome, Writer};
+use crate::storage::lock::BusLock;
+use crate::storage::log::{self as store_log, micros, LetterChange, Unit, UnitOutcome, Writer};
 use crate::storage::models::CheckpointRow;
-use crate::storage::models::NewDeadLetter;
-use crate::storage::pool::{self, classify, SqlitePool, WalCheckpointer};
+use crate::storage::pool::{self, SqlitePool, WalCheckpointer};
+use crate::storage::registry::{self, RegisterError, Resume, SubscriptionSpec};
 use crate::storage::SqliteOptions;
 use crate::storage::{Retention, StoreError};
 use actix::Arbiter;
@@ -34,16 +34,19 @@ impl Message for FlushCheckpoints {
     type Result = Result<(), StoreError>;
 }
 
-/// Positions handler actors have reached, written in batches with the next commit: a
+/// Positions handler actors have reached and dead-letter changes, written in batches: a
 /// handler never waits for its checkpoint, and each actor has one entry, so memory is flat.
+/// Both sit behind one lock and are taken together, so a checkpoint is never stored ahead of
+/// the dead letter of an event it passes.
 #[derive(Debug, Default)]
 pub(crate) struct CheckpointBoard {
-    dirty: Mutex<HashMap<ActorKey, Reached>>,
-    /// Subscriptions whose stored checkpoints were written for another concurrency.
-    relayout: Mutex<Vec<(String, i32)>>,
-    /// Dead letters not yet stored: written in the same transaction as the checkpoints, so a
-    /// checkpoint never passes an event whose dead letter is not kept.
-    letters: Mutex<Vec<NewDeadLetter>>,
+    state: Mutex<Board>,
+}
+
+#[derive(Debug, Default)]
+struct Board {
+    dirty: HashMap<ActorKey, Reached>,
+    letters: Vec<LetterChange>,
 }
 
 /// (subscription, partition): one handler actor.
@@ -52,6 +55,10 @@ type ActorKey = (Arc<str>, i32);
 type Reached = (i32, i64);
 
 impl CheckpointBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn advance(
         &self,
         handler: &Arc<str>,
@@ -59,57 +66,26 @@ impl CheckpointBoard {
         partitions: usize,
         position: u64,
     ) {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = dirty
+        let mut board = self.lock();
+        let entry = board
+            .dirty
             .entry((Arc::clone(handler), partition as i32))
             .or_insert((partitions as i32, 0));
         entry.1 = entry.1.max(position as i64);
     }
 
-    /// Marks `handler`'s stored checkpoints of another layout for deletion at the next write.
-    pub(crate) fn relayout(&self, handler: &str, partitions: usize) {
-        self.relayout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((handler.to_owned(), partitions as i32));
+    /// Queues a dead-letter change for the next write.
+    pub(crate) fn letter(&self, change: LetterChange) {
+        self.lock().letters.push(change);
     }
 
-    fn pending_relayout(&self) -> Vec<(String, i32)> {
-        self.relayout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn relayout_done(&self, handler: &str) {
-        self.relayout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(h, _)| h != handler);
-    }
-
-    /// Queues a dead letter for the next write.
-    pub(crate) fn add_letter(&self, letter: NewDeadLetter) {
-        self.letters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(letter);
-    }
-
-    fn take_letters(&self) -> Vec<NewDeadLetter> {
-        std::mem::take(&mut *self.letters.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn restore_letters(&self, mut letters: Vec<NewDeadLetter>) {
-        let mut queued = self.letters.lock().unwrap_or_else(|p| p.into_inner());
-        letters.append(&mut queued);
-        *queued = letters;
-    }
-
-    fn take(&self) -> Vec<CheckpointRow> {
+    /// Everything to write: the dead-letter changes and the checkpoints.
+    fn take(&self) -> (Vec<LetterChange>, Vec<CheckpointRow>) {
         let now = micros(std::time::SystemTime::now());
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        dirty
+        let mut board = self.lock();
+        let letters = std::mem::take(&mut board.letters);
+        let rows = board
+            .dirty
             .drain()
             .map(
                 |((handler, partition), (partitions, position))| CheckpointRow {
@@ -120,19 +96,27 @@ impl CheckpointBoard {
                     updated_at: now,
                 },
             )
-            .collect()
+            .collect();
+        (letters, rows)
     }
 
-    /// Puts rows back after a failed write, unless a newer position arrived meanwhile.
-    fn restore(&self, rows: Vec<CheckpointRow>) {
+    /// Only the dead-letter changes (a projection's transaction stores them with its own).
+    fn take_letters(&self) -> Vec<LetterChange> {
+        std::mem::take(&mut self.lock().letters)
+    }
+
+    /// Puts what a failed write took back, ahead of anything queued since, unless a newer
+    /// position arrived meanwhile.
+    fn restore(&self, mut letters: Vec<LetterChange>, rows: Vec<CheckpointRow>) {
+        let mut board = self.lock();
+        letters.append(&mut board.letters);
+        board.letters = letters;
         for row in rows {
-            let handler: Arc<str> = Arc::from(row.handler.as_str());
-            self.advance(
-                &handler,
-                row.partition as usize,
-                row.partitions as usize,
-                row.position as u64,
-            );
+            let entry = board
+                .dirty
+                .entry((Arc::from(row.handler.as_str()), row.partition))
+                .or_insert((row.partitions, 0));
+            entry.1 = entry.1.max(row.position);
         }
     }
 }
@@ -142,27 +126,14 @@ pub(crate) struct StorageActor {
     board: Arc<CheckpointBoard>,
     /// (subscription, partitions) of this bus: retention keeps what any of them still needs.
     subscriptions: Vec<(String, usize)>,
+    /// Subscriptions whose checkpoints of an earlier concurrency are still stored: dropped
+    /// once the current layout has passed them.
+    relayouts: Vec<(String, i32)>,
     retention: Retention,
     /// Stopped and joined when the actor goes.
     _checkpointer: WalCheckpointer,
-}
-
-impl StorageActor {
-    pub(crate) fn new(
-        writer: Writer,
-        board: Arc<CheckpointBoard>,
-        pool: SqlitePool,
-        subscriptions: Vec<(String, usize)>,
-        retention: Retention,
-    ) -> Self {
-        Self {
-            writer,
-            board,
-            subscriptions,
-            retention,
-            _checkpointer: WalCheckpointer::start(pool),
-        }
-    }
+    /// This bus's claim on the store, released when the writer goes.
+    _lock: BusLock,
 }
 
 impl Actor for StorageActor {
@@ -188,9 +159,13 @@ impl StorageActor {
         let now = micros(std::time::SystemTime::now());
         let result = self.writer.transaction(|conn| {
             let rows = store_log::load_all_checkpoints(conn)?;
-            // A subscription of this bus without a checkpoint for each actor still needs everything.
+            // A subscription of this bus without a checkpoint for each actor still needs
+            // everything (registration writes them all at start: this is a safety net).
             let incomplete = subscriptions.iter().any(|(name, partitions)| {
-                rows.iter().filter(|r| r.handler == *name).count() < *partitions
+                rows.iter()
+                    .filter(|r| r.handler == *name && r.partitions as usize == *partitions)
+                    .count()
+                    < *partitions
             });
             let safe = if incomplete {
                 0
@@ -207,9 +182,8 @@ impl StorageActor {
     }
 }
 
-/// Delete dead letters: redriven and handled, or purged. Answers how many went.
+/// Purge the dead letters of a handler (all when `None`). Answers how many went.
 pub(crate) struct DeleteDeadLetters {
-    pub(crate) ids: Option<Vec<i64>>,
     pub(crate) handler: Option<String>,
 }
 
@@ -222,16 +196,20 @@ impl Handler<DeleteDeadLetters> for StorageActor {
 
     fn handle(&mut self, msg: DeleteDeadLetters, _ctx: &mut Context<Self>) -> Self::Result {
         use crate::storage::schema::dead_letters;
-        self.writer.transaction(|conn| {
+        // Letters given up on before the purge are purged too, not written after it.
+        let letters = self.board.take_letters();
+        let result = self.writer.transaction(|conn| {
+            store_log::save_dead_letters(conn, &letters)?;
             let mut query = diesel::delete(dead_letters::table).into_boxed();
-            if let Some(ids) = &msg.ids {
-                query = query.filter(dead_letters::id.eq_any(ids.clone()));
-            }
             if let Some(h) = &msg.handler {
                 query = query.filter(dead_letters::handler.eq(h.clone()));
             }
             query.execute(conn)
-        })
+        });
+        if result.is_err() {
+            self.board.restore(letters, Vec::new());
+        }
+        result
     }
 }
 
@@ -251,7 +229,11 @@ impl Handler<Project> for StorageActor {
 
     fn handle(&mut self, Project(job): Project, _ctx: &mut Context<Self>) -> Self::Result {
         let mut failure = None;
+        // Dead letters given up on so far go in this transaction too: the projection's
+        // checkpoint may pass an event whose letter is still queued.
+        let letters = self.board.take_letters();
         let result = self.writer.transaction(|conn| {
+            store_log::save_dead_letters(conn, &letters)?;
             // User code on the writer's thread: a panic must not take the writer down.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
                 .unwrap_or_else(|p| {
@@ -268,6 +250,9 @@ impl Handler<Project> for StorageActor {
                 }
             }
         });
+        if result.is_err() {
+            self.board.restore(letters, Vec::new());
+        }
         match (result, failure) {
             (_, Some(e)) => Err(e),
             (Err(e), None) => Err(e.to_string()),
@@ -294,26 +279,30 @@ impl Handler<FlushCheckpoints> for StorageActor {
     type Result = Result<(), StoreError>;
 
     fn handle(&mut self, _: FlushCheckpoints, _ctx: &mut Context<Self>) -> Self::Result {
-        let letters = self.board.take_letters();
-        let checkpoints = self.board.take();
+        let (letters, checkpoints) = self.board.take();
         let result = self.writer.save_checkpoints(&checkpoints, &letters);
         if result.is_err() {
-            self.board.restore(checkpoints);
-            self.board.restore_letters(letters);
+            self.board.restore(letters, checkpoints);
             return result;
         }
         // The same timer keeps the un-indexed tail a moment's worth of events.
         if let Err(e) = self.writer.index_tail() {
             log::warn!("indexing the newest events by stream failed (retried later): {e}");
         }
-        for (handler, partitions) in self.board.pending_relayout() {
+        let relayouts = std::mem::take(&mut self.relayouts);
+        for (handler, partitions) in relayouts {
             match self
                 .writer
-                .transaction(|conn| store_log::drop_stale_checkpoints(conn, &handler, partitions))
+                .transaction(|conn| store_log::drop_covered_layouts(conn, &handler, partitions))
             {
-                Ok(true) => self.board.relayout_done(&handler),
-                Ok(false) => {}
-                Err(e) => log::warn!("could not drop checkpoints of an old concurrency: {e}"),
+                Ok(false) => log::info!(
+                    "`{handler}`: checkpoints of its earlier concurrency are passed and dropped"
+                ),
+                Ok(true) => self.relayouts.push((handler, partitions)),
+                Err(e) => {
+                    log::warn!("could not drop checkpoints of an earlier concurrency: {e}");
+                    self.relayouts.push((handler, partitions));
+                }
             }
         }
         Ok(())
@@ -327,42 +316,74 @@ pub(crate) struct OpenStore {
     pub(crate) thread: Arbiter,
     pub(crate) board: Arc<CheckpointBoard>,
     pub(crate) head: i64,
-    checkpoints: Vec<CheckpointRow>,
+    /// Where the actors of each subscription resume, in the order given to [`start`](Self::start).
+    pub(crate) resumes: Vec<Resume>,
 }
 
 impl OpenStore {
-    /// Opens the store and starts its writer; `subscriptions` (name, concurrency) are the
-    /// bus's, which retention must not outrun.
+    /// Claims the store for this bus (one bus per store), opens it, registers `subscriptions`
+    /// (rebuilding the projections an operator asked to) and starts the writer.
     ///
     /// # Errors
-    /// Whatever opening the file met (see [`StoreError`]).
+    /// [`StoreError::InUse`] when another bus runs on it; whatever opening the file met (see
+    /// [`StoreError`]); a failed rebuild as [`StoreError::Database`].
     pub(crate) fn start(
         options: &SqliteOptions,
-        subscriptions: Vec<(String, usize)>,
+        mut subscriptions: Vec<SubscriptionSpec>,
     ) -> Result<Self, StoreError> {
         let path = options.path.as_path();
+        // A path that is refused gets no lock file beside it; a second bus must not even
+        // migrate the file, so the lock comes before the pool.
+        pool::inspect(options)?;
+        let lock = BusLock::acquire(path)?;
         let pool = pool::open(options)?;
-        let mut conn = pool
-            .get()
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-        let head = store_log::head(&mut conn).map_err(|e| classify(path, e))?;
-        let checkpoints =
-            store_log::load_all_checkpoints(&mut conn).map_err(|e| classify(path, e))?;
-        drop(conn);
         let writer_conn = pool
             .get()
             .map_err(|e| StoreError::Connection(e.to_string()))?;
+        let mut writer = Writer::new(writer_conn, path.to_path_buf());
+        let now = micros(std::time::SystemTime::now());
+        let mut rebuild_error = None;
+        let registered = writer.transaction(|conn| {
+            let head = store_log::head(conn)?;
+            match registry::register(conn, &mut subscriptions, head, now) {
+                Ok(resumes) => Ok((head, resumes)),
+                Err(RegisterError::Db(e)) => Err(e),
+                Err(RegisterError::Rebuild(message)) => {
+                    rebuild_error = Some(message);
+                    Err(diesel::result::Error::RollbackTransaction)
+                }
+            }
+        });
+        let (head, resumes) = match (registered, rebuild_error) {
+            (_, Some(message)) => return Err(StoreError::Database(message)),
+            (result, None) => result?,
+        };
+        let relayouts = subscriptions
+            .iter()
+            .zip(&resumes)
+            .filter(|(_, r)| !r.older.is_empty())
+            .map(|(s, _)| (s.name.clone(), s.partitions as i32))
+            .collect();
         let board = Arc::new(CheckpointBoard::default());
-        let writer = Writer::new(writer_conn, path.to_path_buf());
         let actor_board = Arc::clone(&board);
         let actor_pool = pool.clone();
         let retention = options.retention;
+        let names = subscriptions
+            .iter()
+            .map(|s| (s.name.clone(), s.partitions))
+            .collect();
         // A thread of its own for the single writer: its diesel calls block only it. A plain
         // arbiter rather than a SyncArbiter, because shutdown must be able to join the thread
         // while the actix system still runs.
         let thread = Arbiter::new();
-        let storage = StorageActor::start_in_arbiter(&thread.handle(), move |_| {
-            StorageActor::new(writer, actor_board, actor_pool, subscriptions, retention)
+        let storage = StorageActor::start_in_arbiter(&thread.handle(), move |_| StorageActor {
+            writer,
+            board: actor_board,
+            subscriptions: names,
+            relayouts,
+            retention,
+            _checkpointer: WalCheckpointer::start(actor_pool),
+            _lock: lock,
         });
         Ok(OpenStore {
             pool,
@@ -370,42 +391,7 @@ impl OpenStore {
             thread,
             board,
             head,
-            checkpoints,
+            resumes,
         })
-    }
-
-    /// Where each of the `partitions` actors of `handler` resumes. A checkpoint written with
-    /// another concurrency maps streams to other actors: then every actor resumes from the
-    /// lowest position (events may be handled again, none is skipped).
-    pub(crate) fn starts(
-        &self,
-        handler: &str,
-        partitions: usize,
-        start_from: StartFrom,
-    ) -> Vec<u64> {
-        let rows: Vec<_> = self
-            .checkpoints
-            .iter()
-            .filter(|c| c.handler == handler)
-            .collect();
-        if rows.is_empty() {
-            let start = match start_from {
-                StartFrom::Beginning => 0,
-                StartFrom::Now => self.head.max(0) as u64,
-            };
-            return vec![start; partitions];
-        }
-        let same_layout =
-            rows.iter().all(|c| c.partitions as usize == partitions) && rows.len() == partitions;
-        if same_layout {
-            let mut starts = vec![0; partitions];
-            for c in rows {
-                starts[c.partition as usize] = c.position.max(0) as u64;
-            }
-            return starts;
-        }
-        let lowest = rows.iter().map(|c| c.position).min().unwrap_or(0).max(0) as u64;
-        self.board.relayout(handler, partitions);
-        vec![lowest; partitions]
     }
 }

@@ -140,7 +140,7 @@ pub(crate) fn demo_event(seed: u64, index: u64) -> OrderEvent {
             cents,
         },
         1 => OrderEvent::Paid { order, cents },
-        _ if (r >> 32) % 10 == 0 => OrderEvent::Cancelled {
+        _ if (r >> 32).is_multiple_of(10) => OrderEvent::Cancelled {
             order,
             reason: "customer changed their mind".into(),
         },
@@ -399,7 +399,7 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
                         let key = e.position().unwrap_or(0);
                         // One event in 2000 is addressed to a mailbox that does not exist: it fails
                         // every attempt and ends as a dead letter.
-                        if mix(seed ^ 0xDEAD, key) % 2000 == 0 {
+                        if mix(seed ^ 0xDEAD, key).is_multiple_of(2000) {
                             return Err(format!(
                                 "mail to order {} bounced: no such mailbox",
                                 e.order()

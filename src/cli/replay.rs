@@ -44,20 +44,29 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         "`{}` has dead letters but no checkpoint yet: it has nothing to replay",
         args.handler
     );
-    let moved = store.reset_checkpoint(&args.handler, args.from)?;
-    for c in &before {
-        say!(
-            "{} partition {}/{}: checkpoint {} -> {}",
-            args.handler,
-            c.partition,
-            c.partitions,
-            c.position,
-            args.from
-        );
+    match store.replay(&args.handler, args.from)? {
+        actorbus::Replay::Rebuild => say!(
+            "{} is a projection: at its next start it resets its read model and applies the \
+             whole log again (head {head})",
+            args.handler
+        ),
+        actorbus::Replay::Moved(moved) => {
+            for c in &before {
+                say!(
+                    "{} partition {}/{}: checkpoint {} -> {}",
+                    args.handler,
+                    c.partition,
+                    c.partitions,
+                    c.position,
+                    args.from
+                );
+            }
+            say!(
+                "moved {moved} checkpoint(s): at its next start {} processes the events after position {} (head {head}) again",
+                args.handler, args.from
+            );
+        }
+        _ => {}
     }
-    say!(
-        "moved {moved} checkpoint(s): at its next start {} processes the events after position {} (head {head}) again",
-        args.handler, args.from
-    );
     Ok(())
 }

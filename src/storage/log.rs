@@ -105,7 +105,7 @@ impl Writer {
         &mut self,
         units: &[Unit],
         checkpoints: &[CheckpointRow],
-        letters: &[NewDeadLetter],
+        letters: &[LetterChange],
     ) -> Result<Vec<UnitOutcome>, StoreError> {
         let mut versions = std::mem::take(&mut self.versions);
         let cached_head = self.head;
@@ -290,14 +290,14 @@ impl Writer {
         in_transaction(&mut self.conn, &self.path, f)
     }
 
-    /// Upserts checkpoints alone (no events to append).
+    /// Stores dead-letter changes and checkpoints in one transaction (no events to append).
     ///
     /// # Errors
     /// A database error.
     pub(crate) fn save_checkpoints(
         &mut self,
         rows: &[CheckpointRow],
-        letters: &[NewDeadLetter],
+        letters: &[LetterChange],
     ) -> Result<(), StoreError> {
         if rows.is_empty() && letters.is_empty() {
             return Ok(());
@@ -333,20 +333,53 @@ fn in_transaction<T>(
     })
 }
 
-fn save_dead_letters(conn: &mut SqliteConnection, letters: &[NewDeadLetter]) -> QueryResult<()> {
-    if !letters.is_empty() {
-        diesel::insert_into(dead_letters::table)
-            .values(letters)
-            .execute(conn)?;
+/// What happened to dead letters since the last write, in the order it happened.
+#[derive(Debug, Clone)]
+pub(crate) enum LetterChange {
+    /// A handler gave up on an event: one letter per (handler, event); a letter that fails
+    /// again after a redrive is updated (attempts, error, time), not repeated.
+    Keep(NewDeadLetter),
+    /// A redriven letter was handled: it goes.
+    Resolved(i64),
+}
+
+pub(crate) fn save_dead_letters(
+    conn: &mut SqliteConnection,
+    changes: &[LetterChange],
+) -> QueryResult<()> {
+    use diesel::upsert::excluded;
+    for change in changes {
+        match change {
+            LetterChange::Keep(letter) => {
+                diesel::insert_into(dead_letters::table)
+                    .values(letter)
+                    .on_conflict((dead_letters::handler, dead_letters::position))
+                    .do_update()
+                    .set((
+                        dead_letters::attempts.eq(excluded(dead_letters::attempts)),
+                        dead_letters::last_error.eq(excluded(dead_letters::last_error)),
+                        dead_letters::failed_at.eq(excluded(dead_letters::failed_at)),
+                        dead_letters::redrive_requested.eq(0),
+                    ))
+                    .execute(conn)?;
+            }
+            LetterChange::Resolved(id) => {
+                diesel::delete(dead_letters::table.find(id)).execute(conn)?;
+            }
+        }
     }
     Ok(())
 }
 
+/// The last position ever assigned: the newest event's, or the newest retention deleted if
+/// that is later (it deleted everything after it too). Positions are never given out twice,
+/// whatever was deleted: a checkpoint past a reused position would skip the new event.
 fn current_head(conn: &mut SqliteConnection) -> QueryResult<i64> {
-    events::table
+    let newest = events::table
         .select(diesel::dsl::max(events::position))
-        .first::<Option<i64>>(conn)
-        .map(|h| h.unwrap_or(0))
+        .first::<Option<i64>>(conn)?
+        .unwrap_or(0);
+    Ok(newest.max(pruned_through(conn)?))
 }
 
 /// The stream's version: cached, or else in the index (a stream not cached has no event in
@@ -456,29 +489,30 @@ pub(crate) fn save_checkpoints(
     Ok(())
 }
 
-/// Drops the checkpoints of `handler` written for another number of partitions, once every
-/// actor of the new layout has a checkpoint of its own (until then the old rows are what
-/// keeps a restart from skipping events). Returns whether the old rows are gone.
-pub(crate) fn drop_stale_checkpoints(
+/// Deletes the checkpoints of `handler` written with another concurrency that no longer
+/// matter: an old row at or below the lowest checkpoint of the current layout (all of its
+/// `partitions` rows present) cannot make any actor skip an event. Returns whether rows of
+/// another layout remain.
+pub(crate) fn drop_covered_layouts(
     conn: &mut SqliteConnection,
     handler: &str,
     partitions: i32,
 ) -> QueryResult<bool> {
-    let covered: i64 = checkpoints::table
+    use diesel::sql_types::{Integer, Text};
+    diesel::sql_query(
+        "DELETE FROM checkpoints WHERE handler = ?1 AND partitions != ?2 AND position <= \
+         (SELECT CASE WHEN count(*) = ?2 THEN min(position) END FROM checkpoints \
+          WHERE handler = ?1 AND partitions = ?2)",
+    )
+    .bind::<Text, _>(handler)
+    .bind::<Integer, _>(partitions)
+    .execute(conn)?;
+    let left: i64 = checkpoints::table
         .filter(checkpoints::handler.eq(handler))
-        .filter(checkpoints::partitions.eq(partitions))
+        .filter(checkpoints::partitions.ne(partitions))
         .count()
         .get_result(conn)?;
-    if covered < i64::from(partitions) {
-        return Ok(false);
-    }
-    diesel::delete(
-        checkpoints::table
-            .filter(checkpoints::handler.eq(handler))
-            .filter(checkpoints::partitions.ne(partitions)),
-    )
-    .execute(conn)?;
-    Ok(true)
+    Ok(left > 0)
 }
 
 /// Dead letters an operator asked to redrive, with their events, oldest first.

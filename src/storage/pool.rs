@@ -1,6 +1,5 @@
 //! Opening a store: refuse what is not ours, set the per-connection PRAGMAs, migrate.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use crate::storage::{Durability, SqliteOptions, StoreError};
 
 pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// The newest `store_meta.schema_version` this binary understands.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 /// SQLite's default page size, which the store keeps.
 const PAGE_SIZE: u64 = 4096;
 
@@ -53,18 +52,7 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
 /// [`StoreError::NewerSchema`] for a store of a newer binary, and connection errors.
 pub(crate) fn open(options: &SqliteOptions) -> Result<SqlitePool, StoreError> {
     let path = options.path.as_path();
-    refuse_foreign_file(path)?;
-    if path.exists() {
-        inspect_before_use(path, options.busy_timeout)?;
-    } else if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
-    {
-        return Err(StoreError::Io {
-            path: path.to_path_buf(),
-            message: format!("directory {} does not exist", dir.display()),
-        });
-    }
+    inspect(options)?;
     let pragmas = Pragmas {
         durability: options.durability,
         busy_timeout: options.busy_timeout,
@@ -89,42 +77,54 @@ pub(crate) fn open(options: &SqliteOptions) -> Result<SqlitePool, StoreError> {
     Ok(pool)
 }
 
-/// An existing, non-empty file must start with SQLite's magic header; checked before SQLite
-/// touches it, so that a wrong path never gets a WAL file or a schema written into it.
+/// Refuses what must not become a store (see [`open`]), writing nothing.
+///
+/// # Errors
+/// As [`open`].
+pub(crate) fn inspect(options: &SqliteOptions) -> Result<(), StoreError> {
+    let path = options.path.as_path();
+    refuse_foreign_file(path)?;
+    if path.exists() {
+        inspect_before_use(path, options.busy_timeout)?;
+    } else if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        return Err(StoreError::Io {
+            path: path.to_path_buf(),
+            message: format!("directory {} does not exist", dir.display()),
+        });
+    }
+    Ok(())
+}
+
+/// A directory is never a store. Everything else about an existing file is SQLite's to judge:
+/// the library never opens a store's files itself, because closing such a handle would drop
+/// every POSIX lock SQLite holds on the file in this process (SQLite's "How To Corrupt"
+/// page, section 2.2), and another process could then delete a running bus's WAL.
 fn refuse_foreign_file(path: &Path) -> Result<(), StoreError> {
-    let io = |e: std::io::Error| StoreError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io(e)),
-    };
-    if file.metadata().map_err(io)?.is_dir() {
+    if path.is_dir() {
         return Err(StoreError::NotADatabase {
             path: path.to_path_buf(),
         });
     }
-    let mut header = [0u8; 16];
-    let n = file.read(&mut header).map_err(io)?;
-    // An empty file is what SQLite itself creates for a new database.
-    if n == 0 || (n == header.len() && &header == b"SQLite format 3\0") {
-        return Ok(());
-    }
-    Err(StoreError::NotADatabase {
-        path: path.to_path_buf(),
-    })
+    Ok(())
 }
 
 /// Looks at an existing file through a plain connection, which writes nothing, before the
 /// pool's connections switch it to WAL: pages that are not a database fail here at once, and
-/// another application's database, or a store of a newer binary, is refused untouched.
+/// another application's database (any schema object, `user_version` or `application_id`
+/// of its own), or a store of a newer binary, is refused untouched.
 fn inspect_before_use(path: &Path, busy_timeout: Duration) -> Result<(), StoreError> {
     #[derive(QueryableByName)]
-    struct Table {
+    struct Object {
         #[diesel(sql_type = diesel::sql_types::Text)]
         name: String,
+    }
+    #[derive(QueryableByName)]
+    struct Number {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
     }
     let mut conn = SqliteConnection::establish(&path.to_string_lossy())
         .map_err(|e| classify_pool_error(path, e.to_string()))?;
@@ -133,17 +133,32 @@ fn inspect_before_use(path: &Path, busy_timeout: Duration) -> Result<(), StoreEr
         busy_timeout.as_millis()
     ))
     .map_err(|e| classify(path, e))?;
-    let tables: Vec<Table> =
-        diesel::sql_query("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .load(&mut conn)
-            .map_err(|e| classify(path, e))?;
-    let ours = tables.iter().any(|t| t.name == "store_meta");
-    let own_bookkeeping =
-        |t: &Table| t.name.starts_with("sqlite_") || t.name == "__diesel_schema_migrations";
-    if !ours && !tables.iter().all(own_bookkeeping) {
-        return Err(StoreError::ForeignDatabase {
-            path: path.to_path_buf(),
-        });
+    let objects: Vec<Object> = diesel::sql_query("SELECT name FROM sqlite_master")
+        .load(&mut conn)
+        .map_err(|e| classify(path, e))?;
+    let ours = objects.iter().any(|t| t.name == "store_meta");
+    if !ours {
+        let number = |conn: &mut SqliteConnection, sql: &str| {
+            diesel::sql_query(sql)
+                .get_result::<Number>(conn)
+                .map(|r| r.n)
+                .map_err(|e| classify(path, e))
+        };
+        let own_bookkeeping =
+            |t: &Object| t.name.starts_with("sqlite_") || t.name == "__diesel_schema_migrations";
+        let marked = number(
+            &mut conn,
+            "SELECT user_version AS n FROM pragma_user_version",
+        )? != 0
+            || number(
+                &mut conn,
+                "SELECT application_id AS n FROM pragma_application_id",
+            )? != 0;
+        if marked || !objects.iter().all(own_bookkeeping) {
+            return Err(StoreError::ForeignDatabase {
+                path: path.to_path_buf(),
+            });
+        }
     }
     check_schema_version(&mut conn, path)
 }

@@ -44,6 +44,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    subscriptions (name) {
+        name -> Text,
+        kind -> Text,
+        event_types -> Text,
+        partitions -> Integer,
+        resettable -> Integer,
+        rebuild_requested -> Integer,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
     stream_events (stream_id, stream_version) {
         stream_id -> Text,
         stream_version -> BigInt,
@@ -57,4 +69,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     store_meta,
     stream_events,
+    subscriptions,
 );
