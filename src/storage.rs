@@ -78,13 +78,36 @@ impl SqliteOptions {
 /// Which processed events a SQLite store deletes. Off by default. An event is deleted only
 /// when every subscription recorded in the store has checkpointed past it and no dead letter
 /// refers to it, and it is older than `max_age` or not among the newest `keep_last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Positions are never reused: the head stays where it was, whatever was deleted.
+///
+/// ```
+/// use actorbus::Retention;
+/// use std::time::Duration;
+///
+/// let r = Retention::max_age(Duration::from_secs(7 * 24 * 3600)).every(Duration::from_secs(60));
+/// assert!(r.is_enabled());
+/// assert_eq!(r.interval, Duration::from_secs(60));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Retention {
     /// Delete processed events older than this.
     pub max_age: Option<std::time::Duration>,
     /// Keep at least this many newest events; delete processed events before them.
     pub keep_last: Option<u64>,
+    /// How often the writer looks for events to delete (default 5 s; each pass deletes at
+    /// most 10,000, in one short transaction).
+    pub interval: std::time::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: None,
+            keep_last: None,
+            interval: std::time::Duration::from_secs(5),
+        }
+    }
 }
 
 impl Retention {
@@ -96,15 +119,20 @@ impl Retention {
     pub fn max_age(age: std::time::Duration) -> Self {
         Self {
             max_age: Some(age),
-            keep_last: None,
+            ..Self::default()
         }
     }
     /// Delete processed events beyond the newest `n`.
     pub fn keep_last(n: u64) -> Self {
         Self {
-            max_age: None,
             keep_last: Some(n),
+            ..Self::default()
         }
+    }
+    /// Looks for events to delete every `interval` (at least 10 ms).
+    pub fn every(mut self, interval: std::time::Duration) -> Self {
+        self.interval = interval.max(std::time::Duration::from_millis(10));
+        self
     }
     /// Whether anything is ever deleted.
     pub fn is_enabled(&self) -> bool {

@@ -11,6 +11,20 @@ CREATE TABLE subscriptions (
     updated_at        BIGINT  NOT NULL
 );
 
+-- Checkpoints are kept per layout: when a subscription's concurrency changes, the rows of
+-- the earlier concurrency stay beside the new ones until the new ones have passed them.
+CREATE TABLE checkpoints_new (
+    handler    TEXT    NOT NULL,
+    partition  INTEGER NOT NULL,
+    partitions INTEGER NOT NULL,                  -- the concurrency the partition index refers to
+    position   BIGINT  NOT NULL,
+    updated_at BIGINT  NOT NULL,
+    PRIMARY KEY (handler, partitions, partition)
+);
+INSERT INTO checkpoints_new SELECT handler, partition, partitions, position, updated_at FROM checkpoints;
+DROP TABLE checkpoints;
+ALTER TABLE checkpoints_new RENAME TO checkpoints;
+
 -- One dead letter per (handler, event): a letter that fails again is updated, not repeated.
 DELETE FROM dead_letters WHERE id NOT IN (
     SELECT min(id) FROM dead_letters GROUP BY handler, position);

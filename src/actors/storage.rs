@@ -141,13 +141,11 @@ impl Actor for StorageActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.retention.is_enabled() {
-            ctx.run_interval(RETENTION_EVERY, |act, _| act.prune());
+            ctx.run_interval(self.retention.interval, |act, _| act.prune());
         }
     }
 }
 
-/// How often retention looks for processed events to delete.
-const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most events one retention pass deletes (one short transaction).
 const RETENTION_BATCH: i64 = 10_000;
 

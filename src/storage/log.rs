@@ -475,10 +475,13 @@ pub(crate) fn save_checkpoints(
     for row in rows {
         diesel::insert_into(checkpoints::table)
             .values(row)
-            .on_conflict((checkpoints::handler, checkpoints::partition))
+            .on_conflict((
+                checkpoints::handler,
+                checkpoints::partitions,
+                checkpoints::partition,
+            ))
             .do_update()
             .set((
-                checkpoints::partitions.eq(excluded(checkpoints::partitions)),
                 checkpoints::position.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
                     "max(checkpoints.position, excluded.position)",
                 )),

@@ -1,7 +1,7 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
-    checkpoints (handler, partition) {
+    checkpoints (handler, partitions, partition) {
         handler -> Text,
         partition -> Integer,
         partitions -> Integer,
