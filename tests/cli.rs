@@ -182,12 +182,20 @@ struct Run {
     stderr: String,
 }
 
+/// The binary with `args` and no `RUST_LOG`, so that logging is the command's default.
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_actorbus"));
+    command.args(args).env_remove("RUST_LOG");
+    command
+}
+
 fn actorbus(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_actorbus"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the binary runs");
+    output(&mut command(args))
+}
+
+/// Runs `command` to its end.
+fn output(command: &mut Command) -> Run {
+    let out = command.output().expect("the binary runs");
     Run {
         code: out.status.code(),
         stdout: String::from_utf8(out.stdout).unwrap(),
@@ -223,8 +231,9 @@ fn fails(args: &[&str]) -> String {
     run.stderr.trim_end().to_owned()
 }
 
-/// Runs the binary, expects a usage error (exit code 2).
-fn usage_error(args: &[&str]) {
+/// Runs the binary, expects a usage error (exit code 2) as one `error: ...` line on stderr;
+/// returns that line.
+fn usage_error(args: &[&str]) -> String {
     let run = actorbus(args);
     assert_eq!(run.code, Some(2), "{args:?} was not a usage error: {run:?}");
     assert!(
@@ -232,7 +241,9 @@ fn usage_error(args: &[&str]) {
         "{args:?}: {:?}",
         run.stderr
     );
+    assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {:?}", run.stderr);
     assert_eq!(run.stdout, "", "{args:?} printed on stdout");
+    run.stderr.trim_end().to_owned()
 }
 
 /// Every file in `dir` with its bytes.
@@ -447,23 +458,21 @@ fn events_tail_prints_the_newest_events_oldest_first() {
 #[test]
 fn events_tail_follow_prints_events_stored_after_it_started() {
     let (_dir, db) = fixture();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_actorbus"))
-        .args([
-            "events",
-            "tail",
-            "--db",
-            path(&db),
-            "--type",
-            "order.placed",
-            "--limit",
-            "1",
-            "--follow",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = command(&[
+        "events",
+        "tail",
+        "--db",
+        path(&db),
+        "--type",
+        "order.placed",
+        "--limit",
+        "1",
+        "--follow",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, lines) = mpsc::channel();
     let reader = std::thread::spawn(move || {
