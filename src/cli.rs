@@ -90,6 +90,18 @@ fn quiet_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
     }
 }
 
+/// A clap value parser for a finite number from `min` to `max`: NaN, the infinities and
+/// numbers out of range are usage errors.
+pub(crate) fn number_from(
+    min: f64,
+    max: f64,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| match text.parse::<f64>() {
+        Ok(n) if n.is_finite() && (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("not a number from {min} to {max}")),
+    }
+}
+
 /// Opens an existing store for an operator command; a missing or foreign file is an error
 /// and is left untouched.
 pub(crate) fn open_store(path: &Path) -> anyhow::Result<actorbus::Store> {

@@ -917,3 +917,43 @@ fn sqlite_bench_leaves_a_consistent_store_and_reports_both_baselines() {
     assert_eq!(stats["events"], 3000);
     assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
 }
+
+/// What `help` says about `option`: its line and the description below it.
+fn help_for(help: &str, option: &str) -> String {
+    let mut lines = help
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&format!("{option} ")));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {option} in:\n{help}"));
+    let description = lines
+        .take_while(|l| !l.trim_start().starts_with("--") && !l.trim_start().starts_with("-h"));
+    std::iter::once(first)
+        .chain(description)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn bench_work_us_must_be_a_finite_number_of_microseconds_up_to_a_second() {
+    for work in ["NaN", "inf", "-inf", "-1", "1e300", "1000001"] {
+        let msg = usage_error(&[
+            "bench",
+            "--events",
+            "10",
+            "--no-baseline",
+            &format!("--work-us={work}"),
+        ]);
+        assert!(msg.contains("--work-us"), "{work}: {msg}");
+    }
+    let help = help_for(&ok(&["bench", "--help"]), "--work-us");
+    assert!(help.contains("0 to 1000000"), "{help}");
+    ok(&[
+        "bench",
+        "--events",
+        "10",
+        "--no-baseline",
+        "--work-us",
+        "0.5",
+    ]);
+}

@@ -27,6 +27,9 @@ pub(crate) enum Sync {
     Full,
 }
 
+/// Most busy work per event, in microseconds: one second.
+const MAX_WORK_US: f64 = 1e6;
+
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// Which store the bus runs on.
@@ -44,8 +47,13 @@ pub(crate) struct BenchArgs {
     /// Distinct streams the events are spread over.
     #[arg(long, default_value_t = 1000)]
     streams: u64,
-    /// Busy work per event in each handler, in microseconds (a slow handler).
-    #[arg(long, default_value_t = 0.0)]
+    /// Busy work per event in each handler, in microseconds, 0 to 1000000 (a slow handler).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_parser = crate::cli::number_from(0.0, MAX_WORK_US),
+        allow_negative_numbers = true
+    )]
     work_us: f64,
     /// SQLite mode: the database file (a temporary one when not given).
     #[arg(long)]
