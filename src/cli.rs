@@ -90,6 +90,12 @@ fn quiet_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
     }
 }
 
+/// A clap value parser for a global position of the log: SQLite stores it as a signed 64-bit
+/// integer, so a larger number is a usage error rather than a negative position.
+pub(crate) fn position() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(..=i64::MAX as u64)
+}
+
 /// A clap value parser for a finite number from `min` to `max`: NaN, the infinities and
 /// numbers out of range are usage errors.
 pub(crate) fn number_from(

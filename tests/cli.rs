@@ -957,3 +957,42 @@ fn bench_work_us_must_be_a_finite_number_of_microseconds_up_to_a_second() {
         "0.5",
     ]);
 }
+
+#[test]
+fn positions_beyond_the_largest_sqlite_integer_are_usage_errors() {
+    let (dir, db) = fixture();
+    let db = path(&db);
+    let before = data_files(dir.path());
+    for position in ["9223372036854775808", "18446744073709551615"] {
+        usage_error(&["events", "list", "--db", db, "--after", position]);
+        usage_error(&[
+            "replay",
+            "--db",
+            db,
+            "--handler",
+            "recorder",
+            "--from",
+            position,
+        ]);
+    }
+    assert_eq!(data_files(dir.path()), before);
+    // The largest position there can be: nothing after it.
+    let none = ok(&[
+        "events",
+        "list",
+        "--db",
+        db,
+        "--after",
+        "9223372036854775807",
+    ]);
+    assert_eq!(none.trim(), "no events");
+    let all = ok(&[
+        "events",
+        "list",
+        "--db",
+        db,
+        "--limit",
+        "18446744073709551615",
+    ]);
+    assert_eq!(positions(&all), (1..=EVENTS).collect::<Vec<_>>());
+}
