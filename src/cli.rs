@@ -96,6 +96,23 @@ pub(crate) fn position() -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(..=i64::MAX as u64)
 }
 
+/// A clap value parser for a whole number from `min` to `max` (`u64::MAX`: no upper bound).
+pub(crate) fn whole_number<T: TryFrom<u64>>(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        text.parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| match max {
+                u64::MAX => format!("not a whole number of at least {min}"),
+                _ => format!("not a whole number from {min} to {max}"),
+            })
+    }
+}
+
 /// A clap value parser for a finite number from `min` to `max`: NaN, the infinities and
 /// numbers out of range are usage errors.
 pub(crate) fn number_from(

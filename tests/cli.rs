@@ -996,3 +996,39 @@ fn positions_beyond_the_largest_sqlite_integer_are_usage_errors() {
     ]);
     assert_eq!(positions(&all), (1..=EVENTS).collect::<Vec<_>>());
 }
+
+#[test]
+fn counts_and_rates_out_of_range_are_usage_errors_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let db = path(&db);
+    for (option, value) in [
+        ("--events", "0"),
+        ("--handlers", "0"),
+        ("--concurrency", "0"),
+        ("--streams", "0"),
+        ("--publishers", "0"),
+        ("--baseline-batch", "0"),
+    ] {
+        let msg = usage_error(&["bench", "--mode", "sqlite", "--db", db, option, value]);
+        assert!(msg.contains(option), "{msg}");
+    }
+    for option in ["--fail-rate", "--panic-rate"] {
+        for value in ["2", "-0.1", "NaN", "inf"] {
+            let msg = usage_error(&["demo", "--db", db, "--quiet", option, value]);
+            assert!(msg.contains(option), "{msg}");
+        }
+    }
+    assert!(files(dir.path()).is_empty());
+
+    let bench = ok(&["bench", "--help"]);
+    for option in ["--events", "--streams", "--baseline-batch"] {
+        let line = help_for(&bench, option);
+        assert!(line.contains("at least 1"), "{line}");
+    }
+    let demo = ok(&["demo", "--help"]);
+    for option in ["--fail-rate", "--panic-rate"] {
+        let line = help_for(&demo, option);
+        assert!(line.contains("0 to 1"), "{line}");
+    }
+}

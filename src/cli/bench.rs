@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::cli::whole_number;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
     /// In-memory bus.
@@ -35,17 +37,17 @@ pub(crate) struct BenchArgs {
     /// Which store the bus runs on.
     #[arg(long, value_enum, default_value = "memory")]
     mode: Mode,
-    /// Events to publish.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Events to publish, at least 1.
+    #[arg(long, default_value_t = 1_000_000, value_parser = whole_number::<u64>(1, u64::MAX))]
     events: u64,
-    /// Subscriptions (each a trivial handler counting events).
-    #[arg(long, default_value_t = 4)]
+    /// Subscriptions (each a trivial handler counting events), at least 1.
+    #[arg(long, default_value_t = 4, value_parser = whole_number::<usize>(1, u64::MAX))]
     handlers: usize,
-    /// Handler actors per subscription.
-    #[arg(long, default_value_t = 1)]
+    /// Handler actors per subscription, at least 1.
+    #[arg(long, default_value_t = 1, value_parser = whole_number::<usize>(1, u64::MAX))]
     concurrency: usize,
-    /// Distinct streams the events are spread over.
-    #[arg(long, default_value_t = 1000)]
+    /// Distinct streams the events are spread over, at least 1.
+    #[arg(long, default_value_t = 1000, value_parser = whole_number::<u64>(1, u64::MAX))]
     streams: u64,
     /// Busy work per event in each handler, in microseconds, 0 to 1000000 (a slow handler).
     #[arg(
@@ -61,11 +63,11 @@ pub(crate) struct BenchArgs {
     /// SQLite mode: durability of each commit.
     #[arg(long, value_enum, default_value = "normal")]
     sync: Sync,
-    /// SQLite mode: concurrent publishers, each awaiting its acknowledgement.
-    #[arg(long, default_value_t = 64)]
+    /// SQLite mode: concurrent publishers, each awaiting its acknowledgement, at least 1.
+    #[arg(long, default_value_t = 64, value_parser = whole_number::<usize>(1, u64::MAX))]
     publishers: usize,
-    /// SQLite mode: rows per transaction of the raw-SQLite baseline.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// SQLite mode: rows per transaction of the raw-SQLite baseline, at least 1.
+    #[arg(long, default_value_t = 1000, value_parser = whole_number::<u64>(1, u64::MAX))]
     baseline_batch: u64,
     /// Skip the baseline run.
     #[arg(long)]
@@ -118,10 +120,6 @@ struct Measured {
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.events > 0, "--events must be at least 1");
-    anyhow::ensure!(args.handlers > 0, "--handlers must be at least 1");
-    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
-    anyhow::ensure!(args.streams > 0, "--streams must be at least 1");
     if args.mode == Mode::Sqlite {
         return run_sqlite(&args);
     }
@@ -246,7 +244,6 @@ async fn baseline_actix(events: u64, k: usize) -> anyhow::Result<f64> {
 /// SQLite mode: `publishers` tasks publish and await each acknowledgement; the run ends when
 /// every handler has handled every event and the checkpoints are written (shutdown).
 fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.publishers > 0, "--publishers must be at least 1");
     let tmp;
     let db = match &args.db {
         Some(db) => db.clone(),

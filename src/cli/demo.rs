@@ -33,11 +33,21 @@ pub(crate) struct DemoArgs {
     /// Seed of the generated orders, failures and panics.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Share of notifier attempts that fail transiently (retried with backoff).
-    #[arg(long, default_value_t = 0.02)]
+    /// Share of notifier attempts that fail transiently, 0 to 1 (retried with backoff).
+    #[arg(
+        long,
+        default_value_t = 0.02,
+        value_parser = crate::cli::number_from(0.0, 1.0),
+        allow_negative_numbers = true
+    )]
     fail_rate: f64,
-    /// Share of events on which the auditor panics on its first attempt (restarted).
-    #[arg(long, default_value_t = 0.0005)]
+    /// Share of events on which the auditor panics on its first attempt, 0 to 1 (restarted).
+    #[arg(
+        long,
+        default_value_t = 0.0005,
+        value_parser = crate::cli::number_from(0.0, 1.0),
+        allow_negative_numbers = true
+    )]
     panic_rate: f64,
     /// No progress bar (for logs and scripts).
     #[arg(long)]
@@ -308,10 +318,6 @@ fn violations(store: &Store) -> anyhow::Result<i64> {
 }
 
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.fail_rate) && (0.0..=1.0).contains(&args.panic_rate),
-        "--fail-rate and --panic-rate must be between 0 and 1"
-    );
     let store = Store::create(&args.db)
         .with_context(|| format!("cannot open the store {}", args.db.display()))?;
     store.with_connection(|conn| conn.batch_execute(READ_MODEL_DDL))?;
