@@ -1032,3 +1032,40 @@ fn counts_and_rates_out_of_range_are_usage_errors_and_create_nothing() {
         assert!(line.contains("0 to 1"), "{line}");
     }
 }
+
+#[test]
+fn bench_caps_the_actors_and_publishers_it_starts() {
+    for (option, most) in [
+        ("--concurrency", 4096),
+        ("--handlers", 1024),
+        ("--publishers", 4096),
+    ] {
+        for value in [most + 1, 100_000_000] {
+            let msg = usage_error(&[
+                "bench",
+                "--mode",
+                "sqlite",
+                "--events",
+                "10",
+                "--no-baseline",
+                option,
+                &value.to_string(),
+            ]);
+            assert!(msg.contains(option), "{msg}");
+        }
+        assert!(
+            help_for(&ok(&["bench", "--help"]), option).contains(&format!("1 to {most}")),
+            "{option}"
+        );
+    }
+    ok(&[
+        "bench",
+        "--events",
+        "10",
+        "--no-baseline",
+        "--handlers",
+        "1",
+        "--concurrency",
+        "4096",
+    ]);
+}

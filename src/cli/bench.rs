@@ -31,6 +31,13 @@ pub(crate) enum Sync {
 
 /// Most busy work per event, in microseconds: one second.
 const MAX_WORK_US: f64 = 1e6;
+/// Most subscriptions. This cap and the next two bound the actors and tasks the bench starts,
+/// each with its own buffers: a mistyped number would otherwise take all the memory there is.
+const MAX_HANDLERS: u64 = 1024;
+/// Most handler actors per subscription.
+const MAX_CONCURRENCY: u64 = 4096;
+/// Most publisher tasks (SQLite mode).
+const MAX_PUBLISHERS: u64 = 4096;
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
@@ -40,11 +47,11 @@ pub(crate) struct BenchArgs {
     /// Events to publish, at least 1.
     #[arg(long, default_value_t = 1_000_000, value_parser = whole_number::<u64>(1, u64::MAX))]
     events: u64,
-    /// Subscriptions (each a trivial handler counting events), at least 1.
-    #[arg(long, default_value_t = 4, value_parser = whole_number::<usize>(1, u64::MAX))]
+    /// Subscriptions (each a trivial handler counting events), 1 to 1024.
+    #[arg(long, default_value_t = 4, value_parser = whole_number::<usize>(1, MAX_HANDLERS))]
     handlers: usize,
-    /// Handler actors per subscription, at least 1.
-    #[arg(long, default_value_t = 1, value_parser = whole_number::<usize>(1, u64::MAX))]
+    /// Handler actors per subscription, 1 to 4096.
+    #[arg(long, default_value_t = 1, value_parser = whole_number::<usize>(1, MAX_CONCURRENCY))]
     concurrency: usize,
     /// Distinct streams the events are spread over, at least 1.
     #[arg(long, default_value_t = 1000, value_parser = whole_number::<u64>(1, u64::MAX))]
@@ -63,8 +70,8 @@ pub(crate) struct BenchArgs {
     /// SQLite mode: durability of each commit.
     #[arg(long, value_enum, default_value = "normal")]
     sync: Sync,
-    /// SQLite mode: concurrent publishers, each awaiting its acknowledgement, at least 1.
-    #[arg(long, default_value_t = 64, value_parser = whole_number::<usize>(1, u64::MAX))]
+    /// SQLite mode: concurrent publishers, each awaiting its acknowledgement, 1 to 4096.
+    #[arg(long, default_value_t = 64, value_parser = whole_number::<usize>(1, MAX_PUBLISHERS))]
     publishers: usize,
     /// SQLite mode: rows per transaction of the raw-SQLite baseline, at least 1.
     #[arg(long, default_value_t = 1000, value_parser = whole_number::<u64>(1, u64::MAX))]
