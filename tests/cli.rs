@@ -1069,3 +1069,45 @@ fn bench_caps_the_actors_and_publishers_it_starts() {
         "4096",
     ]);
 }
+
+#[test]
+fn bench_refuses_to_overwrite_a_baseline_file_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mine.db");
+    let baseline = dir.path().join("mine.baseline.db");
+    std::fs::write(&baseline, "somebody's data").unwrap();
+    let bench = |no_baseline: bool| {
+        let mut args = vec![
+            "bench",
+            "--mode",
+            "sqlite",
+            "--events",
+            "200",
+            "--db",
+            path(&db),
+        ];
+        if no_baseline {
+            args.push("--no-baseline");
+        }
+        args
+    };
+    let msg = fails(&bench(false));
+    assert!(msg.contains("mine.baseline.db"), "{msg}");
+    assert_eq!(
+        files(dir.path()).keys().collect::<Vec<_>>(),
+        ["mine.baseline.db"]
+    );
+    assert_eq!(std::fs::read(&baseline).unwrap(), b"somebody's data");
+    ok(&bench(true));
+    assert_eq!(std::fs::read(&baseline).unwrap(), b"somebody's data");
+
+    // Once the file is gone, the bench writes its baseline there and deletes it afterwards.
+    std::fs::remove_file(&baseline).unwrap();
+    ok(&bench(false));
+    assert!(!baseline.exists());
+    assert!(files(dir.path())
+        .keys()
+        .all(|name| name.starts_with("mine.db")));
+    let help = help_for(&ok(&["bench", "--help"]), "--db");
+    assert!(help.contains(".baseline.db"), "{help}");
+}

@@ -64,8 +64,11 @@ pub(crate) struct BenchArgs {
         allow_negative_numbers = true
     )]
     work_us: f64,
-    /// SQLite mode: the database file (a temporary one when not given).
-    #[arg(long)]
+    /// SQLite mode: the database file the bus writes (a temporary one when not given). The
+    /// baseline runs beside it in a file named with the extension `.baseline.db` (for
+    /// `bench.db`: `bench.baseline.db`, with its `-wal` and `-shm`) and delete it when done;
+    /// if that file exists, the bench refuses to start rather than overwrite it.
+    #[arg(long, value_name = "PATH")]
     db: Option<std::path::PathBuf>,
     /// SQLite mode: durability of each commit.
     #[arg(long, value_enum, default_value = "normal")]
@@ -259,6 +262,10 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             tmp.join("bench.db")
         }
     };
+    if !args.no_baseline {
+        // Before the run, so that a refusal costs no time.
+        refuse_existing(&baseline_path(&db))?;
+    }
     let durability = match args.sync {
         Sync::Normal => actorbus::Durability::Normal,
         Sync::Full => actorbus::Durability::Full,
@@ -382,27 +389,64 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file of the baseline runs: `db` with the extension `.baseline.db`.
+fn baseline_path(db: &std::path::Path) -> std::path::PathBuf {
+    db.with_extension("baseline.db")
+}
+
+/// The files of the SQLite database `path`: itself, its WAL and its shared-memory index.
+fn sqlite_files(path: &std::path::Path) -> [std::path::PathBuf; 3] {
+    ["", "-wal", "-shm"].map(|suffix| format!("{}{suffix}", path.display()).into())
+}
+
+/// Fails if any file of the database `path` exists: the bench deletes only files it created.
+fn refuse_existing(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(file) = sqlite_files(path)
+        .iter()
+        .find(|f| f.symlink_metadata().is_ok())
+    {
+        anyhow::bail!(
+            "{} exists and the baseline run would overwrite it: move it away or add --no-baseline",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
 /// Rows/s of raw SQLite (see [`actorbus::baseline`]) in a file beside `db`: transactions of
-/// `--baseline-batch` rows, the same `synchronous`, no actors.
+/// `--baseline-batch` rows, the same `synchronous`, no actors. The file must not exist; it is
+/// deleted afterwards, whatever the outcome.
 fn baseline_rusqlite(
     args: &BenchArgs,
     durability: actorbus::Durability,
     db: &std::path::Path,
     index: actorbus::baseline::StreamIndex,
 ) -> anyhow::Result<f64> {
-    let path = db.with_extension("baseline.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    let path = baseline_path(db);
+    refuse_existing(&path)?;
+    let rate = raw_inserts_rate(args, durability, &path, index);
+    for file in sqlite_files(&path) {
+        let _ = std::fs::remove_file(file);
     }
+    rate
+}
+
+/// One baseline run in the new file `path`.
+fn raw_inserts_rate(
+    args: &BenchArgs,
+    durability: actorbus::Durability,
+    path: &std::path::Path,
+    index: actorbus::baseline::StreamIndex,
+) -> anyhow::Result<f64> {
     if index == actorbus::baseline::StreamIndex::Bulk {
         // Let the bus create the schema, so that both runs write the same tables and indexes.
         System::new().block_on(async {
-            let bus = EventBus::builder().sqlite(&path).build()?;
+            let bus = EventBus::builder().sqlite(path).build()?;
             bus.shutdown(Duration::from_secs(10)).await
         })?;
     }
     let took = actorbus::baseline::raw_sqlite_inserts(
-        &path,
+        path,
         &actorbus::baseline::RawInserts {
             events: args.events,
             streams: args.streams,
@@ -412,11 +456,7 @@ fn baseline_rusqlite(
             index,
         },
     )?;
-    let rate = args.events as f64 / took.as_secs_f64();
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    Ok(rate)
+    Ok(args.events as f64 / took.as_secs_f64())
 }
 
 /// Publish -> acknowledgement latencies in nanoseconds, 1 µs .. 1 h.
