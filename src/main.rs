@@ -2,7 +2,9 @@
 
 mod cli;
 
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 
@@ -14,9 +16,21 @@ fn main() -> ExitCode {
     // RUST_LOG decides; by default warnings, but the demo's expected failures (dead letters,
     // restarts) are its summary's job, not the log's.
     let default = if args.is_demo() { "error" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    // Unless RUST_LOG asks for the log as it happens, the demo holds its records back: the
+    // error that makes it fail is logged where it happens and returned, and its one line
+    // says it; after a success, the records follow the summary.
+    let held = HeldLog::default();
+    if args.is_demo() && std::env::var_os("RUST_LOG").is_none() {
+        logger.target(env_logger::Target::Pipe(Box::new(held.clone())));
+    }
+    logger.init();
     match cli::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            held.print();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // One line, whatever the causes' messages contain.
             let text = format!("{e:#}");
@@ -70,4 +84,31 @@ fn one_line_usage_error(rendered: &str) -> String {
         _ => "--help".to_owned(),
     };
     format!("{} (try '{help}')", paragraphs.join("; "))
+}
+
+/// Log output kept in memory (its first [`HeldLog::MAX_BYTES`]) until the command ends.
+#[derive(Clone, Default)]
+struct HeldLog(Arc<Mutex<Vec<u8>>>);
+
+impl HeldLog {
+    const MAX_BYTES: usize = 64 * 1024;
+
+    /// Writes what was held to stderr.
+    fn print(&self) {
+        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = std::io::stderr().write_all(&held);
+    }
+}
+
+impl std::io::Write for HeldLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let room = Self::MAX_BYTES.saturating_sub(held.len());
+        held.extend_from_slice(&buf[..buf.len().min(room)]);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -1111,3 +1111,48 @@ fn bench_refuses_to_overwrite_a_baseline_file_it_did_not_write() {
     let help = help_for(&ok(&["bench", "--help"]), "--db");
     assert!(help.contains(".baseline.db"), "{help}");
 }
+
+/// The number of events in the store at `db`, 0 while it cannot be read.
+fn stored(db: &Path) -> u64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_failing_demo_prints_one_line_unless_rust_log_asks_for_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let db = path(&db);
+    ok(&["demo", "--db", db, "--events", "300", "--quiet"]);
+    // Another program makes every further append fail.
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER no_more BEFORE INSERT ON events
+             BEGIN SELECT RAISE(ABORT, 'no more events'); END;",
+        )
+        .unwrap();
+    let more = ["demo", "--db", db, "--events", "600", "--quiet"];
+    let run = actorbus(&more);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{:?}", run.stderr);
+    assert!(
+        run.stderr.starts_with("actorbus: ") && run.stderr.contains("no more events"),
+        "{:?}",
+        run.stderr
+    );
+
+    // Logs the user asks for are printed as they happen, before the error line.
+    let run = output(command(&more).env("RUST_LOG", "error"));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert!(lines.len() >= 2, "{:?}", run.stderr);
+    assert!(lines[0].contains("ERROR"), "{:?}", run.stderr);
+    assert!(lines.last().unwrap().starts_with("actorbus: "));
+    assert_eq!(stored(Path::new(db)), 300);
+}
