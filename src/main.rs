@@ -27,9 +27,9 @@ fn main() -> ExitCode {
     }
     logger.init();
     match cli::run(args) {
-        Ok(()) => {
+        Ok(code) => {
             held.print();
-            ExitCode::SUCCESS
+            code
         }
         Err(e) => {
             // One line, whatever the causes' messages contain.

@@ -1156,3 +1156,63 @@ fn a_failing_demo_prints_one_line_unless_rust_log_asks_for_more() {
     assert!(lines.last().unwrap().starts_with("actorbus: "));
     assert_eq!(stored(Path::new(db)), 300);
 }
+
+/// Starts the demo on `db` for more events than it can publish before `signal` reaches it,
+/// sends `signal` once the store holds some of them, and expects the demo to drain, print
+/// its summary and how to resume, and exit with `code`; then a second run resumes and
+/// completes, and the store checks out.
+fn interrupt_the_demo(signal: &str, code: i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let child = command(&["demo", "--db", path(&db), "--events", "10000000", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    actix::System::new().block_on(poll_until("the demo stores events", || stored(&db) > 0));
+    let kill = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(code), "{stdout}\n{stderr}");
+    assert_eq!(stderr, "");
+    let interrupted_at = stored(&db);
+    assert!(
+        stdout.contains(&format!(
+            "events in store       {interrupted_at} of 10000000"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("interrupted: run `actorbus demo --db"),
+        "{stdout}"
+    );
+    // What was stored was handled: the drain ran, so the read model is complete.
+    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+
+    let target = (interrupted_at + 500).to_string();
+    let resumed = ok(&["demo", "--db", path(&db), "--events", &target, "--quiet"]);
+    assert!(resumed.contains("resuming: "), "{resumed}");
+    assert!(
+        resumed.contains(&format!("events in store       {target} of {target}")),
+        "{resumed}"
+    );
+    assert!(!resumed.contains("interrupted"), "{resumed}");
+    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+}
+
+#[test]
+fn a_demo_stopped_by_sigterm_drains_reports_and_exits_143() {
+    interrupt_the_demo("-TERM", 143);
+}
+
+#[test]
+fn a_demo_stopped_by_sigint_drains_reports_and_exits_130() {
+    interrupt_the_demo("-INT", 130);
+}

@@ -5,6 +5,8 @@
 //! per-stream ordering violations. Running it again on the same store resumes.
 
 use std::path::PathBuf;
+use std::pin::pin;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use clap::Args;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
+use futures_util::future::{select, Either};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -317,7 +320,10 @@ fn violations(store: &Store) -> anyhow::Result<i64> {
         .n)
 }
 
-pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// Runs the demo. On SIGINT or SIGTERM it stores no more events, lets the handlers finish
+/// those it stored (a second signal stops the wait), prints its summary and returns the exit
+/// code of that signal.
+pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let store = Store::create(&args.db)
         .with_context(|| format!("cannot open the store {}", args.db.display()))?;
     store.with_connection(|conn| conn.batch_execute(READ_MODEL_DDL))?;
@@ -354,7 +360,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     print_summary(
         &args, &outcome, total, already, seconds, violations, letters,
     )?;
-    if outcome.interrupted {
+    if !outcome.finished {
         say!(
             "interrupted: run `actorbus demo --db {}` again to resume",
             args.db.display()
@@ -364,16 +370,85 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         violations == 0,
         "{violations} ordering violation(s) recorded"
     );
-    Ok(())
+    Ok(outcome
+        .stopped
+        .map_or(ExitCode::SUCCESS, StopSignal::exit_code))
 }
 
 struct Outcome {
     published: u64,
-    interrupted: bool,
+    /// The first SIGINT or SIGTERM the run received, if any.
+    stopped: Option<StopSignal>,
+    /// Every event published and handled: nothing left for another run.
+    finished: bool,
     stats: actorbus::Stats,
 }
 
+/// A signal that asks the demo to stop.
+#[derive(Debug, Clone, Copy)]
+enum StopSignal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl StopSignal {
+    /// The exit code of a process this signal ended, as a shell reports it: 128 + its number.
+    fn exit_code(self) -> ExitCode {
+        ExitCode::from(match self {
+            StopSignal::Interrupt => 130,
+            StopSignal::Terminate => 143,
+        })
+    }
+}
+
+/// SIGINT and SIGTERM, caught from the moment this is created to the end of the process.
+#[cfg(unix)]
+struct StopSignals {
+    interrupt: actix_rt::signal::unix::Signal,
+    terminate: actix_rt::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl StopSignals {
+    fn catch() -> anyhow::Result<Self> {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> StopSignal {
+        match select(pin!(self.interrupt.recv()), pin!(self.terminate.recv())).await {
+            Either::Left(_) => StopSignal::Interrupt,
+            Either::Right(_) => StopSignal::Terminate,
+        }
+    }
+}
+
+/// Ctrl-C, where there is no SIGTERM to catch.
+#[cfg(not(unix))]
+struct StopSignals;
+
+#[cfg(not(unix))]
+impl StopSignals {
+    fn catch() -> anyhow::Result<Self> {
+        Ok(Self)
+    }
+
+    /// The next Ctrl-C.
+    async fn next(&mut self) -> StopSignal {
+        let _ = actix_rt::signal::ctrl_c().await;
+        StopSignal::Interrupt
+    }
+}
+
 async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
+    // Before the bus starts, so that no signal finds the demo without its handler.
+    let mut signals = StopSignals::catch()?;
     let seed = args.seed;
     let fail_rate = args.fail_rate;
     let panic_rate = args.panic_rate;
@@ -485,19 +560,17 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
     };
 
     let mut next = already;
-    let mut interrupted = false;
-    let mut ctrl_c = Box::pin(actix_rt::signal::ctrl_c());
+    let mut stopped = None;
     while next < args.events {
         let end = (next + BATCH).min(args.events);
         let batch: Vec<OrderEvent> = (next..end).map(|i| demo_event(seed, i)).collect();
-        let publish = Box::pin(bus.publish_all(batch));
-        match futures_util::future::select(publish, &mut ctrl_c).await {
-            futures_util::future::Either::Left((result, _)) => {
+        match select(pin!(bus.publish_all(batch)), pin!(signals.next())).await {
+            Either::Left((result, _)) => {
                 result?;
             }
-            futures_util::future::Either::Right(_) => {
+            Either::Right((signal, _)) => {
                 // Whatever was committed stays; the next run counts it and goes on.
-                interrupted = true;
+                stopped = Some(signal);
                 break;
             }
         }
@@ -505,13 +578,23 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
         bar.set_position(next);
     }
     bar.set_message("| draining the handlers");
-    let drained = bus.shutdown(Duration::from_secs(600)).await;
+    let mut drain = pin!(bus.shutdown(Duration::from_secs(600)));
+    let drained = loop {
+        match select(drain.as_mut(), pin!(signals.next())).await {
+            Either::Left((result, _)) => break result.map(|()| true),
+            // The first signal: the handlers finish what is stored, as they were doing.
+            Either::Right((signal, _)) if stopped.is_none() => stopped = Some(signal),
+            // A second one: stop waiting for them, the next run has them finish.
+            Either::Right(_) => break Ok(false),
+        }
+    };
     ticker.abort();
     bar.finish_and_clear();
-    drained?;
+    let drained = drained?;
     Ok(Outcome {
         published: next - already,
-        interrupted,
+        stopped,
+        finished: drained && next == args.events,
         stats: bus.stats(),
     })
 }
