@@ -1185,7 +1185,7 @@ fn interrupt_the_demo(signal: &str, code: i32) {
     let interrupted_at = stored(&db);
     assert!(
         stdout.contains(&format!(
-            "events in store       {interrupted_at} of 10000000"
+            "events in store       {interrupted_at} of 10000000 ({interrupted_at} published now, 0 before)"
         )),
         "{stdout}"
     );
@@ -1200,7 +1200,9 @@ fn interrupt_the_demo(signal: &str, code: i32) {
     let resumed = ok(&["demo", "--db", path(&db), "--events", &target, "--quiet"]);
     assert!(resumed.contains("resuming: "), "{resumed}");
     assert!(
-        resumed.contains(&format!("events in store       {target} of {target}")),
+        resumed.contains(&format!(
+            "events in store       {target} of {target} (500 published now, {interrupted_at} before)"
+        )),
         "{resumed}"
     );
     assert!(!resumed.contains("interrupted"), "{resumed}");
