@@ -1218,3 +1218,21 @@ fn a_demo_stopped_by_sigterm_drains_reports_and_exits_143() {
 fn a_demo_stopped_by_sigint_drains_reports_and_exits_130() {
     interrupt_the_demo("-INT", 130);
 }
+
+#[test]
+fn sqlite_bench_without_db_deletes_its_temporary_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    for baseline in [true, false] {
+        let mut args = vec!["bench", "--mode", "sqlite", "--events", "200"];
+        if !baseline {
+            args.push("--no-baseline");
+        }
+        let run = output(command(&args).env("TMPDIR", tmp.path()));
+        assert_eq!(run.code, Some(0), "{run:?}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?} in the temp dir");
+    }
+}

@@ -64,10 +64,11 @@ pub(crate) struct BenchArgs {
         allow_negative_numbers = true
     )]
     work_us: f64,
-    /// SQLite mode: the database file the bus writes (a temporary one when not given). The
-    /// baseline runs beside it in a file named with the extension `.baseline.db` (for
-    /// `bench.db`: `bench.baseline.db`, with its `-wal` and `-shm`) and delete it when done;
-    /// if that file exists, the bench refuses to start rather than overwrite it.
+    /// SQLite mode: the database file the bus writes (when not given, a temporary one, deleted
+    /// at the end). The baseline runs beside it in a file named with the extension
+    /// `.baseline.db` (for `bench.db`: `bench.baseline.db`, with its `-wal` and `-shm`) and
+    /// delete it when done; if that file exists, the bench refuses to start rather than
+    /// overwrite it.
     #[arg(long, value_name = "PATH")]
     db: Option<std::path::PathBuf>,
     /// SQLite mode: durability of each commit.
@@ -254,12 +255,13 @@ async fn baseline_actix(events: u64, k: usize) -> anyhow::Result<f64> {
 /// SQLite mode: `publishers` tasks publish and await each acknowledgement; the run ends when
 /// every handler has handled every event and the checkpoints are written (shutdown).
 fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
+    // Lives to the end of the run: dropping it deletes the temporary database.
     let tmp;
     let db = match &args.db {
         Some(db) => db.clone(),
         None => {
-            tmp = tempfile_dir()?;
-            tmp.join("bench.db")
+            tmp = TempDir::create()?;
+            tmp.0.join("bench.db")
         }
     };
     if !args.no_baseline {
@@ -465,9 +467,30 @@ fn ack_histogram() -> hdrhistogram::Histogram<u64> {
         .expect("static bounds are valid")
 }
 
-/// A fresh directory under the system temp dir for a throwaway database.
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("actorbus-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+/// A directory the bench created under the system temp dir for a throwaway database; dropping
+/// it deletes the directory and everything in it.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn create() -> anyhow::Result<Self> {
+        let base = std::env::temp_dir();
+        let mut attempt = 0;
+        loop {
+            let dir = base.join(format!("actorbus-bench-{}-{attempt}", std::process::id()));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(Self(dir)),
+                // Left by an earlier process with this id: not ours to reuse or delete.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+            }
+        }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
