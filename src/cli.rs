@@ -20,6 +20,7 @@ mod replay;
 mod stats;
 
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -61,22 +62,25 @@ impl Cli {
     }
 }
 
-pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; the exit code of a command that did not fail is 0, except for a demo
+/// stopped by a signal (130 for SIGINT, 143 for SIGTERM).
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
-        Command::Check(args) => check::run(args),
-        Command::Events(cmd) => events::run(cmd),
-        Command::Dlq(cmd) => dlq::run(cmd),
-        Command::Replay(args) => replay::run(args),
-        Command::Stats(args) => stats::run(args),
-        Command::Migrate(args) => migrate::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Check(args) => done(check::run(args)),
+        Command::Events(cmd) => done(events::run(cmd)),
+        Command::Dlq(cmd) => done(dlq::run(cmd)),
+        Command::Replay(args) => done(replay::run(args)),
+        Command::Stats(args) => done(stats::run(args)),
+        Command::Migrate(args) => done(migrate::run(args)),
+        Command::Bench(args) => done(bench::run(args)),
     };
     quiet_broken_pipe(result)
 }
 
 /// A reader that closed the pipe (`| head`) has all it wanted: not an error.
-fn quiet_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
+fn quiet_broken_pipe(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
     match result {
         Err(e)
             if e.chain().any(|c| {
@@ -84,9 +88,44 @@ fn quiet_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             }) =>
         {
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         other => other,
+    }
+}
+
+/// A clap value parser for a global position of the log: SQLite stores it as a signed 64-bit
+/// integer, so a larger number is a usage error rather than a negative position.
+pub(crate) fn position() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(..=i64::MAX as u64)
+}
+
+/// A clap value parser for a whole number from `min` to `max` (`u64::MAX`: no upper bound).
+pub(crate) fn whole_number<T: TryFrom<u64>>(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        text.parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| match max {
+                u64::MAX => format!("not a whole number of at least {min}"),
+                _ => format!("not a whole number from {min} to {max}"),
+            })
+    }
+}
+
+/// A clap value parser for a finite number from `min` to `max`: NaN, the infinities and
+/// numbers out of range are usage errors.
+pub(crate) fn number_from(
+    min: f64,
+    max: f64,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| match text.parse::<f64>() {
+        Ok(n) if n.is_finite() && (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("not a number from {min} to {max}")),
     }
 }
 

@@ -182,12 +182,20 @@ struct Run {
     stderr: String,
 }
 
+/// The binary with `args` and no `RUST_LOG`, so that logging is the command's default.
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_actorbus"));
+    command.args(args).env_remove("RUST_LOG");
+    command
+}
+
 fn actorbus(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_actorbus"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the binary runs");
+    output(&mut command(args))
+}
+
+/// Runs `command` to its end.
+fn output(command: &mut Command) -> Run {
+    let out = command.output().expect("the binary runs");
     Run {
         code: out.status.code(),
         stdout: String::from_utf8(out.stdout).unwrap(),
@@ -223,8 +231,9 @@ fn fails(args: &[&str]) -> String {
     run.stderr.trim_end().to_owned()
 }
 
-/// Runs the binary, expects a usage error (exit code 2).
-fn usage_error(args: &[&str]) {
+/// Runs the binary, expects a usage error (exit code 2) as one `error: ...` line on stderr;
+/// returns that line.
+fn usage_error(args: &[&str]) -> String {
     let run = actorbus(args);
     assert_eq!(run.code, Some(2), "{args:?} was not a usage error: {run:?}");
     assert!(
@@ -232,7 +241,9 @@ fn usage_error(args: &[&str]) {
         "{args:?}: {:?}",
         run.stderr
     );
+    assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {:?}", run.stderr);
     assert_eq!(run.stdout, "", "{args:?} printed on stdout");
+    run.stderr.trim_end().to_owned()
 }
 
 /// Every file in `dir` with its bytes.
@@ -447,23 +458,21 @@ fn events_tail_prints_the_newest_events_oldest_first() {
 #[test]
 fn events_tail_follow_prints_events_stored_after_it_started() {
     let (_dir, db) = fixture();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_actorbus"))
-        .args([
-            "events",
-            "tail",
-            "--db",
-            path(&db),
-            "--type",
-            "order.placed",
-            "--limit",
-            "1",
-            "--follow",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = command(&[
+        "events",
+        "tail",
+        "--db",
+        path(&db),
+        "--type",
+        "order.placed",
+        "--limit",
+        "1",
+        "--follow",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, lines) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -907,4 +916,323 @@ fn sqlite_bench_leaves_a_consistent_store_and_reports_both_baselines() {
     let stats = json(&["stats", "--db", path(&db), "--json"]);
     assert_eq!(stats["events"], 3000);
     assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+}
+
+/// What `help` says about `option`: its line and the description below it.
+fn help_for(help: &str, option: &str) -> String {
+    let mut lines = help
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&format!("{option} ")));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {option} in:\n{help}"));
+    let description = lines
+        .take_while(|l| !l.trim_start().starts_with("--") && !l.trim_start().starts_with("-h"));
+    std::iter::once(first)
+        .chain(description)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn bench_work_us_must_be_a_finite_number_of_microseconds_up_to_a_second() {
+    for work in ["NaN", "inf", "-inf", "-1", "1e300", "1000001"] {
+        let msg = usage_error(&[
+            "bench",
+            "--events",
+            "10",
+            "--no-baseline",
+            &format!("--work-us={work}"),
+        ]);
+        assert!(msg.contains("--work-us"), "{work}: {msg}");
+    }
+    let help = help_for(&ok(&["bench", "--help"]), "--work-us");
+    assert!(help.contains("0 to 1000000"), "{help}");
+    ok(&[
+        "bench",
+        "--events",
+        "10",
+        "--no-baseline",
+        "--work-us",
+        "0.5",
+    ]);
+}
+
+#[test]
+fn positions_beyond_the_largest_sqlite_integer_are_usage_errors() {
+    let (dir, db) = fixture();
+    let db = path(&db);
+    let before = data_files(dir.path());
+    for position in ["9223372036854775808", "18446744073709551615"] {
+        usage_error(&["events", "list", "--db", db, "--after", position]);
+        usage_error(&[
+            "replay",
+            "--db",
+            db,
+            "--handler",
+            "recorder",
+            "--from",
+            position,
+        ]);
+    }
+    assert_eq!(data_files(dir.path()), before);
+    // The largest position there can be: nothing after it.
+    let none = ok(&[
+        "events",
+        "list",
+        "--db",
+        db,
+        "--after",
+        "9223372036854775807",
+    ]);
+    assert_eq!(none.trim(), "no events");
+    let all = ok(&[
+        "events",
+        "list",
+        "--db",
+        db,
+        "--limit",
+        "18446744073709551615",
+    ]);
+    assert_eq!(positions(&all), (1..=EVENTS).collect::<Vec<_>>());
+}
+
+#[test]
+fn counts_and_rates_out_of_range_are_usage_errors_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let db = path(&db);
+    for (option, value) in [
+        ("--events", "0"),
+        ("--handlers", "0"),
+        ("--concurrency", "0"),
+        ("--streams", "0"),
+        ("--publishers", "0"),
+        ("--baseline-batch", "0"),
+    ] {
+        let msg = usage_error(&["bench", "--mode", "sqlite", "--db", db, option, value]);
+        assert!(msg.contains(option), "{msg}");
+    }
+    for option in ["--fail-rate", "--panic-rate"] {
+        for value in ["2", "-0.1", "NaN", "inf"] {
+            let msg = usage_error(&["demo", "--db", db, "--quiet", option, value]);
+            assert!(msg.contains(option), "{msg}");
+        }
+    }
+    assert!(files(dir.path()).is_empty());
+
+    let bench = ok(&["bench", "--help"]);
+    for option in ["--events", "--streams", "--baseline-batch"] {
+        let line = help_for(&bench, option);
+        assert!(line.contains("at least 1"), "{line}");
+    }
+    let demo = ok(&["demo", "--help"]);
+    for option in ["--fail-rate", "--panic-rate"] {
+        let line = help_for(&demo, option);
+        assert!(line.contains("0 to 1"), "{line}");
+    }
+}
+
+#[test]
+fn bench_caps_the_actors_and_publishers_it_starts() {
+    for (option, most) in [
+        ("--concurrency", 4096),
+        ("--handlers", 1024),
+        ("--publishers", 4096),
+    ] {
+        for value in [most + 1, 100_000_000] {
+            let msg = usage_error(&[
+                "bench",
+                "--mode",
+                "sqlite",
+                "--events",
+                "10",
+                "--no-baseline",
+                option,
+                &value.to_string(),
+            ]);
+            assert!(msg.contains(option), "{msg}");
+        }
+        assert!(
+            help_for(&ok(&["bench", "--help"]), option).contains(&format!("1 to {most}")),
+            "{option}"
+        );
+    }
+    ok(&[
+        "bench",
+        "--events",
+        "10",
+        "--no-baseline",
+        "--handlers",
+        "1",
+        "--concurrency",
+        "4096",
+    ]);
+}
+
+#[test]
+fn bench_refuses_to_overwrite_a_baseline_file_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mine.db");
+    let baseline = dir.path().join("mine.baseline.db");
+    std::fs::write(&baseline, "somebody's data").unwrap();
+    let bench = |no_baseline: bool| {
+        let mut args = vec![
+            "bench",
+            "--mode",
+            "sqlite",
+            "--events",
+            "200",
+            "--db",
+            path(&db),
+        ];
+        if no_baseline {
+            args.push("--no-baseline");
+        }
+        args
+    };
+    let msg = fails(&bench(false));
+    assert!(msg.contains("mine.baseline.db"), "{msg}");
+    assert_eq!(
+        files(dir.path()).keys().collect::<Vec<_>>(),
+        ["mine.baseline.db"]
+    );
+    assert_eq!(std::fs::read(&baseline).unwrap(), b"somebody's data");
+    ok(&bench(true));
+    assert_eq!(std::fs::read(&baseline).unwrap(), b"somebody's data");
+
+    // Once the file is gone, the bench writes its baseline there and deletes it afterwards.
+    std::fs::remove_file(&baseline).unwrap();
+    ok(&bench(false));
+    assert!(!baseline.exists());
+    assert!(files(dir.path())
+        .keys()
+        .all(|name| name.starts_with("mine.db")));
+    let help = help_for(&ok(&["bench", "--help"]), "--db");
+    assert!(help.contains(".baseline.db"), "{help}");
+}
+
+/// The number of events in the store at `db`, 0 while it cannot be read.
+fn stored(db: &Path) -> u64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_failing_demo_prints_one_line_unless_rust_log_asks_for_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let db = path(&db);
+    ok(&["demo", "--db", db, "--events", "300", "--quiet"]);
+    // Another program makes every further append fail.
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER no_more BEFORE INSERT ON events
+             BEGIN SELECT RAISE(ABORT, 'no more events'); END;",
+        )
+        .unwrap();
+    let more = ["demo", "--db", db, "--events", "600", "--quiet"];
+    let run = actorbus(&more);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{:?}", run.stderr);
+    assert!(
+        run.stderr.starts_with("actorbus: ") && run.stderr.contains("no more events"),
+        "{:?}",
+        run.stderr
+    );
+
+    // Logs the user asks for are printed as they happen, before the error line.
+    let run = output(command(&more).env("RUST_LOG", "error"));
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert!(lines.len() >= 2, "{:?}", run.stderr);
+    assert!(lines[0].contains("ERROR"), "{:?}", run.stderr);
+    assert!(lines.last().unwrap().starts_with("actorbus: "));
+    assert_eq!(stored(Path::new(db)), 300);
+}
+
+/// Starts the demo on `db` for more events than it can publish before `signal` reaches it,
+/// sends `signal` once the store holds some of them, and expects the demo to drain, print
+/// its summary and how to resume, and exit with `code`; then a second run resumes and
+/// completes, and the store checks out.
+fn interrupt_the_demo(signal: &str, code: i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let child = command(&["demo", "--db", path(&db), "--events", "10000000", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    actix::System::new().block_on(poll_until("the demo stores events", || stored(&db) > 0));
+    let kill = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(code), "{stdout}\n{stderr}");
+    assert_eq!(stderr, "");
+    let interrupted_at = stored(&db);
+    assert!(
+        stdout.contains(&format!(
+            "events in store       {interrupted_at} of 10000000 ({interrupted_at} published now, 0 before)"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("interrupted: run `actorbus demo --db"),
+        "{stdout}"
+    );
+    // What was stored was handled: the drain ran, so the read model is complete.
+    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+
+    let target = (interrupted_at + 500).to_string();
+    let resumed = ok(&["demo", "--db", path(&db), "--events", &target, "--quiet"]);
+    assert!(resumed.contains("resuming: "), "{resumed}");
+    assert!(
+        resumed.contains(&format!(
+            "events in store       {target} of {target} (500 published now, {interrupted_at} before)"
+        )),
+        "{resumed}"
+    );
+    assert!(!resumed.contains("interrupted"), "{resumed}");
+    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+}
+
+#[test]
+fn a_demo_stopped_by_sigterm_drains_reports_and_exits_143() {
+    interrupt_the_demo("-TERM", 143);
+}
+
+#[test]
+fn a_demo_stopped_by_sigint_drains_reports_and_exits_130() {
+    interrupt_the_demo("-INT", 130);
+}
+
+#[test]
+fn sqlite_bench_without_db_deletes_its_temporary_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    for baseline in [true, false] {
+        let mut args = vec!["bench", "--mode", "sqlite", "--events", "200"];
+        if !baseline {
+            args.push("--no-baseline");
+        }
+        let run = output(command(&args).env("TMPDIR", tmp.path()));
+        assert_eq!(run.code, Some(0), "{run:?}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?} in the temp dir");
+    }
 }

@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::cli::whole_number;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
     /// In-memory bus.
@@ -27,37 +29,56 @@ pub(crate) enum Sync {
     Full,
 }
 
+/// Most busy work per event, in microseconds: one second.
+const MAX_WORK_US: f64 = 1e6;
+/// Most subscriptions. This cap and the next two bound the actors and tasks the bench starts,
+/// each with its own buffers: a mistyped number would otherwise take all the memory there is.
+const MAX_HANDLERS: u64 = 1024;
+/// Most handler actors per subscription.
+const MAX_CONCURRENCY: u64 = 4096;
+/// Most publisher tasks (SQLite mode).
+const MAX_PUBLISHERS: u64 = 4096;
+
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// Which store the bus runs on.
     #[arg(long, value_enum, default_value = "memory")]
     mode: Mode,
-    /// Events to publish.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Events to publish, at least 1.
+    #[arg(long, default_value_t = 1_000_000, value_parser = whole_number::<u64>(1, u64::MAX))]
     events: u64,
-    /// Subscriptions (each a trivial handler counting events).
-    #[arg(long, default_value_t = 4)]
+    /// Subscriptions (each a trivial handler counting events), 1 to 1024.
+    #[arg(long, default_value_t = 4, value_parser = whole_number::<usize>(1, MAX_HANDLERS))]
     handlers: usize,
-    /// Handler actors per subscription.
-    #[arg(long, default_value_t = 1)]
+    /// Handler actors per subscription, 1 to 4096.
+    #[arg(long, default_value_t = 1, value_parser = whole_number::<usize>(1, MAX_CONCURRENCY))]
     concurrency: usize,
-    /// Distinct streams the events are spread over.
-    #[arg(long, default_value_t = 1000)]
+    /// Distinct streams the events are spread over, at least 1.
+    #[arg(long, default_value_t = 1000, value_parser = whole_number::<u64>(1, u64::MAX))]
     streams: u64,
-    /// Busy work per event in each handler, in microseconds (a slow handler).
-    #[arg(long, default_value_t = 0.0)]
+    /// Busy work per event in each handler, in microseconds, 0 to 1000000 (a slow handler).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_parser = crate::cli::number_from(0.0, MAX_WORK_US),
+        allow_negative_numbers = true
+    )]
     work_us: f64,
-    /// SQLite mode: the database file (a temporary one when not given).
-    #[arg(long)]
+    /// SQLite mode: the database file the bus writes (when not given, a temporary one, deleted
+    /// at the end). The baseline runs beside it in a file named with the extension
+    /// `.baseline.db` (for `bench.db`: `bench.baseline.db`, with its `-wal` and `-shm`) and
+    /// delete it when done; if that file exists, the bench refuses to start rather than
+    /// overwrite it.
+    #[arg(long, value_name = "PATH")]
     db: Option<std::path::PathBuf>,
     /// SQLite mode: durability of each commit.
     #[arg(long, value_enum, default_value = "normal")]
     sync: Sync,
-    /// SQLite mode: concurrent publishers, each awaiting its acknowledgement.
-    #[arg(long, default_value_t = 64)]
+    /// SQLite mode: concurrent publishers, each awaiting its acknowledgement, 1 to 4096.
+    #[arg(long, default_value_t = 64, value_parser = whole_number::<usize>(1, MAX_PUBLISHERS))]
     publishers: usize,
-    /// SQLite mode: rows per transaction of the raw-SQLite baseline.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// SQLite mode: rows per transaction of the raw-SQLite baseline, at least 1.
+    #[arg(long, default_value_t = 1000, value_parser = whole_number::<u64>(1, u64::MAX))]
     baseline_batch: u64,
     /// Skip the baseline run.
     #[arg(long)]
@@ -110,10 +131,6 @@ struct Measured {
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.events > 0, "--events must be at least 1");
-    anyhow::ensure!(args.handlers > 0, "--handlers must be at least 1");
-    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
-    anyhow::ensure!(args.streams > 0, "--streams must be at least 1");
     if args.mode == Mode::Sqlite {
         return run_sqlite(&args);
     }
@@ -238,15 +255,19 @@ async fn baseline_actix(events: u64, k: usize) -> anyhow::Result<f64> {
 /// SQLite mode: `publishers` tasks publish and await each acknowledgement; the run ends when
 /// every handler has handled every event and the checkpoints are written (shutdown).
 fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.publishers > 0, "--publishers must be at least 1");
+    // Lives to the end of the run: dropping it deletes the temporary database.
     let tmp;
     let db = match &args.db {
         Some(db) => db.clone(),
         None => {
-            tmp = tempfile_dir()?;
-            tmp.join("bench.db")
+            tmp = TempDir::create()?;
+            tmp.0.join("bench.db")
         }
     };
+    if !args.no_baseline {
+        // Before the run, so that a refusal costs no time.
+        refuse_existing(&baseline_path(&db))?;
+    }
     let durability = match args.sync {
         Sync::Normal => actorbus::Durability::Normal,
         Sync::Full => actorbus::Durability::Full,
@@ -370,27 +391,64 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file of the baseline runs: `db` with the extension `.baseline.db`.
+fn baseline_path(db: &std::path::Path) -> std::path::PathBuf {
+    db.with_extension("baseline.db")
+}
+
+/// The files of the SQLite database `path`: itself, its WAL and its shared-memory index.
+fn sqlite_files(path: &std::path::Path) -> [std::path::PathBuf; 3] {
+    ["", "-wal", "-shm"].map(|suffix| format!("{}{suffix}", path.display()).into())
+}
+
+/// Fails if any file of the database `path` exists: the bench deletes only files it created.
+fn refuse_existing(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(file) = sqlite_files(path)
+        .iter()
+        .find(|f| f.symlink_metadata().is_ok())
+    {
+        anyhow::bail!(
+            "{} exists and the baseline run would overwrite it: move it away or add --no-baseline",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
 /// Rows/s of raw SQLite (see [`actorbus::baseline`]) in a file beside `db`: transactions of
-/// `--baseline-batch` rows, the same `synchronous`, no actors.
+/// `--baseline-batch` rows, the same `synchronous`, no actors. The file must not exist; it is
+/// deleted afterwards, whatever the outcome.
 fn baseline_rusqlite(
     args: &BenchArgs,
     durability: actorbus::Durability,
     db: &std::path::Path,
     index: actorbus::baseline::StreamIndex,
 ) -> anyhow::Result<f64> {
-    let path = db.with_extension("baseline.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    let path = baseline_path(db);
+    refuse_existing(&path)?;
+    let rate = raw_inserts_rate(args, durability, &path, index);
+    for file in sqlite_files(&path) {
+        let _ = std::fs::remove_file(file);
     }
+    rate
+}
+
+/// One baseline run in the new file `path`.
+fn raw_inserts_rate(
+    args: &BenchArgs,
+    durability: actorbus::Durability,
+    path: &std::path::Path,
+    index: actorbus::baseline::StreamIndex,
+) -> anyhow::Result<f64> {
     if index == actorbus::baseline::StreamIndex::Bulk {
         // Let the bus create the schema, so that both runs write the same tables and indexes.
         System::new().block_on(async {
-            let bus = EventBus::builder().sqlite(&path).build()?;
+            let bus = EventBus::builder().sqlite(path).build()?;
             bus.shutdown(Duration::from_secs(10)).await
         })?;
     }
     let took = actorbus::baseline::raw_sqlite_inserts(
-        &path,
+        path,
         &actorbus::baseline::RawInserts {
             events: args.events,
             streams: args.streams,
@@ -400,11 +458,7 @@ fn baseline_rusqlite(
             index,
         },
     )?;
-    let rate = args.events as f64 / took.as_secs_f64();
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    Ok(rate)
+    Ok(args.events as f64 / took.as_secs_f64())
 }
 
 /// Publish -> acknowledgement latencies in nanoseconds, 1 µs .. 1 h.
@@ -413,9 +467,30 @@ fn ack_histogram() -> hdrhistogram::Histogram<u64> {
         .expect("static bounds are valid")
 }
 
-/// A fresh directory under the system temp dir for a throwaway database.
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("actorbus-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+/// A directory the bench created under the system temp dir for a throwaway database; dropping
+/// it deletes the directory and everything in it.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn create() -> anyhow::Result<Self> {
+        let base = std::env::temp_dir();
+        let mut attempt = 0;
+        loop {
+            let dir = base.join(format!("actorbus-bench-{}-{attempt}", std::process::id()));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(Self(dir)),
+                // Left by an earlier process with this id: not ours to reuse or delete.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+            }
+        }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -5,6 +5,8 @@
 //! per-stream ordering violations. Running it again on the same store resumes.
 
 use std::path::PathBuf;
+use std::pin::pin;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use clap::Args;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
+use futures_util::future::{select, Either};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +36,21 @@ pub(crate) struct DemoArgs {
     /// Seed of the generated orders, failures and panics.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Share of notifier attempts that fail transiently (retried with backoff).
-    #[arg(long, default_value_t = 0.02)]
+    /// Share of notifier attempts that fail transiently, 0 to 1 (retried with backoff).
+    #[arg(
+        long,
+        default_value_t = 0.02,
+        value_parser = crate::cli::number_from(0.0, 1.0),
+        allow_negative_numbers = true
+    )]
     fail_rate: f64,
-    /// Share of events on which the auditor panics on its first attempt (restarted).
-    #[arg(long, default_value_t = 0.0005)]
+    /// Share of events on which the auditor panics on its first attempt, 0 to 1 (restarted).
+    #[arg(
+        long,
+        default_value_t = 0.0005,
+        value_parser = crate::cli::number_from(0.0, 1.0),
+        allow_negative_numbers = true
+    )]
     panic_rate: f64,
     /// No progress bar (for logs and scripts).
     #[arg(long)]
@@ -307,11 +320,10 @@ fn violations(store: &Store) -> anyhow::Result<i64> {
         .n)
 }
 
-pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.fail_rate) && (0.0..=1.0).contains(&args.panic_rate),
-        "--fail-rate and --panic-rate must be between 0 and 1"
-    );
+/// Runs the demo. On SIGINT or SIGTERM it stores no more events, lets the handlers finish
+/// those it stored (a second signal stops the wait), prints its summary and returns the exit
+/// code of that signal.
+pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let store = Store::create(&args.db)
         .with_context(|| format!("cannot open the store {}", args.db.display()))?;
     store.with_connection(|conn| conn.batch_execute(READ_MODEL_DDL))?;
@@ -348,7 +360,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     print_summary(
         &args, &outcome, total, already, seconds, violations, letters,
     )?;
-    if outcome.interrupted {
+    if !outcome.finished {
         say!(
             "interrupted: run `actorbus demo --db {}` again to resume",
             args.db.display()
@@ -358,16 +370,84 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         violations == 0,
         "{violations} ordering violation(s) recorded"
     );
-    Ok(())
+    Ok(outcome
+        .stopped
+        .map_or(ExitCode::SUCCESS, StopSignal::exit_code))
 }
 
 struct Outcome {
-    published: u64,
-    interrupted: bool,
+    /// The first SIGINT or SIGTERM the run received, if any.
+    stopped: Option<StopSignal>,
+    /// Every event published and handled: nothing left for another run.
+    finished: bool,
     stats: actorbus::Stats,
 }
 
+/// A signal that asks the demo to stop.
+#[derive(Debug, Clone, Copy)]
+enum StopSignal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl StopSignal {
+    /// The exit code of a process this signal ended, as a shell reports it: 128 + its number.
+    fn exit_code(self) -> ExitCode {
+        ExitCode::from(match self {
+            StopSignal::Interrupt => 130,
+            StopSignal::Terminate => 143,
+        })
+    }
+}
+
+/// SIGINT and SIGTERM, caught from the moment this is created to the end of the process.
+#[cfg(unix)]
+struct StopSignals {
+    interrupt: actix_rt::signal::unix::Signal,
+    terminate: actix_rt::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl StopSignals {
+    fn catch() -> anyhow::Result<Self> {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> StopSignal {
+        match select(pin!(self.interrupt.recv()), pin!(self.terminate.recv())).await {
+            Either::Left(_) => StopSignal::Interrupt,
+            Either::Right(_) => StopSignal::Terminate,
+        }
+    }
+}
+
+/// Ctrl-C, where there is no SIGTERM to catch.
+#[cfg(not(unix))]
+struct StopSignals;
+
+#[cfg(not(unix))]
+impl StopSignals {
+    fn catch() -> anyhow::Result<Self> {
+        Ok(Self)
+    }
+
+    /// The next Ctrl-C.
+    async fn next(&mut self) -> StopSignal {
+        let _ = actix_rt::signal::ctrl_c().await;
+        StopSignal::Interrupt
+    }
+}
+
 async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
+    // Before the bus starts, so that no signal finds the demo without its handler.
+    let mut signals = StopSignals::catch()?;
     let seed = args.seed;
     let fail_rate = args.fail_rate;
     let panic_rate = args.panic_rate;
@@ -479,19 +559,17 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
     };
 
     let mut next = already;
-    let mut interrupted = false;
-    let mut ctrl_c = Box::pin(actix_rt::signal::ctrl_c());
+    let mut stopped = None;
     while next < args.events {
         let end = (next + BATCH).min(args.events);
         let batch: Vec<OrderEvent> = (next..end).map(|i| demo_event(seed, i)).collect();
-        let publish = Box::pin(bus.publish_all(batch));
-        match futures_util::future::select(publish, &mut ctrl_c).await {
-            futures_util::future::Either::Left((result, _)) => {
+        match select(pin!(bus.publish_all(batch)), pin!(signals.next())).await {
+            Either::Left((result, _)) => {
                 result?;
             }
-            futures_util::future::Either::Right(_) => {
+            Either::Right((signal, _)) => {
                 // Whatever was committed stays; the next run counts it and goes on.
-                interrupted = true;
+                stopped = Some(signal);
                 break;
             }
         }
@@ -499,13 +577,22 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
         bar.set_position(next);
     }
     bar.set_message("| draining the handlers");
-    let drained = bus.shutdown(Duration::from_secs(600)).await;
+    let mut drain = pin!(bus.shutdown(Duration::from_secs(600)));
+    let drained = loop {
+        match select(drain.as_mut(), pin!(signals.next())).await {
+            Either::Left((result, _)) => break result.map(|()| true),
+            // The first signal: the handlers finish what is stored, as they were doing.
+            Either::Right((signal, _)) if stopped.is_none() => stopped = Some(signal),
+            // A second one: stop waiting for them, the next run has them finish.
+            Either::Right(_) => break Ok(false),
+        }
+    };
     ticker.abort();
     bar.finish_and_clear();
-    drained?;
+    let drained = drained?;
     Ok(Outcome {
-        published: next - already,
-        interrupted,
+        stopped,
+        finished: drained && next == args.events,
         stats: bus.stats(),
     })
 }
@@ -521,16 +608,17 @@ fn print_summary(
 ) -> std::io::Result<()> {
     let s = &outcome.stats;
     let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    // Counted in the store: a batch being published when a signal came may have been stored.
+    let published = total.saturating_sub(already);
     say!();
     say!("actorbus demo: {} (seed {})", args.db.display(), args.seed);
     say!(
-        "  events in store       {total} of {} ({} published now, {already} before)",
+        "  events in store       {total} of {} ({published} published now, {already} before)",
         args.events,
-        outcome.published
     );
     say!(
         "  throughput            {:.0} events/s (published, stored, handled by 4 subscriptions, in {seconds:.2} s)",
-        outcome.published as f64 / seconds.max(1e-9)
+        published as f64 / seconds.max(1e-9)
     );
     say!(
         "  retries               {}",

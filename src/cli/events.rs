@@ -51,7 +51,7 @@ pub(crate) struct ListArgs {
     #[command(flatten)]
     select: Selection,
     /// Only events after this global position (to page: the last position shown).
-    #[arg(long, value_name = "POS")]
+    #[arg(long, value_name = "POS", value_parser = crate::cli::position())]
     after: Option<u64>,
     /// At most this many events.
     #[arg(long, value_name = "N", default_value_t = 100)]

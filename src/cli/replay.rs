@@ -17,7 +17,7 @@ pub(crate) struct ReplayArgs {
     #[arg(long, value_name = "NAME")]
     handler: String,
     /// The handler processes every event after this global position again (0: all of them).
-    #[arg(long, value_name = "POS", default_value_t = 0)]
+    #[arg(long, value_name = "POS", default_value_t = 0, value_parser = crate::cli::position())]
     from: u64,
 }
 
