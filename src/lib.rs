@@ -8,10 +8,15 @@
 //!   RouterActor ── catch-up from checkpoints; each intake chunk -> StorageActor (one
 //!        |         transaction, the single SQLite writer; two in flight, answered in
 //!        |         order); event type -> subscriptions; stream hash -> handler actor
-//!        |  Deliver batches, send().await: bounded mailboxes
+//!        |  Deliver batches (+ the watermark: delivered through position P), send().await:
+//!        |  bounded mailboxes; idle actors get the watermark alone on the 200 ms timer
 //!   HandlerActor x concurrency per subscription ── your EventHandler or Projection,
-//!                  retries, dead letters, checkpoints
+//!                  retries, dead letters, checkpoints (moved to P once handled)
 //! ```
+//!
+//! On SQLite a bus holds `<store>.lock` (one bus per store) and registers its subscriptions
+//! at start (`subscriptions` table, a checkpoint row per actor and concurrency): see
+//! `storage/registry.rs` for how actors resume, also after a change of concurrency.
 //!
 //! A minimal bus, end to end:
 //!
@@ -56,7 +61,7 @@
 //! - [`RetryPolicy`], [`RestartPolicy`], [`Backoff`], [`Escalation`]: failure policies.
 //! - [`Projection`]: a read model written in the store's transaction with its checkpoint.
 //! - [`StoreConfig`], [`SqliteOptions`], [`Durability`], [`Retention`]: where events are kept.
-//! - [`Store`]: an operator's view of a store (what the `actorbus` command uses).
+//! - [`Store`], [`Replay`]: an operator's view of a store (what the `actorbus` command uses).
 //! - [`Stats`], [`DeadLetter`], [`Error`], [`StoreError`]: what the bus reports.
 
 #![forbid(unsafe_code)]

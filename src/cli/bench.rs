@@ -441,11 +441,8 @@ fn raw_inserts_rate(
     index: actorbus::baseline::StreamIndex,
 ) -> anyhow::Result<f64> {
     if index == actorbus::baseline::StreamIndex::Bulk {
-        // Let the bus create the schema, so that both runs write the same tables and indexes.
-        System::new().block_on(async {
-            let bus = EventBus::builder().sqlite(path).build()?;
-            bus.shutdown(Duration::from_secs(10)).await
-        })?;
+        // The store's own schema, so that both runs write the same tables and indexes.
+        actorbus::Store::create(path)?;
     }
     let took = actorbus::baseline::raw_sqlite_inserts(
         path,

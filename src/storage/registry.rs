@@ -101,6 +101,7 @@ pub(crate) fn register(
 ) -> Result<Vec<Resume>, RegisterError> {
     let mut resumes = Vec::with_capacity(specs.len());
     for spec in specs.iter_mut() {
+        let resettable = spec.reset.is_some();
         let requested: bool = subscriptions::table
             .find(&spec.name)
             .select(subscriptions::rebuild_requested)
@@ -140,7 +141,7 @@ pub(crate) fn register(
                 subscriptions::kind.eq(spec.kind.as_str()),
                 subscriptions::event_types.eq(spec.event_types.join(",")),
                 subscriptions::partitions.eq(n),
-                subscriptions::resettable.eq(i32::from(spec.reset.is_some())),
+                subscriptions::resettable.eq(i32::from(resettable)),
                 subscriptions::rebuild_requested.eq(0),
                 subscriptions::updated_at.eq(now),
             ))
