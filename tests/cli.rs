@@ -1,6 +1,9 @@
 //! The operator commands (`events`, `dlq`, `replay`, `stats`, `migrate`), run as the real
 //! binary against stores a bus wrote: output, JSON, exit codes, and bad input left untouched.
 
+mod common;
+
+use common::stored_events;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1112,17 +1115,6 @@ fn bench_refuses_to_overwrite_a_baseline_file_it_did_not_write() {
     assert!(help.contains(".baseline.db"), "{help}");
 }
 
-/// The number of events in the store at `db`, 0 while it cannot be read.
-fn stored(db: &Path) -> u64 {
-    let Ok(conn) =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return 0;
-    };
-    conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_failing_demo_prints_one_line_unless_rust_log_asks_for_more() {
     let dir = tempfile::tempdir().unwrap();
@@ -1154,7 +1146,7 @@ fn a_failing_demo_prints_one_line_unless_rust_log_asks_for_more() {
     assert!(lines.len() >= 2, "{:?}", run.stderr);
     assert!(lines[0].contains("ERROR"), "{:?}", run.stderr);
     assert!(lines.last().unwrap().starts_with("actorbus: "));
-    assert_eq!(stored(Path::new(db)), 300);
+    assert_eq!(stored_events(Path::new(db)), 300);
 }
 
 /// Starts the demo on `db` for more events than it can publish before `signal` reaches it,
@@ -1169,7 +1161,9 @@ fn interrupt_the_demo(signal: &str, code: i32) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    actix::System::new().block_on(poll_until("the demo stores events", || stored(&db) > 0));
+    actix::System::new().block_on(poll_until("the demo stores events", || {
+        stored_events(&db) > 0
+    }));
     let kill = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -1182,7 +1176,7 @@ fn interrupt_the_demo(signal: &str, code: i32) {
     );
     assert_eq!(out.status.code(), Some(code), "{stdout}\n{stderr}");
     assert_eq!(stderr, "");
-    let interrupted_at = stored(&db);
+    let interrupted_at = stored_events(&db);
     assert!(
         stdout.contains(&format!(
             "events in store       {interrupted_at} of 10000000 ({interrupted_at} published now, 0 before)"

@@ -1,7 +1,9 @@
 //! The demo as a user runs it: to completion, and killed with SIGKILL twice and resumed; the
 //! store then holds exactly the requested events and `actorbus check` finds it consistent.
 
-use std::path::Path;
+mod common;
+
+use common::stored_events;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,16 +14,6 @@ fn actorbus(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("the binary runs")
-}
-
-fn stored(db: &Path) -> i64 {
-    let Ok(conn) =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return 0;
-    };
-    conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-        .unwrap_or(0)
 }
 
 #[test]
@@ -41,7 +33,7 @@ fn the_demo_completes_with_no_ordering_violation_and_a_consistent_store() {
         stdout.contains("events in store       3000 of 3000"),
         "{stdout}"
     );
-    assert_eq!(stored(&db), 3000);
+    assert_eq!(stored_events(&db), 3000);
 
     let check = actorbus(&["check", "--db", db_arg]);
     assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "consistent");
@@ -50,7 +42,7 @@ fn the_demo_completes_with_no_ordering_violation_and_a_consistent_store() {
     // Running it again on a complete store adds nothing.
     let again = actorbus(&["demo", "--db", db_arg, "--events", "3000", "--quiet"]);
     assert!(again.status.success());
-    assert_eq!(stored(&db), 3000);
+    assert_eq!(stored_events(&db), 3000);
 }
 
 #[test]
@@ -74,7 +66,7 @@ fn a_demo_killed_twice_resumes_to_exactly_the_requested_events() {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while stored(&db) < kill_after {
+        while stored_events(&db) < kill_after {
             assert!(Instant::now() < deadline, "the demo made no progress");
             assert!(
                 child.try_wait().unwrap().is_none(),
@@ -84,7 +76,7 @@ fn a_demo_killed_twice_resumes_to_exactly_the_requested_events() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let n = stored(&db);
+        let n = stored_events(&db);
         assert!(n >= kill_after && n < total, "{n}");
     }
     let out = actorbus(&[
@@ -103,7 +95,7 @@ fn a_demo_killed_twice_resumes_to_exactly_the_requested_events() {
     );
     assert!(stdout.contains("resuming:"), "{stdout}");
     assert!(stdout.contains("ordering violations   0"), "{stdout}");
-    assert_eq!(stored(&db), total);
+    assert_eq!(stored_events(&db), total);
 
     let check = actorbus(&["check", "--db", db_arg]);
     assert_eq!(

@@ -13,9 +13,8 @@ use actorbus::{
     Replay, Retention, Store, StoreError,
 };
 use common::*;
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::Text;
 use serde::{Deserialize, Serialize};
 
 fn store_in(dir: &tempfile::TempDir) -> PathBuf {
@@ -33,34 +32,6 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("never happened: {what}");
 }
 
-/// Records every application of an event in `applied`: exactly once means one row per event.
-struct Applied;
-
-const APPLIED_DDL: &str =
-    "CREATE TABLE IF NOT EXISTS applied (position INTEGER NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL)";
-
-impl Projection<OrderPlaced> for Applied {
-    fn apply(
-        &mut self,
-        e: &Envelope<OrderPlaced>,
-        conn: &mut SqliteConnection,
-    ) -> Result<(), HandlerError> {
-        diesel::sql_query("INSERT INTO applied (position, stream, seq) VALUES (?, ?, ?)")
-            .bind::<BigInt, _>(e.position().unwrap_or(0) as i64)
-            .bind::<Text, _>(e.stream_id())
-            .bind::<BigInt, _>(e.seq as i64)
-            .execute(conn)?;
-        Ok(())
-    }
-
-    const RESETTABLE: bool = true;
-
-    fn reset(&mut self, conn: &mut SqliteConnection) -> Result<(), HandlerError> {
-        conn.batch_execute("DELETE FROM applied")?;
-        Ok(())
-    }
-}
-
 /// The same projection without a reset: it cannot be replayed.
 struct AppliedForGood;
 
@@ -72,35 +43,6 @@ impl Projection<OrderPlaced> for AppliedForGood {
     ) -> Result<(), HandlerError> {
         Applied.apply(e, conn)
     }
-}
-
-#[derive(QueryableByName)]
-struct Counts {
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
-    #[diesel(sql_type = BigInt)]
-    distinct_positions: i64,
-}
-
-/// (applications, distinct events applied).
-fn applications(path: &Path) -> (i64, i64) {
-    let store = Store::open(path).unwrap();
-    let c = store
-        .with_connection(|conn| {
-            diesel::sql_query(
-                "SELECT count(*) AS rows, count(DISTINCT position) AS distinct_positions FROM applied",
-            )
-            .get_result::<Counts>(conn)
-        })
-        .unwrap();
-    (c.rows, c.distinct_positions)
-}
-
-fn create_with_read_model(path: &Path) {
-    let store = Store::create(path).unwrap();
-    store
-        .with_connection(|conn| conn.batch_execute(APPLIED_DDL))
-        .unwrap();
 }
 
 fn projection_bus(path: &Path, concurrency: usize) -> EventBus {

@@ -18,13 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actorbus::{
-    Envelope, Error, EventBus, EventHandler, HandlerError, HandlerOptions, Projection, Replay,
-    Retention, Store, StoreError,
+    Envelope, Error, EventBus, EventHandler, HandlerError, HandlerOptions, Replay, Retention,
+    Store, StoreError,
 };
-use common::{fast_restart, fast_retry, OrderPlaced};
-use diesel::connection::SimpleConnection;
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use common::{
+    applications, create_with_read_model, fast_restart, fast_retry, Applied, OrderPlaced,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -103,31 +102,6 @@ impl EventHandler<OrderPlaced> for Flaky {
     }
 }
 
-/// Counts every application: exactly once is one row per event.
-struct Effects;
-
-impl Projection<OrderPlaced> for Effects {
-    fn apply(
-        &mut self,
-        e: &Envelope<OrderPlaced>,
-        conn: &mut SqliteConnection,
-    ) -> Result<(), HandlerError> {
-        diesel::sql_query("INSERT INTO effects (position, stream, seq) VALUES (?, ?, ?)")
-            .bind::<BigInt, _>(e.position().unwrap_or(0) as i64)
-            .bind::<Text, _>(e.stream_id())
-            .bind::<BigInt, _>(e.seq as i64)
-            .execute(conn)?;
-        Ok(())
-    }
-
-    const RESETTABLE: bool = true;
-
-    fn reset(&mut self, conn: &mut SqliteConnection) -> Result<(), HandlerError> {
-        conn.batch_execute("DELETE FROM effects")?;
-        Ok(())
-    }
-}
-
 /// The simple model: what was acknowledged, and what must hold of it.
 #[derive(Default)]
 struct Model {
@@ -156,14 +130,7 @@ struct World {
 
 impl World {
     fn new(path: PathBuf) -> Self {
-        let store = Store::create(&path).unwrap();
-        store
-            .with_connection(|c| {
-                c.batch_execute(
-                    "CREATE TABLE effects (position INTEGER NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL)",
-                )
-            })
-            .unwrap();
+        create_with_read_model(&path);
         Self {
             path,
             run: 0,
@@ -205,7 +172,7 @@ impl World {
             .projection(
                 "effects",
                 HandlerOptions::new().concurrency(self.concurrency),
-                || Effects,
+                || Applied,
             );
         if self.retention {
             builder = builder.retention(Retention::keep_last(3).every(Duration::from_millis(10)));
@@ -332,24 +299,10 @@ impl World {
             }
         }
         // Effects exactly once.
-        #[derive(QueryableByName)]
-        struct Counts {
-            #[diesel(sql_type = BigInt)]
-            rows: i64,
-            #[diesel(sql_type = BigInt)]
-            events: i64,
-        }
-        let c = store
-            .with_connection(|conn| {
-                diesel::sql_query(
-                    "SELECT count(*) AS rows, count(DISTINCT position) AS events FROM effects",
-                )
-                .get_result::<Counts>(conn)
-            })
-            .unwrap();
-        assert_eq!(c.rows, c.events, "a projection effect applied twice");
+        let (rows, events) = applications(&self.path);
+        assert_eq!(rows, events, "a projection effect applied twice");
         assert_eq!(
-            c.events as usize,
+            events as usize,
             self.model.acked.len(),
             "projection effects"
         );

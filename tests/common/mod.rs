@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -238,4 +239,81 @@ pub fn recording_bus(log: &Log) -> EventBus {
         )
         .build()
         .expect("the bus builds")
+}
+
+/// Records every application of an event in the table `applied`: exactly once is one row per
+/// event. Its reset empties the table (a rebuild).
+pub struct Applied;
+
+/// The `applied` read model's table.
+pub const APPLIED_DDL: &str =
+    "CREATE TABLE IF NOT EXISTS applied (position INTEGER NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL)";
+
+impl actorbus::Projection<OrderPlaced> for Applied {
+    fn apply(
+        &mut self,
+        e: &Envelope<OrderPlaced>,
+        conn: &mut diesel::SqliteConnection,
+    ) -> Result<(), HandlerError> {
+        use diesel::prelude::*;
+        use diesel::sql_types::{BigInt, Text};
+        diesel::sql_query("INSERT INTO applied (position, stream, seq) VALUES (?, ?, ?)")
+            .bind::<BigInt, _>(e.position().unwrap_or(0) as i64)
+            .bind::<Text, _>(e.stream_id())
+            .bind::<BigInt, _>(e.seq as i64)
+            .execute(conn)?;
+        Ok(())
+    }
+
+    const RESETTABLE: bool = true;
+
+    fn reset(&mut self, conn: &mut diesel::SqliteConnection) -> Result<(), HandlerError> {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute("DELETE FROM applied")?;
+        Ok(())
+    }
+}
+
+/// A new store at `path` with the `applied` read model's table.
+pub fn create_with_read_model(path: &Path) {
+    use diesel::connection::SimpleConnection;
+    let store = actorbus::Store::create(path).unwrap();
+    store
+        .with_connection(|conn| conn.batch_execute(APPLIED_DDL))
+        .unwrap();
+}
+
+/// (applications, distinct events applied) of the `applied` read model of the store at `path`.
+pub fn applications(path: &Path) -> (i64, i64) {
+    use diesel::prelude::*;
+    use diesel::sql_types::BigInt;
+    #[derive(QueryableByName)]
+    struct Counts {
+        #[diesel(sql_type = BigInt)]
+        rows: i64,
+        #[diesel(sql_type = BigInt)]
+        events: i64,
+    }
+    let c = actorbus::Store::open(path)
+        .unwrap()
+        .with_connection(|conn| {
+            diesel::sql_query(
+                "SELECT count(*) AS rows, count(DISTINCT position) AS events FROM applied",
+            )
+            .get_result::<Counts>(conn)
+        })
+        .unwrap();
+    (c.rows, c.events)
+}
+
+/// The number of events in the store at `db` (read by plain SQLite, as another program
+/// would), 0 while it cannot be read.
+pub fn stored_events(db: &Path) -> u64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap_or(0)
 }
