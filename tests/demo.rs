@@ -117,3 +117,40 @@ fn the_demo_refuses_a_store_that_is_not_one_and_leaves_it_untouched() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a database");
 }
+
+#[test]
+fn check_beside_a_running_demo_finds_the_store_consistent_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let db_arg = db.to_str().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--db", db_arg, "--events", "2000000", "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut checks = 0;
+    let mut last_seen = 0;
+    // Each check reads while the demo publishes, projects and checkpoints.
+    while checks < 8 {
+        assert!(Instant::now() < deadline, "the demo made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "the demo ended early");
+        let now = stored_events(&db);
+        if now <= last_seen || now < 1000 {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        last_seen = now;
+        let check = actorbus(&["check", "--db", db_arg]);
+        assert_eq!(
+            String::from_utf8_lossy(&check.stdout).trim(),
+            "consistent",
+            "check {checks} at {now} events: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        checks += 1;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

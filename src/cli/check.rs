@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use actorbus::{partition_for, EventFilter, Store};
+use actorbus::{partition_for, Store};
 use clap::Args;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -89,16 +89,43 @@ struct Violation {
     reason: String,
 }
 
+#[derive(QueryableByName)]
+struct Checkpoint {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    partition: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    partitions: i32,
+    #[diesel(sql_type = BigInt)]
+    position: i64,
+}
+
+#[derive(QueryableByName)]
+struct LoggedEvent {
+    #[diesel(sql_type = BigInt)]
+    position: i64,
+    #[diesel(sql_type = Text)]
+    stream_id: String,
+    #[diesel(sql_type = Text)]
+    payload: String,
+}
+
+/// Events read per page of the fold.
+const FOLD_PAGE: i64 = 10_000;
+
 /// The demo's read model must equal a fold of every event its projection has checkpointed
-/// past (per partition: each actor of the projection has its own checkpoint).
+/// past: an event counts when the projection's actor owning its stream, in any layout whose
+/// checkpoints are stored (the current concurrency, or an earlier one not yet passed),
+/// passed it. Read in one transaction, so a bus writing meanwhile changes nothing seen.
 fn check_demo(store: &Store) -> anyhow::Result<Vec<String>> {
+    Ok(store.with_connection(|conn| conn.transaction(check_demo_snapshot))?)
+}
+
+fn check_demo_snapshot(c: &mut SqliteConnection) -> QueryResult<Vec<String>> {
     let mut problems = Vec::new();
-    let violations: Vec<Violation> = store.with_connection(|c| {
-        diesel::sql_query(
-            "SELECT position, stream, reason FROM demo_violations ORDER BY position LIMIT 10",
-        )
-        .load(c)
-    })?;
+    let violations: Vec<Violation> = diesel::sql_query(
+        "SELECT position, stream, reason FROM demo_violations ORDER BY position LIMIT 10",
+    )
+    .load(c)?;
     for v in &violations {
         problems.push(format!(
             "ordering violation in {} at position {}: {}",
@@ -106,29 +133,40 @@ fn check_demo(store: &Store) -> anyhow::Result<Vec<String>> {
         ));
     }
 
-    let checkpoints: Vec<_> = store
-        .checkpoints()?
-        .into_iter()
-        .filter(|c| c.handler == "inventory")
-        .collect();
-    let partitions = checkpoints
-        .first()
-        .map_or(1, |c| c.partitions.max(1) as usize);
-    let reached: BTreeMap<usize, u64> = checkpoints
-        .iter()
-        .map(|c| (c.partition as usize, c.position))
-        .collect();
+    let checkpoints: Vec<Checkpoint> = diesel::sql_query(
+        "SELECT partition, partitions, position FROM checkpoints WHERE handler = 'inventory'",
+    )
+    .load(c)?;
+    // partitions -> position per partition.
+    let mut layouts: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for cp in &checkpoints {
+        let n = cp.partitions.max(1) as usize;
+        let positions = layouts.entry(n).or_insert_with(|| vec![0; n]);
+        if let Some(p) = positions.get_mut(cp.partition.max(0) as usize) {
+            *p = cp.position.max(0) as u64;
+        }
+    }
+    let applied = |stream: &str, position: u64| {
+        layouts
+            .iter()
+            .any(|(n, reached)| position <= reached[partition_for(stream, *n)])
+    };
 
     let mut orders: BTreeMap<i64, OrderRow> = BTreeMap::new();
     let mut stock: BTreeMap<i64, StockRow> = BTreeMap::new();
     let mut after = 0;
     loop {
-        let page = store.events(&EventFilter::all().after(after).limit(10_000))?;
+        let page: Vec<LoggedEvent> = diesel::sql_query(
+            "SELECT position, stream_id, payload FROM events WHERE position > ? \
+             ORDER BY position LIMIT ?",
+        )
+        .bind::<BigInt, _>(after)
+        .bind::<BigInt, _>(FOLD_PAGE)
+        .load(c)?;
         let Some(last) = page.last() else { break };
         after = last.position;
         for e in page {
-            let p = partition_for(&e.stream_id, partitions);
-            if e.position > reached.get(&p).copied().unwrap_or(0) {
+            if !applied(&e.stream_id, e.position.max(0) as u64) {
                 continue;
             }
             let event: OrderEvent = match serde_json::from_str(&e.payload) {
@@ -145,15 +183,13 @@ fn check_demo(store: &Store) -> anyhow::Result<Vec<String>> {
         }
     }
 
-    let table_orders: Vec<OrderRow> = store.with_connection(|c| {
-        diesel::sql_query(
-            "SELECT order_id, sku, qty, cents, status FROM demo_orders ORDER BY order_id",
-        )
-        .load(c)
-    })?;
-    let table_stock: Vec<StockRow> = store.with_connection(|c| {
-        diesel::sql_query("SELECT sku, reserved, shipped FROM demo_inventory ORDER BY sku").load(c)
-    })?;
+    let table_orders: Vec<OrderRow> = diesel::sql_query(
+        "SELECT order_id, sku, qty, cents, status FROM demo_orders ORDER BY order_id",
+    )
+    .load(c)?;
+    let table_stock: Vec<StockRow> =
+        diesel::sql_query("SELECT sku, reserved, shipped FROM demo_inventory ORDER BY sku")
+            .load(c)?;
     compare(
         "order",
         &orders.into_values().collect::<Vec<_>>(),
