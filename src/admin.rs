@@ -528,8 +528,7 @@ impl Store {
         };
         let mut conn = self.conn()?;
         let kind = registry::kind_of(&mut conn, handler).map_err(db)?;
-        if let Some((kind, resettable)) = kind.filter(|(k, _)| k == "projection") {
-            debug_assert_eq!(kind, "projection");
+        if let Some((registry::Kind::Projection, resettable)) = kind {
             if !resettable {
                 return Err(not(
                     "it is a projection without a reset: its read model already \

@@ -223,17 +223,25 @@ fn resume_points(rows: &[CheckpointRow], partitions: usize, fresh: impl FnOnce()
     }
 }
 
-/// The kind and whether it can be rebuilt, of the subscription `name`, if registered.
+/// The kind and whether it can be rebuilt, of the subscription `name`, if registered (a
+/// kind this binary does not know counts as a plain handler).
 pub(crate) fn kind_of(
     conn: &mut SqliteConnection,
     name: &str,
-) -> QueryResult<Option<(String, bool)>> {
-    subscriptions::table
+) -> QueryResult<Option<(Kind, bool)>> {
+    let row = subscriptions::table
         .find(name)
         .select((subscriptions::kind, subscriptions::resettable))
         .first::<(String, i32)>(conn)
-        .optional()
-        .map(|r| r.map(|(kind, resettable)| (kind, resettable != 0)))
+        .optional()?;
+    Ok(row.map(|(kind, resettable)| {
+        let kind = if kind == Kind::Projection.as_str() {
+            Kind::Projection
+        } else {
+            Kind::Handler
+        };
+        (kind, resettable != 0)
+    }))
 }
 
 /// Asks the next bus that starts to reset the projection `name` and replay the whole log.
