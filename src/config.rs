@@ -7,7 +7,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::actors::handler::{
-    EventHandler, Factory, Handle, HandlerActor, HandlerSetup, RecipientHandler,
+    EventHandler, Factory, Handle, HandlerActor, HandlerSetup, Load, RecipientHandler,
 };
 use crate::actors::router::{Durable, Group, RouterActor, Slot};
 use crate::actors::storage::{CheckpointBoard, OpenStore, StorageActor};
@@ -81,7 +81,9 @@ impl HandlerOptions {
         self
     }
 
-    /// Most events waiting in one actor's mailbox; a full mailbox slows the router down.
+    /// The actor's buffer: most events given to it and not yet handled. On a durable bus an
+    /// actor whose buffer is full falls behind and reads its events from the store until it
+    /// catches up; in memory a full buffer slows the router (and so `publish`) down.
     pub fn mailbox_capacity(mut self, n: usize) -> Self {
         self.mailbox_capacity = n;
         self
@@ -377,10 +379,14 @@ impl BusBuilder {
             (0..options.concurrency)
                 .map(|index| {
                     let seen = args.resume.own.get(index).copied().unwrap_or(0);
-                    let addr = HandlerActor::<E, H>::start(setup.clone(), index, seen);
+                    let load = Arc::new(Load::default());
+                    let addr =
+                        HandlerActor::<E, H>::start(setup.clone(), index, seen, Arc::clone(&load));
                     Slot {
                         deliver: addr.clone().recipient(),
                         control: addr.recipient(),
+                        load,
+                        resume_after: seen,
                     }
                 })
                 .collect()
@@ -488,17 +494,12 @@ impl BusBuilder {
         let supervisor = SupervisorActor::create(|ctx| {
             let mut supervisor = SupervisorActor::new(policies, Arc::clone(&lifecycle));
             let mut groups = Vec::new();
-            let mut replay_after = i64::MAX;
             for (i, s) in self.subscriptions.into_iter().enumerate() {
                 let counters =
                     HandlerCounters::new(&s.name, &s.event_types.join(","), s.options.concurrency);
                 handler_counters.push(Arc::clone(&counters));
                 group_index.insert(s.name.to_string(), i);
                 let resume = resumes.next().unwrap_or_default();
-                replay_after = resume
-                    .own
-                    .iter()
-                    .fold(replay_after, |m, &p| m.min(p as i64));
                 let slots = (s.spawn)(SpawnArgs {
                     counters: Arc::clone(&counters),
                     dead_letters: Arc::clone(&dead_letters),
@@ -528,11 +529,7 @@ impl BusBuilder {
                 Durable {
                     storage: st.storage,
                     pool: st.pool,
-                    replay_after: if replay_after == i64::MAX {
-                        st.head
-                    } else {
-                        replay_after
-                    },
+                    head: st.head,
                     split_commits,
                 }
             });

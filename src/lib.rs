@@ -8,8 +8,10 @@
 //!   RouterActor ── catch-up from checkpoints; each intake chunk -> StorageActor (one
 //!        |         transaction, the single SQLite writer; two in flight, answered in
 //!        |         order); event type -> subscriptions; stream hash -> handler actor
-//!        |  Deliver batches (+ the watermark: delivered through position P), send().await:
-//!        |  bounded mailboxes; idle actors get the watermark alone on the 200 ms timer
+//!        |  Deliver batches (+ the watermark: delivered through position P). Durable bus:
+//!        |  do_send within each actor's buffer (its Load); an actor without room falls
+//!        |  behind and reads its events from the store until it is live again (lanes.rs);
+//!        |  in memory: send().await. Idle actors get the watermark alone every 200 ms
 //!   HandlerActor x concurrency per subscription ── your EventHandler or Projection,
 //!                  retries, dead letters, checkpoints (moved to P once handled)
 //! ```

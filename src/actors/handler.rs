@@ -128,14 +128,58 @@ impl<E: DomainEvent> EventHandler<E> for RecipientHandler<E> {
     }
 }
 
-/// A batch of events for one handler actor, in per-stream order. Sent with `send().await`,
-/// which resolves once the actor has taken it from its mailbox.
+/// A batch of events for one handler actor, in per-stream order. In memory it is sent with
+/// `send().await`, which resolves once the actor has taken it from its mailbox; on a durable
+/// bus with `do_send`, within the room its [`Load`] leaves.
 pub(crate) struct Deliver {
     pub(crate) records: Vec<Record>,
     /// On a durable bus: every stored event up to this position that belongs to this actor
     /// has been delivered to it, in this batch or before. Once the batch is handled, its
     /// checkpoint moves here even when the batch holds nothing (an idle actor keeps up).
     pub(crate) through: Option<u64>,
+    /// What the router added to the actor's [`Load`] for this message; released once done.
+    pub(crate) load: usize,
+}
+
+/// How much one handler actor has been given and not yet finished (events, and one unit for
+/// a watermark alone), shared by the router, which adds before it sends, and the actor, which
+/// releases once a batch is handled or dead-lettered. The router never lets it pass the
+/// actor's mailbox capacity: that is the actor's buffer, and what bounds its memory.
+#[derive(Debug, Default)]
+pub(crate) struct Load {
+    queued: std::sync::atomic::AtomicUsize,
+    room: tokio::sync::Notify,
+}
+
+impl Load {
+    /// Units given and not yet finished.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn add(&self, units: usize) {
+        self.queued
+            .fetch_add(units, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn release(&self, units: usize) {
+        if units > 0 {
+            self.queued
+                .fetch_sub(units, std::sync::atomic::Ordering::AcqRel);
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Resolves once at most `limit` units are queued.
+    pub(crate) async fn at_most(&self, limit: usize) {
+        loop {
+            let notified = self.room.notified();
+            if self.queued() <= limit {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Message for Deliver {
@@ -207,16 +251,19 @@ struct Pending {
     through: Option<u64>,
     /// Redriven letters of this batch that failed again: they stay.
     refailed: Vec<i64>,
+    /// The delivery's [`Deliver::load`], released once the batch is done.
+    load: usize,
 }
 
 impl Pending {
-    fn new(batch: Vec<Record>, through: Option<u64>) -> Self {
+    fn new(batch: Vec<Record>, through: Option<u64>, load: usize) -> Self {
         Self {
             batch,
             at: 0,
             attempt: 1,
             through,
             refailed: Vec::new(),
+            load,
         }
     }
 
@@ -245,6 +292,8 @@ enum Outcome<H> {
 pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
     setup: HandlerSetup<H>,
     index: usize,
+    /// What the router gave this actor and it has not finished.
+    load: Arc<Load>,
     /// `None` while a batch is being handled (the future owns it) or while parked. Boxed:
     /// actors must be `Unpin`, user handlers need not be.
     handler: Option<Box<H>>,
@@ -258,7 +307,12 @@ pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
 
 impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     /// Starts the actor with a handler from the factory.
-    pub(crate) fn start(setup: HandlerSetup<H>, index: usize, seen: u64) -> Addr<Self> {
+    pub(crate) fn start(
+        setup: HandlerSetup<H>,
+        index: usize,
+        seen: u64,
+        load: Arc<Load>,
+    ) -> Addr<Self> {
         let (handler, start_panic) = match build_handler(&setup.factory, index) {
             Ok(h) => (Some(h), None),
             Err(message) => (None, Some(message)),
@@ -266,6 +320,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
         Self {
             setup,
             index,
+            load,
             handler,
             parked: false,
             start_panic,
@@ -278,10 +333,12 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     fn run(&mut self, pending: Pending, ctx: &mut Context<Self>) {
         let reaches = pending.reaches();
         let Some(handler) = self.handler.take() else {
+            let load = pending.load;
             self.dead_letter_rest(pending, "handler is parked");
-            self.reached(reaches);
+            self.reached(reaches, load);
             return;
         };
+        let load = pending.load;
         let setup = self.setup.clone();
         let letters: Vec<i64> = pending.batch.iter().filter_map(|r| r.letter).collect();
         let fut = run_batch::<E, H>(handler, pending, setup);
@@ -294,7 +351,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
                             .dead_letters
                             .resolved(letters.into_iter().filter(|id| !refailed.contains(id)));
                         // Only now: a checkpoint must never pass an event that was not handled.
-                        act.reached(reaches);
+                        act.reached(reaches, load);
                     }
                     Outcome::Panicked { pending, message } => act.on_panic(pending, message, ctx),
                 }),
@@ -302,8 +359,10 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     }
 
     /// Every event of this actor up to `position` is handled or dead-lettered: move the
-    /// checkpoint there (written with the dead letters queued before it).
-    fn reached(&mut self, position: Option<u64>) {
+    /// checkpoint there (written with the dead letters queued before it), and give the
+    /// delivery's `load` back to the router.
+    fn reached(&mut self, position: Option<u64>, load: usize) {
+        self.load.release(load);
         if let (Some(board), Some(position)) = (&self.setup.checkpoints, position) {
             if position > self.seen {
                 self.seen = position;
@@ -374,6 +433,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
 
     fn park(&mut self, pending: Pending, why: &str) {
         let reaches = pending.reaches();
+        let load = pending.load;
         log::error!(
             "handler `{}` #{} parked: {why}; its events go to the dead letters",
             self.setup.name,
@@ -387,7 +447,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.dead_letter_rest(pending, &format!("handler parked: {why}"));
         // Its events are dead letters now: only a redrive hands them over again.
-        self.reached(reaches);
+        self.reached(reaches, load);
     }
 
     fn dead_letter_rest(&self, pending: Pending, why: &str) {
@@ -411,7 +471,7 @@ impl<E: DomainEvent, H: EventHandler<E>> Actor for HandlerActor<E, H> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(message) = self.start_panic.take() {
-            let nothing = Pending::new(Vec::new(), None);
+            let nothing = Pending::new(Vec::new(), None, 0);
             self.on_panic(nothing, format!("handler factory panicked: {message}"), ctx);
         }
     }
@@ -425,6 +485,7 @@ impl<E: DomainEvent, H: EventHandler<E>> Handler<Deliver> for HandlerActor<E, H>
         Deliver {
             mut records,
             through,
+            load,
         }: Deliver,
         ctx: &mut Context<Self>,
     ) {
@@ -444,12 +505,11 @@ impl<E: DomainEvent, H: EventHandler<E>> Handler<Deliver> for HandlerActor<E, H>
         );
         if records.is_empty() {
             // Nothing to handle (a watermark, or all replayed): only the checkpoint moves.
-            self.reached(through);
+            self.reached(through, load);
             return;
         }
-        // ctx.wait keeps further deliveries in the (bounded) mailbox until this batch is
-        // done: that is what makes a slow handler slow the router down.
-        self.run(Pending::new(records, through), ctx);
+        // ctx.wait keeps further deliveries in the mailbox until this batch is done.
+        self.run(Pending::new(records, through, load), ctx);
     }
 }
 
@@ -460,7 +520,7 @@ impl<E: DomainEvent, H: EventHandler<E>> Handler<Control> for HandlerActor<E, H>
         match msg {
             Control::Drain => {}
             Control::Resume if self.parked => {
-                let resumed = Pending::new(Vec::new(), None);
+                let resumed = Pending::new(Vec::new(), None, 0);
                 self.parked = false;
                 self.setup
                     .counters
@@ -486,6 +546,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
         attempt,
         through,
         mut refailed,
+        load,
     } = pending;
     let counters = &*setup.counters;
     let retry = setup.retry;
@@ -597,6 +658,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                             attempt: 1,
                             through,
                             refailed,
+                            load,
                         }
                     } else {
                         Pending {
@@ -605,6 +667,7 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
                             attempt: attempt + 1,
                             through,
                             refailed,
+                            load,
                         }
                     };
                     return Outcome::Panicked { pending, message };

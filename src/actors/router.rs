@@ -11,12 +11,11 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix::prelude::*;
-use diesel::Connection as _;
 use futures_util::future::{join_all, LocalBoxFuture};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actors::handler::{Control, Deliver};
+use crate::actors::handler::{Control, Deliver, Load};
 use crate::actors::pipeline::{acknowledge, CommitGate, Committed, InOrder};
 use crate::actors::storage::{Append, FlushCheckpoints, StorageActor};
 use crate::bus::Receipt;
@@ -25,6 +24,9 @@ use crate::event::Record;
 use crate::stats::{BusCounters, HandlerCounters};
 use crate::storage::log::{self as store_log, Unit};
 use crate::storage::pool::SqlitePool;
+
+mod lanes;
+use lanes::Lane;
 
 /// Where a durable publish learns its fate: receipts once committed, or the error.
 pub(crate) type Ack = oneshot::Sender<Result<Vec<Receipt>>>;
@@ -45,12 +47,12 @@ pub(crate) enum Intake {
     Close,
 }
 
-/// The durable side of the router: the writer, the readers, and where catch-up starts.
+/// The durable side of the router: the writer, and the readers that catch handler actors up.
 pub(crate) struct Durable {
     pub(crate) storage: Addr<StorageActor>,
     pub(crate) pool: SqlitePool,
-    /// Catch-up replays events after this position before live intake starts.
-    pub(crate) replay_after: i64,
+    /// The last position stored when the bus started.
+    pub(crate) head: i64,
     /// Take an even share of the waiting publishes per commit ([`CommitGate::share`]), so
     /// that two commits alternate; otherwise all of them. Splitting pays when a commit costs
     /// little beyond its rows (`synchronous=NORMAL`: the arbiter's work overlaps the
@@ -58,8 +60,6 @@ pub(crate) struct Durable {
     pub(crate) split_commits: bool,
 }
 
-/// Events read per catch-up page.
-const CATCH_UP_PAGE: i64 = 1000;
 /// How often advanced checkpoints are written when no appends carry them.
 pub(crate) const CHECKPOINT_FLUSH: Duration = Duration::from_millis(200);
 
@@ -67,6 +67,10 @@ pub(crate) const CHECKPOINT_FLUSH: Duration = Duration::from_millis(200);
 pub(crate) struct Slot {
     pub(crate) deliver: Recipient<Deliver>,
     pub(crate) control: Recipient<Control>,
+    /// What it was given and has not finished (durable bus: at most its mailbox capacity).
+    pub(crate) load: Arc<Load>,
+    /// Durable bus: its checkpoint at start, where it begins to read the store.
+    pub(crate) resume_after: u64,
 }
 
 /// One subscription: its handler actors and its counters.
@@ -94,13 +98,13 @@ pub(crate) struct RouterActor {
     committed: InOrder<Committed>,
     /// The intake ended while commits were outstanding: drain once they are handled.
     drain_when_committed: bool,
-    /// Durable bus: every stored event up to here has been delivered (or was of no
-    /// subscribed type). Idle handler actors learn it from watermarks ([`Self::watermarks`]).
+    /// Durable bus: every stored event up to here has been routed (to the live actors, or
+    /// left in the store for those behind). Idle actors learn it from watermarks.
     delivered_through: u64,
-    /// Per slot (flat index): the last watermark sent with a delivery or alone.
-    sent_through: Vec<u64>,
-    /// Per slot: a watermark alone is on its way (at most one, so mailboxes stay bounded).
-    watermark_in_flight: Vec<bool>,
+    /// Durable bus, per slot (flat index): live, or behind and reading the store.
+    lanes: Vec<Lane>,
+    /// Shutdown waits for every lane to be live again before it drains.
+    drain_when_caught_up: bool,
     drained: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -125,8 +129,14 @@ impl RouterActor {
         for g in &groups {
             slot_base.push(slot_base.last().copied().unwrap_or(0) + g.slots.len());
         }
-        let slots = slot_base.last().copied().unwrap_or(0);
-        let delivered_through = durable.as_ref().map_or(0, |d| d.replay_after.max(0) as u64);
+        let delivered_through = durable.as_ref().map_or(0, |d| d.head.max(0) as u64);
+        let lanes = match &durable {
+            Some(_) => groups
+                .iter()
+                .flat_map(|g| g.slots.iter().map(|s| Lane::behind(s.resume_after)))
+                .collect(),
+            None => Vec::new(),
+        };
         Self {
             groups,
             by_type,
@@ -139,8 +149,8 @@ impl RouterActor {
             committed: InOrder::default(),
             drain_when_committed: false,
             delivered_through,
-            sent_through: vec![0; slots],
-            watermark_in_flight: vec![false; slots],
+            lanes,
+            drain_when_caught_up: false,
             drained: false,
             drain_waiters: Vec::new(),
         }
@@ -154,22 +164,17 @@ impl RouterActor {
         only: Option<usize>,
         ctx: &mut Context<Self>,
     ) {
-        let delivery = self.delivery(records, only, None);
+        let delivery = self.delivery(records, only);
         ctx.wait(actix::fut::wrap_future(delivery));
     }
 
-    /// The future that hands `records` to the handler actors; done once each took its part.
-    /// `through` (durable bus): every stored event up to it is in this delivery or an
-    /// earlier one; each actor that gets records learns it with them.
-    fn delivery(
+    /// Splits `records` by handler actor (flat slot index), in order, for the subscriptions
+    /// of their types (`only` one of them, if given).
+    fn route(
         &mut self,
         records: impl Iterator<Item = Record>,
         only: Option<usize>,
-        through: Option<u64>,
-    ) -> LocalBoxFuture<'static, ()> {
-        if let Some(through) = through {
-            self.delivered_through = self.delivered_through.max(through);
-        }
+    ) -> Vec<Vec<Record>> {
         let mut batches: Vec<Vec<Record>> =
             vec![Vec::new(); self.slot_base.last().copied().unwrap_or(0)];
         let mut unrouted = 0u64;
@@ -198,6 +203,23 @@ impl RouterActor {
         if unrouted > 0 {
             HandlerCounters::add(&self.counters.unrouted, unrouted);
         }
+        batches
+    }
+
+    /// The flat slot index's (subscription, slot within it).
+    fn locate(&self, flat: usize) -> (usize, usize) {
+        let g = self.slot_base.partition_point(|&base| base <= flat) - 1;
+        (g, flat - self.slot_base[g])
+    }
+
+    /// The future that hands `records` to the handler actors with `send().await`; done once
+    /// each took its part (in memory; and redriven letters).
+    fn delivery(
+        &mut self,
+        records: impl Iterator<Item = Record>,
+        only: Option<usize>,
+    ) -> LocalBoxFuture<'static, ()> {
+        let batches = self.route(records, only);
         let targets: Vec<_> = batches
             .into_iter()
             .enumerate()
@@ -207,11 +229,7 @@ impl RouterActor {
             return async {}.boxed_local();
         }
         let sends = targets.into_iter().map(|(flat, records)| {
-            if let Some(through) = through {
-                self.sent_through[flat] = self.sent_through[flat].max(through);
-            }
-            let g = self.slot_base.partition_point(|&base| base <= flat) - 1;
-            let slot = flat - self.slot_base[g];
+            let (g, slot) = self.locate(flat);
             let group = &self.groups[g];
             HandlerCounters::add(&group.counters.delivered, records.len() as u64);
             let recipient = group.slots[slot].deliver.clone();
@@ -221,9 +239,11 @@ impl RouterActor {
                 let mut records = records;
                 while !records.is_empty() {
                     let rest = records.split_off(records.len().min(capacity));
-                    // The watermark goes with the last part: it covers the parts before.
-                    let through = if rest.is_empty() { through } else { None };
-                    let deliver = Deliver { records, through };
+                    let deliver = Deliver {
+                        records,
+                        through: None,
+                        load: 0,
+                    };
                     if recipient.send(deliver).await.is_err() {
                         log::error!("a handler actor stopped before the bus was shut down");
                     }
@@ -287,46 +307,30 @@ impl RouterActor {
     }
 
     /// A chunk's commit came back: answer the publishers and deliver, in the order the
-    /// chunks were sent; the deliveries keep the router waiting until handlers took them.
+    /// chunks were sent. Nothing here waits for a handler: a live actor with room gets its
+    /// part at once, one without room falls behind and reads it from the store later.
     fn commit_done(&mut self, ticket: u64, result: Committed, ctx: &mut Context<Self>) {
-        let due = self.committed.arrived(ticket, result);
-        if due.is_empty() {
-            return;
+        for (reply, acks) in self.committed.arrived(ticket, result) {
+            self.gate.leave(acks.len());
+            let stored = acknowledge(reply, acks);
+            // Positions grow with every commit: the newest of this one covers all before.
+            let through = stored.iter().filter_map(|r| r.meta.position).max();
+            self.deliver_live(stored, through, ctx);
         }
-        let deliveries: Vec<_> = due
-            .into_iter()
-            .map(|(reply, acks)| {
-                self.gate.leave(acks.len());
-                let stored = acknowledge(reply, acks);
-                // Positions grow with every commit: the newest of this one covers all before.
-                let through = stored.iter().filter_map(|r| r.meta.position).max();
-                self.delivery(stored.into_iter(), None, through)
-            })
-            .collect();
-        // One waited future: actix polls the newest wait first, so two would run out of order.
-        let delivered = async move {
-            for delivery in deliveries {
-                delivery.await;
-            }
-        };
-        ctx.wait(
-            actix::fut::wrap_future(delivered).map(|(), act: &mut Self, ctx| {
-                if act.drain_when_committed && act.gate.is_idle() {
-                    act.drain_when_committed = false;
-                    act.finish_drain(ctx);
-                }
-            }),
-        );
+        if self.drain_when_committed && self.gate.is_idle() {
+            self.drain_when_committed = false;
+            self.finish_drain(ctx);
+        }
     }
 
     /// Hands back the dead letters an operator asked to redrive while no bus ran (`actorbus
-    /// dlq redrive`), before anything else; then catches up.
+    /// dlq redrive`), before anything else; then every actor catches up from the store on
+    /// its own, and intake starts at once.
     fn redrive_requested(&mut self, ctx: &mut Context<Self>) {
         let Some(durable) = &self.durable else {
             return;
         };
         let pool = durable.pool.clone();
-        let after = durable.replay_after;
         let read = read_in_background(pool, store_log::load_requested_redrives);
         ctx.wait(
             actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| {
@@ -361,59 +365,14 @@ impl RouterActor {
                 }
                 let mut futures = Vec::new();
                 for (g, records) in deliveries {
-                    futures.push(act.delivery(records.into_iter(), Some(g), None));
+                    futures.push(act.delivery(records.into_iter(), Some(g)));
                 }
-                ctx.wait(
-                    actix::fut::wrap_future(join_all(futures))
-                        .map(move |_, act: &mut Self, ctx| act.catch_up(after, ctx)),
-                );
-            }),
-        );
-    }
-
-    /// Replays stored events after `after` page by page, then starts live intake: no gap
-    /// (intake waits until the log is read to its end) and no duplicate (handler actors skip
-    /// what their checkpoint already covers).
-    fn catch_up(&mut self, after: i64, ctx: &mut Context<Self>) {
-        let Some(durable) = &self.durable else {
-            self.start_intake(ctx);
-            return;
-        };
-        let pool = durable.pool.clone();
-        let types: Vec<String> = self.by_type.keys().cloned().collect();
-        let read = read_in_background(pool, move |conn| {
-            // In one read transaction: the head is that of the log the page was read from.
-            conn.transaction(|conn| {
-                let rows = store_log::read_types_after(conn, &types, after, CATCH_UP_PAGE)?;
-                Ok((rows, store_log::head(conn)?))
-            })
-        });
-        ctx.wait(
-            actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| match rows {
-                Ok((rows, head)) if rows.is_empty() => {
-                    // Nothing of a subscribed type up to the head: all of it is delivered.
-                    // This bus is the store's only writer, and intake has not started.
-                    act.delivered_through = act.delivered_through.max(head.max(0) as u64);
-                    act.start_intake(ctx)
-                }
-                Ok((rows, _)) => {
-                    let last = rows.last().map_or(after, |r| r.position);
-                    let records: Vec<Record> = rows.into_iter().map(|r| r.into_record()).collect();
-                    let delivery =
-                        act.delivery(records.into_iter(), None, Some(last.max(0) as u64));
-                    ctx.wait(
-                        actix::fut::wrap_future(delivery)
-                            .map(move |(), act: &mut Self, ctx| act.catch_up(last, ctx)),
-                    );
-                }
-                Err(e) => {
-                    log::error!(
-                        "catch-up read after position {after} failed: {e}; retrying in 1 s"
-                    );
-                    ctx.run_later(Duration::from_secs(1), move |act, ctx| {
-                        act.catch_up(after, ctx)
-                    });
-                }
+                ctx.wait(actix::fut::wrap_future(join_all(futures)).map(
+                    |_, act: &mut Self, ctx| {
+                        act.start_lanes(ctx);
+                        act.start_intake(ctx);
+                    },
+                ));
             }),
         );
     }
@@ -446,53 +405,15 @@ impl RouterActor {
         }));
     }
 
-    /// Tells every handler actor that got nothing since its last watermark how far the log
-    /// has been delivered, so that its checkpoint keeps up (lag 0 when drained) and
-    /// retention is not held back by a subscription whose events stopped coming. Sent alone,
-    /// not waited for; one at a time per actor.
-    fn watermarks(&mut self, ctx: &mut Context<Self>) {
-        if self.durable.is_none() {
+    fn finish_drain(&mut self, ctx: &mut Context<Self>) {
+        if !self.lanes.iter().all(Lane::is_live) {
+            // An actor still reads its events from the store: drain once all are live.
+            self.drain_when_caught_up = true;
             return;
         }
-        let through = self.delivered_through;
-        for (g, group) in self.groups.iter().enumerate() {
-            for (i, slot) in group.slots.iter().enumerate() {
-                let flat = self.slot_base[g] + i;
-                if self.sent_through[flat] >= through || self.watermark_in_flight[flat] {
-                    continue;
-                }
-                self.sent_through[flat] = through;
-                self.watermark_in_flight[flat] = true;
-                let sent = slot.deliver.send(Deliver {
-                    records: Vec::new(),
-                    through: Some(through),
-                });
-                ctx.spawn(
-                    actix::fut::wrap_future(sent).map(move |_, act: &mut Self, _| {
-                        act.watermark_in_flight[flat] = false;
-                    }),
-                );
-            }
-        }
-    }
-
-    fn finish_drain(&mut self, ctx: &mut Context<Self>) {
         // Every actor learns the final watermark first, then drains; the checkpoints and dead
         // letters are written once all of them are done (so not a message earlier).
-        let through = self.delivered_through;
-        let mut finals = Vec::new();
-        if self.durable.is_some() {
-            for (g, group) in self.groups.iter().enumerate() {
-                for (i, slot) in group.slots.iter().enumerate() {
-                    if self.sent_through[self.slot_base[g] + i] < through {
-                        finals.push(slot.deliver.send(Deliver {
-                            records: Vec::new(),
-                            through: Some(through),
-                        }));
-                    }
-                }
-            }
-        }
+        self.watermarks(true);
         let controls: Vec<_> = self
             .groups
             .iter()
@@ -500,7 +421,6 @@ impl RouterActor {
             .collect();
         let storage = self.durable.as_ref().map(|d| d.storage.clone());
         let done = async move {
-            join_all(finals).await;
             join_all(controls.iter().map(|c| c.send(Control::Drain))).await;
             if let Some(storage) = storage {
                 match storage.send(FlushCheckpoints).await {
@@ -531,7 +451,7 @@ impl Actor for RouterActor {
             Some(durable) => {
                 let storage = durable.storage.clone();
                 ctx.run_interval(CHECKPOINT_FLUSH, move |act, ctx| {
-                    act.watermarks(ctx);
+                    act.watermarks(false);
                     let flush = storage.send(FlushCheckpoints);
                     ctx.spawn(actix::fut::wrap_future(flush).map(|_, _, _| ()));
                 });
@@ -573,7 +493,7 @@ impl StreamHandler<Vec<Intake>> for RouterActor {
 
 /// Runs a read on the blocking pool with a pooled connection, so the arbiter never waits for
 /// SQLite; any failure comes back as its message.
-async fn read_in_background<T: Send + 'static>(
+pub(super) async fn read_in_background<T: Send + 'static>(
     pool: SqlitePool,
     read: impl FnOnce(&mut diesel::SqliteConnection) -> diesel::QueryResult<T> + Send + 'static,
 ) -> std::result::Result<T, String> {

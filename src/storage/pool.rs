@@ -60,7 +60,7 @@ pub(crate) fn open(options: &SqliteOptions) -> Result<SqlitePool, StoreError> {
     };
     let url = path.to_string_lossy().into_owned();
     let pool = Pool::builder()
-        .max_size(4)
+        .max_size(8)
         // Connections are opened when needed, not by background threads at build.
         .min_idle(Some(0))
         // Failures reach the caller as errors; r2d2 would also log every retry.

@@ -1,0 +1,258 @@
+//! Lanes: on a durable bus the log is the buffer between the router and each handler actor.
+//!
+//! A live actor gets its part of every commit at once (`do_send`), as long as what it was
+//! given and has not finished ([`Load`](crate::actors::handler::Load)) stays within its
+//! mailbox capacity. An actor without room falls *behind*: the router stops handing it live
+//! events and it reads them back from the store instead, in pages no larger than its free
+//! room, until a page reaches the router's live frontier; then it is live again. Its checkpoint
+//! bounds where it starts reading, the page that reaches the frontier names the position up
+//! to which live events are already covered (`skip_through`), so the switch has no gap and no
+//! duplicate. Nothing here waits for a handler: a slow or failing subscription lags, the
+//! publishers and the other subscriptions go on at full speed, and memory stays bounded.
+//!
+//! At start every actor is behind at its checkpoint: catch-up after a restart is the same path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use diesel::Connection as _;
+
+use super::{read_in_background, RouterActor};
+use crate::actors::handler::Deliver;
+use crate::event::Record;
+use crate::stats::HandlerCounters;
+use crate::storage::log as store_log;
+
+/// How one handler actor of a durable bus gets its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// Each commit's part is handed over at once; stored events up to `skip_through` were
+    /// already read from the store for it, and are not handed over again.
+    Live {
+        skip_through: u64,
+        sent_through: u64,
+    },
+    /// Reads from the store every event of its subscription after `after`; `reading` while a
+    /// page is on its way.
+    Behind { after: u64, reading: bool },
+}
+
+impl Lane {
+    /// A lane that starts by reading the store after `after` (the actor's checkpoint).
+    pub(super) fn behind(after: u64) -> Self {
+        Lane::Behind {
+            after,
+            reading: false,
+        }
+    }
+
+    pub(super) fn is_live(&self) -> bool {
+        matches!(self, Lane::Live { .. })
+    }
+}
+
+/// The longest a failed catch-up read waits before it is tried again.
+const READ_RETRY: Duration = Duration::from_secs(1);
+
+impl RouterActor {
+    /// Every actor of a durable bus begins behind, at its checkpoint.
+    pub(super) fn start_lanes(&mut self, ctx: &mut Context<Self>) {
+        for flat in 0..self.lanes.len() {
+            self.read_next_page(flat, ctx);
+        }
+    }
+
+    /// Hands a commit's `records` (positions up to `through`) to the live actors with room;
+    /// an actor without room falls behind. Never waits.
+    pub(super) fn deliver_live(
+        &mut self,
+        records: Vec<Record>,
+        through: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        let before = self.delivered_through;
+        let Some(through) = through else { return };
+        self.delivered_through = before.max(through);
+        let batches = self.route(records.into_iter(), None);
+        for (flat, mut records) in batches.into_iter().enumerate() {
+            if records.is_empty() {
+                continue;
+            }
+            let Lane::Live {
+                skip_through,
+                sent_through,
+            } = self.lanes[flat]
+            else {
+                continue; // it reads them from the store
+            };
+            records.retain(|r| r.meta.position.is_some_and(|p| p > skip_through));
+            if records.is_empty() {
+                continue;
+            }
+            let (g, slot) = self.locate(flat);
+            let group = &self.groups[g];
+            let load = &group.slots[slot].load;
+            if load.queued() + records.len() > group.capacity {
+                // No room: everything up to the previous commit was handed over; the rest
+                // it reads back from the store, at its own pace.
+                log::debug!(
+                    "`{}` #{slot} falls behind at position {}",
+                    group.name,
+                    before.max(skip_through).max(sent_through)
+                );
+                self.lanes[flat] = Lane::behind(before.max(skip_through).max(sent_through));
+                self.read_next_page(flat, ctx);
+                continue;
+            }
+            HandlerCounters::add(&group.counters.delivered, records.len() as u64);
+            let units = records.len();
+            load.add(units);
+            group.slots[slot].deliver.do_send(Deliver {
+                records,
+                through: Some(through),
+                load: units,
+            });
+            self.lanes[flat] = Lane::Live {
+                skip_through,
+                sent_through: through,
+            };
+        }
+    }
+
+    /// Tells every idle live actor that got nothing since its last watermark how far the log
+    /// has been routed, so that its checkpoint keeps up (lag 0 when drained) and retention is
+    /// not held back by a subscription whose events stopped coming. One unit of its load
+    /// each; `always` (at shutdown) sends it to busy actors too.
+    pub(super) fn watermarks(&mut self, always: bool) {
+        let through = self.delivered_through;
+        for flat in 0..self.lanes.len() {
+            let Lane::Live {
+                skip_through,
+                sent_through,
+            } = self.lanes[flat]
+            else {
+                continue;
+            };
+            let (g, slot) = self.locate(flat);
+            let target = &self.groups[g].slots[slot];
+            if sent_through >= through || (!always && target.load.queued() > 0) {
+                continue;
+            }
+            target.load.add(1);
+            target.deliver.do_send(Deliver {
+                records: Vec::new(),
+                through: Some(through),
+                load: 1,
+            });
+            self.lanes[flat] = Lane::Live {
+                skip_through,
+                sent_through: through,
+            };
+        }
+    }
+
+    /// Reads the next page for a lane that is behind, once its actor has room for half a
+    /// mailbox: at most as many events as it has room for, and the head, in one snapshot.
+    fn read_next_page(&mut self, flat: usize, ctx: &mut Context<Self>) {
+        let Lane::Behind {
+            after,
+            reading: false,
+        } = self.lanes[flat]
+        else {
+            return;
+        };
+        let Some(durable) = &self.durable else { return };
+        self.lanes[flat] = Lane::Behind {
+            after,
+            reading: true,
+        };
+        let (g, slot) = self.locate(flat);
+        let group = &self.groups[g];
+        let load = Arc::clone(&group.slots[slot].load);
+        let capacity = group.capacity;
+        let types = group.event_types.clone();
+        let pool = durable.pool.clone();
+        let page = async move {
+            load.at_most(capacity / 2).await;
+            let room = capacity.saturating_sub(load.queued()).max(1);
+            let read = read_in_background(pool, move |conn| {
+                conn.transaction(|conn| {
+                    let rows =
+                        store_log::read_types_after(conn, &types, after as i64, room as i64)?;
+                    Ok((rows, store_log::head(conn)?))
+                })
+            });
+            (read.await, room)
+        };
+        ctx.spawn(
+            actix::fut::wrap_future(page).map(move |(read, room), act: &mut Self, ctx| {
+                act.page_read(flat, after, room, read, ctx)
+            }),
+        );
+    }
+
+    /// A page came back: hand this actor its part, then read on or go live.
+    fn page_read(
+        &mut self,
+        flat: usize,
+        after: u64,
+        room: usize,
+        read: Result<(Vec<crate::storage::models::StoredEvent>, i64), String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let (rows, head) = match read {
+            Ok(page) => page,
+            Err(e) => {
+                let (g, slot) = self.locate(flat);
+                log::warn!(
+                    "`{}` #{slot}: reading its events after position {after} failed: {e}; \
+                     retrying in {READ_RETRY:?}",
+                    self.groups[g].name
+                );
+                self.lanes[flat] = Lane::behind(after);
+                ctx.run_later(READ_RETRY, move |act, ctx| act.read_next_page(flat, ctx));
+                return;
+            }
+        };
+        // A short page read everything stored up to the head of its snapshot.
+        let covered = if rows.len() < room {
+            head.max(0) as u64
+        } else {
+            rows.last().map_or(after, |r| r.position.max(0) as u64)
+        }
+        .max(after);
+        let (g, slot) = self.locate(flat);
+        let group = &self.groups[g];
+        let slots = group.slots.len() as u64;
+        let records: Vec<Record> = rows
+            .into_iter()
+            .map(|r| r.into_record())
+            .filter(|r| (r.partition % slots) as usize == slot)
+            .collect();
+        HandlerCounters::add(&group.counters.delivered, records.len() as u64);
+        let units = records.len().max(1);
+        let target = &group.slots[slot];
+        target.load.add(units);
+        target.deliver.do_send(Deliver {
+            records,
+            through: Some(covered),
+            load: units,
+        });
+        if covered >= self.delivered_through {
+            // Every commit routed so far is covered: live from here, and what the page read
+            // beyond the frontier (commits not yet routed) is not handed over twice.
+            self.lanes[flat] = Lane::Live {
+                skip_through: covered,
+                sent_through: covered,
+            };
+            if self.drain_when_caught_up && self.lanes.iter().all(Lane::is_live) {
+                self.drain_when_caught_up = false;
+                self.finish_drain(ctx);
+            }
+        } else {
+            self.lanes[flat] = Lane::behind(covered);
+            self.read_next_page(flat, ctx);
+        }
+    }
+}
