@@ -921,6 +921,51 @@ fn sqlite_bench_leaves_a_consistent_store_and_reports_both_baselines() {
     assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
 }
 
+#[test]
+fn sqlite_bench_with_a_failing_subscription_reports_its_publish_rate_beside_one_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let out = ok(&[
+        "bench",
+        "--mode",
+        "sqlite",
+        "--events",
+        "2000",
+        "--publishers",
+        "8",
+        "--fail-rate",
+        "0.2",
+        "--no-baseline",
+        "--db",
+        path(&db),
+        "--json",
+    ]);
+    let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let with = report["published_per_sec"].as_f64().unwrap();
+    let without = report["published_per_sec_without_failures"]
+        .as_f64()
+        .unwrap();
+    let ratio = report["ratio_to_without_failures"].as_f64().unwrap();
+    assert!((ratio - with / without).abs() < 1e-9, "{report}");
+    assert!(out.contains("failing 20% of its attempts"), "{out}");
+    // The failing subscription retried until every event was handled: the store is drained
+    // and consistent; the reference run left nothing behind.
+    let stats = json(&["stats", "--db", path(&db), "--json"]);
+    assert_eq!(stats["events"], 2000);
+    assert!(
+        stats["handlers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["lag"] == 0 && h["dead_letters"] == 0),
+        "{stats}"
+    );
+    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+    let mut left: Vec<_> = files(dir.path()).into_keys().collect();
+    left.sort();
+    assert!(left.iter().all(|f| f.starts_with("bench.db")), "{left:?}");
+}
+
 /// What `help` says about `option`: its line and the description below it.
 fn help_for(help: &str, option: &str) -> String {
     let mut lines = help

@@ -80,6 +80,17 @@ pub(crate) struct BenchArgs {
     /// SQLite mode: rows per transaction of the raw-SQLite baseline, at least 1.
     #[arg(long, default_value_t = 1000, value_parser = whole_number::<u64>(1, u64::MAX))]
     baseline_batch: u64,
+    /// SQLite mode: share of attempts at which the first subscription fails (retried with
+    /// backoff: 1 ms doubling to 20 ms, 20 attempts), 0 to 1. Above 0 the bench also runs
+    /// without failures, in `.reference.db` beside the database, and reports the ratio of the
+    /// two publish rates.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_parser = crate::cli::number_from(0.0, 1.0),
+        allow_negative_numbers = true
+    )]
+    fail_rate: f64,
     /// Skip the baseline run.
     #[arg(long)]
     no_baseline: bool,
@@ -104,12 +115,17 @@ impl DomainEvent for BenchEvent {
 struct Counting {
     seen: Arc<AtomicU64>,
     work: Duration,
+    /// Share of attempts that fail (transiently: a retry may succeed).
+    fail_rate: f64,
 }
 
 impl EventHandler<BenchEvent> for Counting {
     async fn handle(&mut self, _e: &Envelope<BenchEvent>) -> Result<(), HandlerError> {
         if !self.work.is_zero() {
             spin(self.work);
+        }
+        if self.fail_rate > 0.0 && fastrand::f64() < self.fail_rate {
+            return Err("bench: a transient failure".into());
         }
         self.seen.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -179,20 +195,29 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bench's subscriptions; the first fails `fail_rate` of its attempts.
 fn counting_bus(
     args: &BenchArgs,
     mut builder: actorbus::BusBuilder,
+    fail_rate: f64,
 ) -> anyhow::Result<(EventBus, Vec<Arc<AtomicU64>>)> {
     let seen: Vec<Arc<AtomicU64>> = (0..args.handlers).map(|_| Arc::default()).collect();
     let work = Duration::from_secs_f64(args.work_us / 1e6);
+    let retry = actorbus::RetryPolicy::new(20)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(20));
     for (i, counter) in seen.iter().enumerate() {
         let counter = Arc::clone(counter);
+        let fail_rate = if i == 0 { fail_rate } else { 0.0 };
         builder = builder.handler_with(
             &format!("bench-{i}"),
-            HandlerOptions::new().concurrency(args.concurrency),
+            HandlerOptions::new()
+                .concurrency(args.concurrency)
+                .retry(retry),
             move || Counting {
                 seen: Arc::clone(&counter),
                 work,
+                fail_rate,
             },
         );
     }
@@ -216,7 +241,7 @@ fn check_all_seen(seen: &[Arc<AtomicU64>], events: u64) -> anyhow::Result<()> {
 }
 
 async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
-    let (bus, seen) = counting_bus(args, EventBus::builder())?;
+    let (bus, seen) = counting_bus(args, EventBus::builder(), 0.0)?;
     let warm = (args.events / 10).max(1);
     let mut rss_after_warmup = 0.0;
     let start = Instant::now();
@@ -272,53 +297,26 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         Sync::Normal => actorbus::Durability::Normal,
         Sync::Full => actorbus::Durability::Full,
     };
-    let system = System::new();
-    let result = system.block_on(async {
-        let builder = EventBus::builder().sqlite(&db).durability(durability);
-        let (bus, seen) = counting_bus(args, builder)?;
-        let start = Instant::now();
-        let per = args.events / args.publishers as u64;
-        let extra = args.events % args.publishers as u64;
-        // One histogram for all publishers (they share this thread): one each would cost
-        // hundreds of KiB per publisher and blur the peak RSS.
-        let acks = std::rc::Rc::new(std::cell::RefCell::new(ack_histogram()));
-        let mut tasks = Vec::new();
-        for p in 0..args.publishers as u64 {
-            let bus = bus.clone();
-            let n = per + u64::from(p < extra);
-            let streams = args.streams;
-            let acks = std::rc::Rc::clone(&acks);
-            tasks.push(actix_rt::spawn(async move {
-                for i in 0..n {
-                    let seq = p + i * 1_000_000;
-                    let t = Instant::now();
-                    bus.publish(BenchEvent {
-                        stream: (p * 7919 + i) % streams,
-                        seq,
-                    })
-                    .await?;
-                    acks.borrow_mut()
-                        .saturating_record(t.elapsed().as_nanos() as u64);
-                }
-                Ok::<_, actorbus::Error>(())
-            }));
+    // The same load without failures, beside the run with them, for the ratio.
+    let reference = if args.fail_rate > 0.0 {
+        let path = db.with_extension("reference.db");
+        refuse_existing(&path)?;
+        let figures = sqlite_run(args, &path, durability, 0.0);
+        for file in sqlite_files(&path) {
+            let _ = std::fs::remove_file(file);
         }
-        for t in tasks {
-            t.await??;
-        }
-        // Each publisher waits for its ack, so a stall delays one ack per publisher: the
-        // tail beyond p99 shows what p99 hides.
-        let ack_us = {
-            let acks = acks.borrow();
-            [0.99, 0.999, 1.0].map(|q| acks.value_at_quantile(q) as f64 / 1e3)
-        };
-        bus.shutdown(Duration::from_secs(3600)).await?;
-        let seconds = start.elapsed().as_secs_f64();
-        check_all_seen(&seen, args.events)?;
-        let (p50, p99) = slowest_handler_latency(&bus.stats());
-        Ok::<_, anyhow::Error>((seconds, p50, p99, ack_us))
-    });
-    let (seconds, p50, p99, [p99_ack, p999_ack, max_ack]) = result?;
+        let _ = std::fs::remove_file(format!("{}.lock", path.display()));
+        Some(figures?)
+    } else {
+        None
+    };
+    let SqliteRun {
+        seconds,
+        publish_seconds,
+        p50,
+        p99,
+        ack_us: [p99_ack, p999_ack, max_ack],
+    } = sqlite_run(args, &db, durability, args.fail_rate)?;
     use actorbus::baseline::StreamIndex;
     let baselines = if args.no_baseline {
         None
@@ -349,6 +347,17 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         size as f64 / 1e6,
         size as f64 / 1e6 / (args.events as f64 / 1e6),
     );
+    let published = args.events as f64 / publish_seconds;
+    if let Some(reference) = &reference {
+        let without = args.events as f64 / reference.publish_seconds;
+        say!(
+            "with subscription bench-0 failing {:.0}% of its attempts (retried): {published:.0} events/s published, all handled in {seconds:.3} s; \
+             without failures, same run: {without:.0} events/s published, all handled in {:.3} s; ratio {:.2}",
+            args.fail_rate * 100.0,
+            reference.seconds,
+            published / without
+        );
+    }
     if let Some((same, per_event)) = baselines {
         say!(
             "baseline (raw rusqlite, the same rows, tables and bulk stream index, prepared INSERT, transactions of {}): {same:.0} rows/s; ratio {:.2}",
@@ -373,6 +382,8 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             "events_per_sec": eps,
             "p50_us": p50.as_secs_f64() * 1e6,
             "p99_us": p99.as_secs_f64() * 1e6,
+            "published_per_sec": published,
+            "fail_rate": args.fail_rate,
             "p99_ack_us": p99_ack,
             "p999_ack_us": p999_ack,
             "max_ack_us": max_ack,
@@ -386,9 +397,88 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             json["per_event_index_rows_per_sec"] = per_event.into();
             json["ratio_to_per_event_index"] = (eps / per_event).into();
         }
+        if let Some(reference) = &reference {
+            let without = args.events as f64 / reference.publish_seconds;
+            json["published_per_sec_without_failures"] = without.into();
+            json["ratio_to_without_failures"] = (published / without).into();
+        }
         say!("{json}");
     }
     Ok(())
+}
+
+/// What one SQLite run measured.
+struct SqliteRun {
+    /// Until every event was handled and the checkpoints written.
+    seconds: f64,
+    /// Until every publish was acknowledged.
+    publish_seconds: f64,
+    p50: Duration,
+    p99: Duration,
+    /// p99, p99.9 and max publish -> ack, in µs.
+    ack_us: [f64; 3],
+}
+
+/// Publishes `--events` with `--publishers` tasks into a bus on `db` whose first subscription
+/// fails `fail_rate` of its attempts; shuts it down once every handler saw every event.
+fn sqlite_run(
+    args: &BenchArgs,
+    db: &std::path::Path,
+    durability: actorbus::Durability,
+    fail_rate: f64,
+) -> anyhow::Result<SqliteRun> {
+    System::new().block_on(async {
+        let builder = EventBus::builder().sqlite(db).durability(durability);
+        let (bus, seen) = counting_bus(args, builder, fail_rate)?;
+        let start = Instant::now();
+        let per = args.events / args.publishers as u64;
+        let extra = args.events % args.publishers as u64;
+        // One histogram for all publishers (they share this thread): one each would cost
+        // hundreds of KiB per publisher and blur the peak RSS.
+        let acks = std::rc::Rc::new(std::cell::RefCell::new(ack_histogram()));
+        let mut tasks = Vec::new();
+        for p in 0..args.publishers as u64 {
+            let bus = bus.clone();
+            let n = per + u64::from(p < extra);
+            let streams = args.streams;
+            let acks = std::rc::Rc::clone(&acks);
+            tasks.push(actix_rt::spawn(async move {
+                for i in 0..n {
+                    let seq = p + i * 1_000_000;
+                    let t = Instant::now();
+                    bus.publish(BenchEvent {
+                        stream: (p * 7919 + i) % streams,
+                        seq,
+                    })
+                    .await?;
+                    acks.borrow_mut()
+                        .saturating_record(t.elapsed().as_nanos() as u64);
+                }
+                Ok::<_, actorbus::Error>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let publish_seconds = start.elapsed().as_secs_f64();
+        // Each publisher waits for its ack, so a stall delays one ack per publisher: the
+        // tail beyond p99 shows what p99 hides.
+        let ack_us = {
+            let acks = acks.borrow();
+            [0.99, 0.999, 1.0].map(|q| acks.value_at_quantile(q) as f64 / 1e3)
+        };
+        bus.shutdown(Duration::from_secs(3600)).await?;
+        let seconds = start.elapsed().as_secs_f64();
+        check_all_seen(&seen, args.events)?;
+        let (p50, p99) = slowest_handler_latency(&bus.stats());
+        Ok(SqliteRun {
+            seconds,
+            publish_seconds,
+            p50,
+            p99,
+            ack_us,
+        })
+    })
 }
 
 /// The file of the baseline runs: `db` with the extension `.baseline.db`.
