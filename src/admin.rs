@@ -36,8 +36,8 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-/// One stored event, as an operator sees it.
-#[derive(Debug, Clone, PartialEq)]
+/// One stored event, as an operator sees it (serializes with `recorded_at` in Unix µs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct StoredEventInfo {
     /// Global position.
@@ -57,11 +57,12 @@ pub struct StoredEventInfo {
     /// Correlation, causation and headers as stored (JSON), if any.
     pub metadata: Option<String>,
     /// When it was published.
+    #[serde(serialize_with = "crate::stats::as_unix_micros")]
     pub recorded_at: SystemTime,
 }
 
-/// How far one handler actor got.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How far one handler actor got (serializes with `updated_at` in Unix µs).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct CheckpointInfo {
     /// Subscription name.
@@ -73,11 +74,12 @@ pub struct CheckpointInfo {
     /// Last position processed.
     pub position: u64,
     /// When it was written.
+    #[serde(serialize_with = "crate::stats::as_unix_micros")]
     pub updated_at: SystemTime,
 }
 
-/// A stored dead letter with its event.
-#[derive(Debug, Clone, PartialEq)]
+/// A stored dead letter with its event (serializes with `failed_at` in Unix µs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct DeadLetterInfo {
     /// Dead-letter id.
@@ -89,6 +91,7 @@ pub struct DeadLetterInfo {
     /// The last error.
     pub last_error: String,
     /// When the handler gave up.
+    #[serde(serialize_with = "crate::stats::as_unix_micros")]
     pub failed_at: SystemTime,
     /// Whether an operator asked for it to be redriven at the next start.
     pub redrive_requested: bool,
@@ -145,7 +148,7 @@ impl EventFilter {
 }
 
 /// A summary of a store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct StoreSummary {
     /// Events stored.
@@ -173,7 +176,7 @@ pub enum Replay {
 }
 
 /// One subscription in a [`StoreSummary`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct HandlerSummary {
     /// Subscription name.

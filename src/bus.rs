@@ -85,7 +85,7 @@ pub(crate) struct BusShared {
     /// Whether events go through the store (publish then waits for the commit).
     pub(crate) durable: bool,
     /// The storage actor's thread, joined at shutdown.
-    pub(crate) storage_thread: Mutex<Option<actix_rt::Arbiter>>,
+    pub(crate) storage_thread: Mutex<Option<crate::actors::storage::WriterThread>>,
     pub(crate) intake: mpsc::Sender<Intake>,
     pub(crate) intake_capacity: usize,
     pub(crate) lifecycle: Arc<Lifecycle>,
@@ -318,9 +318,8 @@ impl EventBus {
                 .take();
             if let Some(thread) = thread {
                 // Everything is drained and the checkpoints are written: stop the writer and
-                // wait for its thread, so that it never outlives the actix system.
-                thread.stop();
-                let _ = actix_rt::task::spawn_blocking(move || thread.join()).await;
+                // wait for its thread, so that it never outlives the bus.
+                let _ = actix_rt::task::spawn_blocking(move || thread.stop_and_join()).await;
             }
         };
         actix_rt::time::timeout(timeout, drained)

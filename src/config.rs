@@ -468,6 +468,10 @@ impl BusBuilder {
             .unwrap_or_default()
             .into_iter();
         let durable_bus = store.is_some();
+        let retention_every = match &self.store {
+            StoreConfig::Sqlite(o) if o.retention.is_enabled() => Some(o.retention.interval),
+            _ => None,
+        };
         let split_commits = matches!(
             &self.store,
             StoreConfig::Sqlite(o) if o.durability == crate::storage::Durability::Normal
@@ -530,6 +534,7 @@ impl BusBuilder {
                     storage: st.storage,
                     pool: st.pool,
                     head: st.head,
+                    retention_every,
                     split_commits,
                 }
             });

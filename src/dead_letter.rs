@@ -25,6 +25,28 @@ pub struct DeadLetter {
     pub(crate) record: Record,
 }
 
+/// As JSON: `id`, `handler`, `attempts`, `last_error`, `failed_at` (Unix µs) and the
+/// event's metadata under `event`.
+impl serde::Serialize for DeadLetter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct At(SystemTime);
+        impl serde::Serialize for At {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                crate::stats::as_unix_micros(&self.0, s)
+            }
+        }
+        let mut st = s.serialize_struct("DeadLetter", 6)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("handler", &self.handler)?;
+        st.serialize_field("attempts", &self.attempts)?;
+        st.serialize_field("last_error", &self.last_error)?;
+        st.serialize_field("failed_at", &At(self.failed_at))?;
+        st.serialize_field("event", &*self.record.meta)?;
+        st.end()
+    }
+}
+
 impl DeadLetter {
     /// Sequence number of the dead letter (unique within the bus).
     pub fn id(&self) -> u64 {

@@ -52,8 +52,9 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 }
 
-/// Everything the runtime knows about one event besides its payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything the runtime knows about one event besides its payload (serializes with
+/// `occurred_at` in Unix µs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Metadata {
     /// Unique event id (UUIDv7, so ids sort by creation time). Use it as an idempotency key.
@@ -69,6 +70,7 @@ pub struct Metadata {
     /// The payload's schema version.
     pub schema_version: u32,
     /// When the event was published.
+    #[serde(serialize_with = "crate::stats::as_unix_micros")]
     pub occurred_at: SystemTime,
     /// The id shared by every event of one business transaction.
     pub correlation_id: Option<Uuid>,

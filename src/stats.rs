@@ -7,8 +7,25 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-/// A snapshot of the whole bus.
-#[derive(Debug, Clone, PartialEq)]
+/// Serializes a duration as whole microseconds (JSON: `p99_us`).
+pub(crate) fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_micros().min(u128::from(u64::MAX)) as u64)
+}
+
+/// Serializes a point in time as microseconds since the Unix epoch.
+pub(crate) fn as_unix_micros<S: serde::Serializer>(
+    t: &std::time::SystemTime,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let micros = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros().min(u128::from(u64::MAX)) as u64);
+    s.serialize_u64(micros)
+}
+
+/// A snapshot of the whole bus. Serializes (serde) as the JSON a `/stats` endpoint returns:
+/// durations in whole microseconds (`p50_us` ...).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Events accepted by `publish`, `publish_all` and `try_publish`.
@@ -39,7 +56,7 @@ impl Stats {
 }
 
 /// A snapshot of one subscription (all of its handler actors together).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct HandlerStats {
     /// The subscription's unique name.
@@ -72,16 +89,19 @@ pub struct HandlerStats {
 }
 
 /// Latency percentiles of one handler, publish to handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct Latency {
     /// Events measured.
     pub count: u64,
     /// Median.
+    #[serde(rename = "p50_us", serialize_with = "as_micros")]
     pub p50: Duration,
     /// 99th percentile.
+    #[serde(rename = "p99_us", serialize_with = "as_micros")]
     pub p99: Duration,
     /// Slowest.
+    #[serde(rename = "max_us", serialize_with = "as_micros")]
     pub max: Duration,
 }
 

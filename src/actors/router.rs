@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::handler::{Control, Deliver, Load};
 use crate::actors::pipeline::{acknowledge, CommitGate, Committed, InOrder};
-use crate::actors::storage::{Append, FlushCheckpoints, StorageActor};
+use crate::actors::storage::{Append, FlushCheckpoints, Prune, StorageActor};
 use crate::bus::Receipt;
 use crate::error::Result;
 use crate::event::Record;
@@ -53,6 +53,8 @@ pub(crate) struct Durable {
     pub(crate) pool: SqlitePool,
     /// The last position stored when the bus started.
     pub(crate) head: i64,
+    /// How often the writer is asked to delete what retention allows (`None`: off).
+    pub(crate) retention_every: Option<Duration>,
     /// Take an even share of the waiting publishes per commit ([`CommitGate::share`]), so
     /// that two commits alternate; otherwise all of them. Splitting pays when a commit costs
     /// little beyond its rows (`synchronous=NORMAL`: the arbiter's work overlaps the
@@ -450,6 +452,10 @@ impl Actor for RouterActor {
         match &self.durable {
             Some(durable) => {
                 let storage = durable.storage.clone();
+                if let Some(every) = durable.retention_every {
+                    let storage = storage.clone();
+                    ctx.run_interval(every, move |_, _| storage.do_send(Prune));
+                }
                 ctx.run_interval(CHECKPOINT_FLUSH, move |act, ctx| {
                     act.watermarks(false);
                     let flush = storage.send(FlushCheckpoints);

@@ -17,7 +17,6 @@ use crate::storage::pool::{self, SqlitePool, WalCheckpointer};
 use crate::storage::registry::{self, RegisterError, Resume, SubscriptionSpec};
 use crate::storage::SqliteOptions;
 use crate::storage::{Retention, StoreError};
-use actix::Arbiter;
 
 /// Append these units in one transaction, with the checkpoints advanced since the last commit.
 pub(crate) struct Append(pub(crate) Vec<Unit>);
@@ -136,12 +135,51 @@ pub(crate) struct StorageActor {
     _lock: BusLock,
 }
 
+/// The actix system may stop before the application calls `shutdown` (a signal handler that
+/// stops the system, as web servers have): the arbiters' actors are then dropped without
+/// being stopped. The writer still writes what the board holds (the checkpoints of what was
+/// handled and the dead letters given up on), so none of it is handled or failed again.
+impl Drop for StorageActor {
+    fn drop(&mut self) {
+        let (letters, checkpoints) = self.board.take();
+        if letters.is_empty() && checkpoints.is_empty() {
+            return;
+        }
+        match self.writer.save_checkpoints(&checkpoints, &letters) {
+            Ok(()) => log::info!(
+                "the store's writer stopped with the bus running: wrote {} checkpoint(s) and {} dead-letter change(s)",
+                checkpoints.len(),
+                letters.len()
+            ),
+            Err(e) => log::error!("writing the last checkpoints as the writer stopped failed: {e}"),
+        }
+    }
+}
+
 impl Actor for StorageActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
+    /// Every address is gone (the bus was dropped without `shutdown`, or its actix system
+    /// ended): the writer's own system ends with it, and its thread.
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        actix_rt::System::current().stop();
+    }
+}
+
+/// Delete what retention allows (the router's timer sends it: the writer has no timers of its
+/// own, so that it stops once its last address is gone).
+pub(crate) struct Prune;
+
+impl Message for Prune {
+    type Result = ();
+}
+
+impl Handler<Prune> for StorageActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Prune, _ctx: &mut Context<Self>) {
         if self.retention.is_enabled() {
-            ctx.run_interval(self.retention.interval, |act, _| act.prune());
+            self.prune();
         }
     }
 }
@@ -307,11 +345,47 @@ impl Handler<FlushCheckpoints> for StorageActor {
     }
 }
 
+/// The single writer's thread, with an actix system of its own: its diesel calls block only
+/// it, and the application's system stopping (a web server's signal handling does) does not
+/// stop it, so `shutdown` after that still drains and writes the last checkpoints.
+#[derive(Debug)]
+pub(crate) struct WriterThread {
+    system: actix_rt::System,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WriterThread {
+    fn start(actor: StorageActor) -> Result<(Addr<StorageActor>, Self), StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("actorbus-writer".into())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                system.block_on(async move {
+                    let _ = tx.send((actor.start(), actix_rt::System::current()));
+                });
+                // Until `stop` (shutdown), or the actor stopped with its last address gone.
+                let _ = system.run();
+            })
+            .map_err(|e| StoreError::Connection(format!("cannot start the writer thread: {e}")))?;
+        let (storage, system) = rx
+            .recv()
+            .map_err(|_| StoreError::Connection("the writer thread did not start".into()))?;
+        Ok((storage, Self { system, thread }))
+    }
+
+    /// Stops the writer (what its board holds is written as it goes) and waits for its thread.
+    pub(crate) fn stop_and_join(self) {
+        self.system.stop();
+        let _ = self.thread.join();
+    }
+}
+
 /// An opened SQLite store, before its actors start.
 pub(crate) struct OpenStore {
     pub(crate) pool: SqlitePool,
     pub(crate) storage: Addr<StorageActor>,
-    pub(crate) thread: Arbiter,
+    pub(crate) thread: WriterThread,
     pub(crate) board: Arc<CheckpointBoard>,
     pub(crate) head: i64,
     /// Where the actors of each subscription resume, in the order given to [`start`](Self::start).
@@ -370,11 +444,7 @@ impl OpenStore {
             .iter()
             .map(|s| (s.name.clone(), s.partitions))
             .collect();
-        // A thread of its own for the single writer: its diesel calls block only it. A plain
-        // arbiter rather than a SyncArbiter, because shutdown must be able to join the thread
-        // while the actix system still runs.
-        let thread = Arbiter::new();
-        let storage = StorageActor::start_in_arbiter(&thread.handle(), move |_| StorageActor {
+        let actor = StorageActor {
             writer,
             board: actor_board,
             subscriptions: names,
@@ -382,7 +452,8 @@ impl OpenStore {
             retention,
             _checkpointer: WalCheckpointer::start(actor_pool),
             _lock: lock,
-        });
+        };
+        let (storage, thread) = WriterThread::start(actor)?;
         Ok(OpenStore {
             pool,
             storage,
