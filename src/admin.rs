@@ -278,6 +278,16 @@ impl Store {
         Ok(store_log::head(&mut *self.conn()?).map_err(db)?.max(0) as u64)
     }
 
+    /// The current version of `stream` (0 for a stream never written).
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn stream_version(&self, stream: &str) -> Result<u64> {
+        Ok(store_log::stream_version(&mut *self.conn()?, stream)
+            .map_err(db)?
+            .max(0) as u64)
+    }
+
     /// Events matching `filter`, oldest first.
     ///
     /// # Errors

@@ -17,6 +17,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Error, Result};
 use crate::event::{DomainEvent, PublishOptions, Record};
 use crate::stats::{BusCounters, HandlerCounters, Stats};
+use crate::storage::StoreError;
 
 /// What `publish` tells about an accepted event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,8 @@ impl Lifecycle {
 pub(crate) struct BusShared {
     /// Whether events go through the store (publish then waits for the commit).
     pub(crate) durable: bool,
+    /// The store's readers (durable bus).
+    pub(crate) pool: Option<crate::storage::pool::SqlitePool>,
     /// The storage actor's thread, joined at shutdown.
     pub(crate) storage_thread: Mutex<Option<crate::actors::storage::WriterThread>>,
     pub(crate) intake: mpsc::Sender<Intake>,
@@ -275,20 +278,96 @@ impl EventBus {
     /// # Errors
     /// [`Error::Full`] at once when the intake is full; otherwise as [`publish`](Self::publish).
     pub fn try_publish<E: DomainEvent>(&self, event: E) -> Result<Receipt> {
+        self.try_publish_with(event, PublishOptions::default())
+    }
+
+    /// [`try_publish`](Self::try_publish) with correlation, causation, headers and a chosen
+    /// event id (stored once, whatever how often it is handed over).
+    ///
+    /// # Errors
+    /// As [`try_publish`](Self::try_publish); [`Error::Config`] for
+    /// [`PublishOptions::expected_version`], whose outcome is known only at commit: use
+    /// [`publish_with`](Self::publish_with) for it.
+    pub fn try_publish_with<E: DomainEvent>(
+        &self,
+        event: E,
+        options: PublishOptions,
+    ) -> Result<Receipt> {
         self.shared.lifecycle.check()?;
-        let record = self.record(event, PublishOptions::default())?;
+        if options.expected().is_some() {
+            return Err(Error::Config(
+                "expected_version is decided at commit: use publish_with, which waits for it"
+                    .into(),
+            ));
+        }
+        let check_ids = self.shared.durable && options.has_event_id();
+        let record = self.record(event, options)?;
         let receipt = receipt(&record);
-        self.shared
-            .intake
-            .try_send(Intake::One(record, None))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Error::Full {
-                    capacity: self.shared.intake_capacity,
-                },
-                mpsc::error::TrySendError::Closed(_) => self.shared.lifecycle.closed(),
-            })?;
+        let item = if check_ids {
+            Intake::Many {
+                records: vec![record],
+                expected_version: None,
+                check_ids,
+                ack: None,
+            }
+        } else {
+            Intake::One(record, None)
+        };
+        self.shared.intake.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Full {
+                capacity: self.shared.intake_capacity,
+            },
+            mpsc::error::TrySendError::Closed(_) => self.shared.lifecycle.closed(),
+        })?;
         HandlerCounters::add(&self.shared.counters.published, 1);
         Ok(receipt)
+    }
+
+    /// The current version of `stream` as committed (0 for a stream never written): what
+    /// `expected_version` must be for the next event, and how an HTTP handler tells "no such
+    /// order" without provoking a [`Error::VersionConflict`]. Reads off the arbiter.
+    ///
+    /// # Errors
+    /// [`Error::Config`] in memory (streams have no versions there); [`Error::Store`] when
+    /// the store cannot be read.
+    pub async fn stream_version(&self, stream: &str) -> Result<u64> {
+        let Some(pool) = self.shared.pool.clone() else {
+            return Err(Error::Config(
+                "stream versions need a durable store (sqlite://)".into(),
+            ));
+        };
+        let stream = stream.to_owned();
+        let version = actix_rt::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| StoreError::Connection(e.to_string()))?;
+            crate::storage::log::stream_version(&mut conn, &stream)
+                .map_err(|e| StoreError::Database(e.to_string()))
+        })
+        .await
+        .map_err(|e| StoreError::Connection(e.to_string()))??;
+        Ok(version.max(0) as u64)
+    }
+
+    /// Up to `limit` dead letters of `handler` (all handlers when `None`) whose id is above
+    /// `after` (the last id of the previous page; `None` for the first), oldest first. Reads
+    /// off the arbiter, and includes every event a handler gave up on before the call
+    /// (what is still queued for the store is written first).
+    ///
+    /// # Errors
+    /// [`Error::UnknownHandler`]; [`Error::Store`] when the store cannot be read.
+    pub async fn list_dead_letters(
+        &self,
+        handler: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        self.check_handler(handler)?;
+        Ok(self
+            .shared
+            .dead_letters
+            .page(handler, after.unwrap_or(0), limit)
+            .await?)
     }
 
     /// Stops intake, lets every handler finish what it was given, then stops the actors.
@@ -344,7 +423,9 @@ impl EventBus {
 
     /// The dead letters of `handler` (all handlers when `None`), oldest first. On a durable
     /// bus they are read from the store, as committed (the writer stores each shortly after
-    /// the handler gives up, and always before the checkpoint passes the event).
+    /// the handler gives up, and always before the checkpoint passes the event). This call
+    /// blocks on the store: in async code use [`list_dead_letters`](Self::list_dead_letters),
+    /// which pages and includes the letters not yet written.
     ///
     /// # Errors
     /// [`Error::UnknownHandler`] for a name no subscription has; [`Error::Store`] when the

@@ -181,7 +181,36 @@ struct Subscription {
 pub struct BusBuilder {
     intake_capacity: usize,
     store: StoreConfig,
+    /// SQLite settings given on the builder, applied to the store at `build` whatever the
+    /// order of the calls (`.durability(..)` before or after `.sqlite(..)`).
+    sqlite: SqliteSettings,
     subscriptions: Vec<Subscription>,
+}
+
+/// The SQLite settings of [`BusBuilder`]'s own methods; `None`: the store's.
+#[derive(Debug, Clone, Copy, Default)]
+struct SqliteSettings {
+    durability: Option<Durability>,
+    busy_timeout: Option<std::time::Duration>,
+    max_bytes: Option<u64>,
+    retention: Option<Retention>,
+}
+
+impl SqliteSettings {
+    fn apply(&self, options: &mut SqliteOptions) {
+        if let Some(d) = self.durability {
+            options.durability = d;
+        }
+        if let Some(t) = self.busy_timeout {
+            options.busy_timeout = t;
+        }
+        if let Some(b) = self.max_bytes {
+            options.max_bytes = Some(b);
+        }
+        if let Some(r) = self.retention {
+            options.retention = r;
+        }
+    }
 }
 
 impl std::fmt::Debug for BusBuilder {
@@ -206,6 +235,7 @@ impl Default for BusBuilder {
         Self {
             intake_capacity: DEFAULT_INTAKE_CAPACITY,
             store: StoreConfig::Memory,
+            sqlite: SqliteSettings::default(),
             subscriptions: Vec::new(),
         }
     }
@@ -225,35 +255,29 @@ impl BusBuilder {
         self.store(StoreConfig::Sqlite(SqliteOptions::new(path)))
     }
 
-    /// Sets the durability of a SQLite store (no effect in memory).
+    /// Sets the durability of a SQLite store (no effect in memory). Like the other store
+    /// settings below, it may come before or after `.sqlite(..)`, `.url(..)` or
+    /// `.from_env()`, and wins over the store's own settings.
     pub fn durability(mut self, durability: Durability) -> Self {
-        if let StoreConfig::Sqlite(o) = &mut self.store {
-            o.durability = durability;
-        }
+        self.sqlite.durability = Some(durability);
         self
     }
 
     /// How long a SQLite write waits for another process's lock (default 5 s).
     pub fn busy_timeout(mut self, timeout: std::time::Duration) -> Self {
-        if let StoreConfig::Sqlite(o) = &mut self.store {
-            o.busy_timeout = timeout;
-        }
+        self.sqlite.busy_timeout = Some(timeout);
         self
     }
 
     /// Caps the SQLite file size; past it publishes fail with `StoreError::Full`.
     pub fn max_store_bytes(mut self, bytes: u64) -> Self {
-        if let StoreConfig::Sqlite(o) = &mut self.store {
-            o.max_bytes = Some(bytes);
-        }
+        self.sqlite.max_bytes = Some(bytes);
         self
     }
 
     /// Deletes processed events by age or count (off by default).
     pub fn retention(mut self, retention: Retention) -> Self {
-        if let StoreConfig::Sqlite(o) = &mut self.store {
-            o.retention = retention;
-        }
+        self.sqlite.retention = Some(retention);
         self
     }
 
@@ -425,6 +449,7 @@ impl BusBuilder {
         {
             return Err(Error::NoSystem);
         }
+        crate::actors::handler::quiet_caught_panics();
         if self.intake_capacity == 0 || self.intake_capacity > MAX_INTAKE_CAPACITY {
             return Err(Error::Config(format!(
                 "intake capacity must be between 1 and {MAX_INTAKE_CAPACITY}"
@@ -444,6 +469,9 @@ impl BusBuilder {
             }
         }
 
+        if let StoreConfig::Sqlite(options) = &mut self.store {
+            self.sqlite.apply(options);
+        }
         let mut store = match &self.store {
             StoreConfig::Memory => None,
             StoreConfig::Sqlite(options) => {
@@ -468,6 +496,7 @@ impl BusBuilder {
             .unwrap_or_default()
             .into_iter();
         let durable_bus = store.is_some();
+        let reader_pool = store.as_ref().map(|st| st.pool.clone());
         let retention_every = match &self.store {
             StoreConfig::Sqlite(o) if o.retention.is_enabled() => Some(o.retention.interval),
             _ => None,
@@ -554,6 +583,7 @@ impl BusBuilder {
 
         Ok(EventBus::from_shared(BusShared {
             durable: durable_bus,
+            pool: reader_pool,
             storage_thread,
             intake: tx,
             intake_capacity: self.intake_capacity,

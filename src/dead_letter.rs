@@ -158,21 +158,46 @@ impl DeadLetters {
             .map_err(|e| StoreError::Connection(e.to_string()))?;
         let rows = store_log::load_dead_letters(&mut conn, handler)
             .map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(rows
-            .into_iter()
-            .map(|(row, event)| {
-                let mut record = event.into_record();
-                record.letter = Some(row.id);
-                DeadLetter {
-                    id: row.id as u64,
-                    handler: row.handler,
-                    attempts: row.attempts.max(0) as u32,
-                    last_error: row.last_error,
-                    failed_at: UNIX_EPOCH + Duration::from_micros(row.failed_at.max(0) as u64),
-                    record,
-                }
-            })
-            .collect())
+        Ok(rows.into_iter().map(stored_letter).collect())
+    }
+
+    /// Up to `limit` letters of `handler` (all when `None`) with ids above `after`, oldest
+    /// first, including every letter given up on before this call (read-your-writes: what
+    /// the handlers queued is written first). Reads off the arbiter.
+    pub(crate) async fn page(
+        &self,
+        handler: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(self
+                .lock()
+                .iter()
+                .filter(|l| handler.is_none_or(|h| l.handler == h) && l.id > after)
+                .take(limit)
+                .cloned()
+                .collect());
+        };
+        store
+            .storage
+            .send(crate::actors::storage::FlushCheckpoints)
+            .await
+            .map_err(|_| StoreError::Connection("the storage actor is stopped".into()))??;
+        let pool = store.pool.clone();
+        let handler = handler.map(str::to_owned);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = actix_rt::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| StoreError::Connection(e.to_string()))?;
+            store_log::load_dead_letter_page(&mut conn, handler.as_deref(), after, limit)
+                .map_err(|e| StoreError::Database(e.to_string()))
+        })
+        .await
+        .map_err(|e| StoreError::Connection(e.to_string()))??;
+        Ok(rows.into_iter().map(stored_letter).collect())
     }
 
     /// The letters to hand back to `handler`. In memory they leave the list now; stored ones
@@ -219,5 +244,24 @@ impl DeadLetters {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DeadLetter>> {
         self.letters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A stored letter, with its event ready to be redriven.
+fn stored_letter(
+    (row, event): (
+        crate::storage::models::DeadLetterRow,
+        crate::storage::models::StoredEvent,
+    ),
+) -> DeadLetter {
+    let mut record = event.into_record();
+    record.letter = Some(row.id);
+    DeadLetter {
+        id: row.id as u64,
+        handler: row.handler,
+        attempts: row.attempts.max(0) as u32,
+        last_error: row.last_error,
+        failed_at: UNIX_EPOCH + Duration::from_micros(row.failed_at.max(0) as u64),
+        record,
     }
 }

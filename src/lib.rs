@@ -109,3 +109,8 @@ pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
 pub use crate::projection::Projection;
 pub use crate::stats::{HandlerStats, Latency, Stats};
 pub use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig, StoreError};
+
+/// The diesel this crate is built with: [`Projection::apply`] takes its `SqliteConnection`,
+/// so `actorbus::diesel::...` writes a read model without a diesel dependency of the
+/// application's own (or add `diesel` at the same version, with the `sqlite` feature).
+pub use diesel;

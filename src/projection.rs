@@ -23,6 +23,14 @@ use crate::storage::models::CheckpointRow;
 /// retry policy, then dead-lettered. A panic in `apply` is caught and treated as an error.
 /// Keep `apply` short: the store's single writer waits for it.
 ///
+/// The recipe: create the read model's tables once the store exists and before the bus
+/// starts applying events (`Store::create(path)?.with_connection(|c| c.batch_execute(DDL))`,
+/// then `EventBus::builder().sqlite(path).projection(..).build()`); read them with
+/// [`Store::with_connection`](crate::Store::with_connection) (off the arbiter: it blocks).
+/// The connection type is diesel's, re-exported as [`actorbus::diesel`](crate::diesel). To
+/// let `actorbus replay` rebuild the read model, set [`RESETTABLE`](Self::RESETTABLE) and
+/// define [`reset`](Self::reset). `examples/actix_web.rs` shows all of it in a web service.
+///
 /// ```
 /// use actorbus::{DomainEvent, Envelope, HandlerError, Projection};
 /// use diesel::connection::SimpleConnection;

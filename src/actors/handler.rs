@@ -8,7 +8,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use futures_util::FutureExt;
 
 use crate::actors::storage::CheckpointBoard;
 use crate::actors::supervisor::{Decision, HandlerPanicked, SupervisorActor};
@@ -300,6 +299,8 @@ pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
     parked: bool,
     /// The factory panicked at start; handled like a handler panic once the actor runs.
     start_panic: Option<String>,
+    /// Panics caught so far (for the log).
+    panics: u64,
     /// Position this actor's checkpoint covers: stored events up to here are not handled again.
     seen: u64,
     _event: PhantomData<fn() -> E>,
@@ -324,6 +325,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
             handler,
             parked: false,
             start_panic,
+            panics: 0,
             seen,
             _event: PhantomData,
         }
@@ -385,10 +387,20 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     /// The handler panicked (or its factory did): its instance is gone. Ask the supervisor
     /// whether to rebuild it after a backoff, or to give up.
     fn on_panic(&mut self, pending: Pending, message: String, ctx: &mut Context<Self>) {
-        log::warn!(
-            "handler `{}` #{} panicked: {message}",
+        // Reported with a count, not once per panic: a handler panicking on 1% of a busy
+        // stream would flood the log (the panic hook stays quiet for caught panics).
+        self.panics += 1;
+        let level = if self.panics == 1 || self.panics.is_multiple_of(100) {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
+            "handler `{}` #{} panicked ({} time(s) so far; logged at the first and every 100th): {message}",
             self.setup.name,
-            self.index
+            self.index,
+            self.panics
         );
         let ask = HandlerPanicked {
             handler: Arc::clone(&self.setup.name),
@@ -608,11 +620,22 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
             // while it runs: both are caught.
             let instance = &mut *handler;
             let event = &envelope;
-            let outcome = match std::panic::catch_unwind(AssertUnwindSafe(move || {
-                let instance = instance; // moved, so the future may keep the borrow
-                instance.handle(event)
-            })) {
-                Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+            let outcome = match caught(|| {
+                std::panic::catch_unwind(AssertUnwindSafe(move || {
+                    let instance = instance; // moved, so the future may keep the borrow
+                    instance.handle(event)
+                }))
+            }) {
+                Ok(future) => {
+                    let mut future = std::pin::pin!(future);
+                    std::future::poll_fn(|cx| {
+                        caught(|| {
+                            std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)))
+                        })
+                        .map_or_else(|panic| std::task::Poll::Ready(Err(panic)), |p| p.map(Ok))
+                    })
+                    .await
+                }
                 Err(panic) => Err(panic),
             };
             match outcome {
@@ -681,8 +704,40 @@ async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
 
 /// Builds a handler instance; a panicking factory is reported, not propagated.
 fn build_handler<H>(factory: &Factory<H>, partition: usize) -> Result<Box<H>, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| Box::new(factory(partition))))
+    caught(|| std::panic::catch_unwind(AssertUnwindSafe(|| Box::new(factory(partition)))))
         .map_err(|panic| panic_message(&*panic))
+}
+
+thread_local! {
+    /// Set while user code runs whose panics the bus catches and reports itself.
+    static CAUGHT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Once per process: the panic hook (whatever the application installed) stays quiet for
+/// panics the bus catches in handlers, factories and projections; it reports those through
+/// `log`, counted. Every other panic is printed as before.
+pub(crate) fn quiet_caught_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CAUGHT.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f` (which catches the panics of the user code it calls) with the panic hook quiet.
+pub(crate) fn caught<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CAUGHT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CAUGHT.with(|c| c.replace(true)));
+    f()
 }
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -271,13 +271,15 @@ impl Handler<Project> for StorageActor {
         let result = self.writer.transaction(|conn| {
             store_log::save_dead_letters(conn, &letters)?;
             // User code on the writer's thread: a panic must not take the writer down.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
-                .unwrap_or_else(|p| {
-                    Err(format!(
-                        "projection panicked: {}",
-                        crate::actors::handler::panic_message(&*p)
-                    ))
-                });
+            let outcome = crate::actors::handler::caught(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
+            })
+            .unwrap_or_else(|p| {
+                Err(format!(
+                    "projection panicked: {}",
+                    crate::actors::handler::panic_message(&*p)
+                ))
+            });
             match outcome {
                 Ok(()) => Ok(()),
                 Err(e) => {

@@ -116,7 +116,7 @@ impl Handler<HandlerPanicked> for SupervisorActor {
     fn handle(&mut self, msg: HandlerPanicked, _ctx: &mut Context<Self>) -> Self::Result {
         let (decision, n) = self.decide(&msg.handler, msg.index, Instant::now());
         match decision {
-            Decision::Restart(delay) => log::warn!(
+            Decision::Restart(delay) => log::debug!(
                 "restarting handler `{}` #{} in {delay:?} (restart {n} in window)",
                 msg.handler,
                 msg.index

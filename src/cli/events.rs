@@ -94,17 +94,16 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
     if args.json {
         let all: Vec<Value> = events.iter().map(event_json).collect();
         writeln!(out, "{}", Value::Array(all))?;
-        return Ok(());
-    }
-    if events.is_empty() {
+    } else if events.is_empty() {
         writeln!(out, "no events")?;
-        return Ok(());
+    } else {
+        let table = EventTable::fitting(&events);
+        table.header(&mut out)?;
+        for e in &events {
+            table.row(&mut out, e)?;
+        }
     }
-    let table = EventTable::fitting(&events);
-    table.header(&mut out)?;
-    for e in &events {
-        table.row(&mut out, e)?;
-    }
+    // On stderr, so that stdout stays one JSON document with --json.
     if let (true, Some(last)) = (more, events.last()) {
         eprintln!(
             "more events follow: add --after {} for the next page",

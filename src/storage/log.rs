@@ -535,15 +535,44 @@ pub(crate) fn load_dead_letters(
     conn: &mut SqliteConnection,
     handler: Option<&str>,
 ) -> QueryResult<Vec<(DeadLetterRow, StoredEvent)>> {
+    load_dead_letter_page(conn, handler, 0, i64::MAX)
+}
+
+/// Up to `limit` dead letters of `handler` (all when `None`) with ids above `after`, oldest
+/// first.
+pub(crate) fn load_dead_letter_page(
+    conn: &mut SqliteConnection,
+    handler: Option<&str>,
+    after: i64,
+    limit: i64,
+) -> QueryResult<Vec<(DeadLetterRow, StoredEvent)>> {
     let mut query = dead_letters::table
         .inner_join(events::table.on(events::position.eq(dead_letters::position)))
         .select((DeadLetterRow::as_select(), StoredEvent::as_select()))
+        .filter(dead_letters::id.gt(after))
         .order(dead_letters::id.asc())
+        .limit(limit)
         .into_boxed();
     if let Some(h) = handler {
         query = query.filter(dead_letters::handler.eq(h.to_owned()));
     }
     query.load(conn)
+}
+
+/// The stream's current version (0 for a stream never written): the index, and the short
+/// tail past its mark.
+pub(crate) fn stream_version(conn: &mut SqliteConnection, stream: &str) -> QueryResult<i64> {
+    let indexed = indexed_through(conn)?;
+    let in_index = stream_events::table
+        .filter(stream_events::stream_id.eq(stream))
+        .select(diesel::dsl::max(stream_events::stream_version))
+        .first::<Option<i64>>(conn)?;
+    let in_tail = events::table
+        .filter(events::position.gt(indexed))
+        .filter(events::stream_id.eq(stream))
+        .select(diesel::dsl::max(events::stream_version))
+        .first::<Option<i64>>(conn)?;
+    Ok(in_index.max(in_tail).unwrap_or(0))
 }
 
 /// Deletes processed events as `retention` allows: only at or below `safe` (the lowest
