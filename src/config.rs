@@ -12,6 +12,7 @@ use crate::actors::handler::{
 use crate::actors::router::{Durable, Group, RouterActor, Slot};
 use crate::actors::storage::{CheckpointBoard, OpenStore, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
+use crate::batch::{BatchHandler, Batched};
 use crate::bus::{BusShared, EventBus, Lifecycle};
 use crate::dead_letter::DeadLetters;
 use crate::error::{Error, Result};
@@ -331,6 +332,22 @@ impl BusBuilder {
     {
         let factory: Factory<H> = Arc::new(move |_partition| factory());
         self.subscribe::<E, H>(name, options, Kind::Handler, None, move |_| factory)
+    }
+
+    /// Subscribes a [`BatchHandler`]: it gets runs of events at once (what one handler actor
+    /// has waiting, up to the mailbox capacity), with the same ordering, retries and dead
+    /// letters as any handler.
+    pub fn batch_handler_with<E, B>(
+        self,
+        name: &str,
+        options: HandlerOptions,
+        factory: impl Fn() -> B + 'static,
+    ) -> Self
+    where
+        E: DomainEvent,
+        B: BatchHandler<E>,
+    {
+        self.handler_with(name, options, move || Batched::<E, B>::new(factory()))
     }
 
     /// Subscribes a [`Projection`]: its read model is written in the store's transaction

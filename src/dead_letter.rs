@@ -179,11 +179,14 @@ impl DeadLetters {
                 .cloned()
                 .collect());
         };
-        store
+        // A writer that is gone (after shutdown) wrote everything it held as it went.
+        if let Ok(written) = store
             .storage
             .send(crate::actors::storage::FlushCheckpoints)
             .await
-            .map_err(|_| StoreError::Connection("the storage actor is stopped".into()))??;
+        {
+            written?;
+        }
         let pool = store.pool.clone();
         let handler = handler.map(str::to_owned);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

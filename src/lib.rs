@@ -59,7 +59,8 @@
 //! # Layout
 //! - [`EventBus`], [`BusBuilder`], [`HandlerOptions`]: what an application holds and configures.
 //! - [`DomainEvent`], [`Envelope`], [`Metadata`], [`PublishOptions`]: events and their metadata.
-//! - [`EventHandler`], [`handler_fn`], [`blocking`], [`Handle`]: ways to handle events.
+//! - [`EventHandler`], [`BatchHandler`], [`handler_fn`], [`blocking`], [`Handle`]: ways to
+//!   handle events.
 //! - [`RetryPolicy`], [`RestartPolicy`], [`Backoff`], [`Escalation`]: failure policies.
 //! - [`Projection`]: a read model written in the store's transaction with its checkpoint.
 //! - [`StoreConfig`], [`SqliteOptions`], [`Durability`], [`Retention`]: where events are kept.
@@ -78,6 +79,7 @@ mod actors;
 mod admin;
 #[doc(hidden)]
 pub mod baseline;
+mod batch;
 mod blocking;
 mod bus;
 mod config;
@@ -96,6 +98,7 @@ pub use crate::admin::{
     CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Replay, Store, StoreSummary,
     StoredEventInfo,
 };
+pub use crate::batch::{BatchError, BatchHandler};
 pub use crate::blocking::{blocking, Blocking};
 pub use crate::bus::{EventBus, Receipt};
 pub use crate::config::{

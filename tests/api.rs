@@ -281,3 +281,76 @@ fn caught_handler_panics_do_not_flood_stderr() {
         "200 caught panics printed by the panic hook:\n{stderr}"
     );
 }
+
+/// Records each batch it gets; fails (once, or always) at the event whose seq is given.
+struct Bulk {
+    batches: std::sync::Arc<std::sync::Mutex<Vec<Vec<u64>>>>,
+    fail_once_at: std::sync::Arc<std::sync::Mutex<Option<u64>>>,
+    always_fails: u64,
+}
+
+impl actorbus::BatchHandler<OrderPlaced> for Bulk {
+    async fn handle_batch(
+        &mut self,
+        events: &[Envelope<OrderPlaced>],
+    ) -> Result<(), actorbus::BatchError> {
+        let mut done = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let once = {
+                let mut f = self.fail_once_at.lock().unwrap();
+                (*f == Some(e.seq)).then(|| f.take())
+            };
+            if once.is_some() || e.seq == self.always_fails {
+                self.batches.lock().unwrap().push(done);
+                return Err(actorbus::BatchError::at(
+                    i,
+                    format!("seq {} refused", e.seq),
+                ));
+            }
+            done.push(e.seq);
+        }
+        self.batches.lock().unwrap().push(done);
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn a_batch_handler_gets_runs_in_order_and_its_failures_are_retried_then_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches: std::sync::Arc<std::sync::Mutex<Vec<Vec<u64>>>> = Default::default();
+    let fail_once_at = std::sync::Arc::new(std::sync::Mutex::new(Some(40)));
+    let (b, f) = (batches.clone(), fail_once_at.clone());
+    let bus = EventBus::builder()
+        .sqlite(dir.path().join("bus.db"))
+        .batch_handler_with(
+            "bulk",
+            HandlerOptions::new().retry(fast_retry(3)),
+            move || Bulk {
+                batches: b.clone(),
+                fail_once_at: f.clone(),
+                always_fails: 77,
+            },
+        )
+        .build()
+        .unwrap();
+    bus.publish_all((1..=100).map(|seq| placed(1, seq)))
+        .await
+        .unwrap();
+    drain(&bus).await;
+    let batches = batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().any(|b| b.len() > 10),
+        "runs, not one by one: {batches:?}"
+    );
+    let handled: Vec<u64> = batches.into_iter().flatten().collect();
+    // Once each, in stream order; 40 failed once and was retried; 77 always fails.
+    let expected: Vec<u64> = (1..=100).filter(|s| *s != 77).collect();
+    assert_eq!(handled, expected);
+    let letters = bus.list_dead_letters(Some("bulk"), None, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].last_error().contains("seq 77"),
+        "{}",
+        letters[0].last_error()
+    );
+}
