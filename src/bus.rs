@@ -157,6 +157,11 @@ impl EventBus {
     /// Publishes one event; waits while the pipeline is full. On a durable bus it returns once
     /// the event is committed (group commit): an `Ok` event is never lost.
     ///
+    /// A deadline around it (`actix_rt::time::timeout`) that drops the future after the
+    /// event was handed over does not take the event back: it may still be committed. To
+    /// retry safely, publish with a chosen id ([`PublishOptions::event_id`]): the store keeps
+    /// one event per id, and a retry of a stored one answers its receipt.
+    ///
     /// # Errors
     /// [`Error::Stopped`] after `shutdown`, [`Error::Halted`] after an escalation stopped the
     /// bus, [`Error::Store`] when the commit failed (nothing was stored).
