@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,20 +12,29 @@ use std::time::{Duration, Instant};
 
 use actorbus::Store;
 
-/// The example's binary, built beside this test (`cargo test` builds the examples).
+/// The example's binary, as `cargo build --example actix_web` makes it (in this test's
+/// profile): `cargo test --all-targets` builds examples only as tests.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let path = dir.join("examples").join("actix_web");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test --all-targets` (it builds the examples)",
-        path.display()
-    );
-    path
+    let release = std::env::current_exe()
+        .unwrap()
+        .components()
+        .any(|c| c.as_os_str() == "release");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--example", "actix_web", "--message-format=json"])
+        .stderr(Stdio::inherit());
+    if release {
+        cargo.arg("--release");
+    }
+    let out = cargo.output().expect("cargo runs");
+    assert!(out.status.success(), "building the example failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["target"]["name"] == "actix_web")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo names the example's executable")
 }
 
 /// One HTTP/1.1 request on a fresh connection; the status code, or `None` once the server
