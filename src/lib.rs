@@ -77,6 +77,7 @@
 
 mod actors;
 mod admin;
+#[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod baseline;
 mod batch;
