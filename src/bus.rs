@@ -87,6 +87,8 @@ pub(crate) struct BusShared {
     pub(crate) durable: bool,
     /// The store's readers (durable bus).
     pub(crate) pool: Option<crate::storage::pool::SqlitePool>,
+    /// The threads handler actors run on (none: the caller's arbiter), joined at shutdown.
+    pub(crate) handler_arbiters: Mutex<Vec<actix_rt::Arbiter>>,
     /// The storage actor's thread, joined at shutdown.
     pub(crate) storage_thread: Mutex<Option<crate::actors::storage::WriterThread>>,
     pub(crate) intake: mpsc::Sender<Intake>,
@@ -404,6 +406,21 @@ impl EventBus {
                 // Everything is drained and the checkpoints are written: stop the writer and
                 // wait for its thread, so that it never outlives the bus.
                 let _ = actix_rt::task::spawn_blocking(move || thread.stop_and_join()).await;
+            }
+            let arbiters = std::mem::take(
+                &mut *shared
+                    .handler_arbiters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            if !arbiters.is_empty() {
+                let _ = actix_rt::task::spawn_blocking(move || {
+                    for arbiter in arbiters {
+                        arbiter.stop();
+                        let _ = arbiter.join();
+                    }
+                })
+                .await;
             }
         };
         actix_rt::time::timeout(timeout, drained)

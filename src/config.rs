@@ -1,6 +1,7 @@
 //! The bus builder: intake capacity and the subscriptions (handler, name, options).
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -145,6 +146,23 @@ struct SpawnArgs {
     storage: Option<Addr<StorageActor>>,
     /// Where each handler actor resumes (durable bus).
     resume: Resume,
+    /// The threads handler actors run on.
+    threads: Rc<HandlerThreads>,
+}
+
+/// The arbiters handler actors are spread over, in turn: one stream still maps to one actor,
+/// so per-stream order holds on any number of threads.
+struct HandlerThreads {
+    arbiters: Vec<actix_rt::ArbiterHandle>,
+    next: std::cell::Cell<usize>,
+}
+
+impl HandlerThreads {
+    fn next(&self) -> &actix_rt::ArbiterHandle {
+        let i = self.next.get();
+        self.next.set(i + 1);
+        &self.arbiters[i % self.arbiters.len()]
+    }
 }
 
 struct Subscription {
@@ -181,6 +199,8 @@ struct Subscription {
 /// ```
 pub struct BusBuilder {
     intake_capacity: usize,
+    /// Threads for handler actors (`None`: the number of cores).
+    handler_threads: Option<usize>,
     store: StoreConfig,
     /// SQLite settings given on the builder, applied to the store at `build` whatever the
     /// order of the calls (`.durability(..)` before or after `.sqlite(..)`).
@@ -235,6 +255,7 @@ impl Default for BusBuilder {
     fn default() -> Self {
         Self {
             intake_capacity: DEFAULT_INTAKE_CAPACITY,
+            handler_threads: None,
             store: StoreConfig::Memory,
             sqlite: SqliteSettings::default(),
             subscriptions: Vec::new(),
@@ -247,6 +268,15 @@ impl BusBuilder {
     /// `publish` waits and `try_publish` answers [`Error::Full`].
     pub fn intake_capacity(mut self, n: usize) -> Self {
         self.intake_capacity = n;
+        self
+    }
+
+    /// How many threads the handler actors run on (default: the number of cores). Actors are
+    /// spread over them in turn; one stream always goes to one actor, so per-stream order
+    /// holds. `1` runs every handler on the arbiter that calls `build` (then handlers share
+    /// one core with the router). The threads are joined at `shutdown`.
+    pub fn handler_threads(mut self, n: usize) -> Self {
+        self.handler_threads = Some(n);
         self
     }
 
@@ -311,7 +341,7 @@ impl BusBuilder {
 
     /// Subscribes a handler to events of type `E` with default options. `factory` builds a
     /// handler instance per actor, and a fresh one after each panic.
-    pub fn handler<E, H>(self, name: &str, factory: impl Fn() -> H + 'static) -> Self
+    pub fn handler<E, H>(self, name: &str, factory: impl Fn() -> H + Send + Sync + 'static) -> Self
     where
         E: DomainEvent,
         H: EventHandler<E>,
@@ -324,7 +354,7 @@ impl BusBuilder {
         self,
         name: &str,
         options: HandlerOptions,
-        factory: impl Fn() -> H + 'static,
+        factory: impl Fn() -> H + Send + Sync + 'static,
     ) -> Self
     where
         E: DomainEvent,
@@ -341,7 +371,7 @@ impl BusBuilder {
         self,
         name: &str,
         options: HandlerOptions,
-        factory: impl Fn() -> B + 'static,
+        factory: impl Fn() -> B + Send + Sync + 'static,
     ) -> Self
     where
         E: DomainEvent,
@@ -421,8 +451,13 @@ impl BusBuilder {
                 .map(|index| {
                     let seen = args.resume.own.get(index).copied().unwrap_or(0);
                     let load = Arc::new(Load::default());
-                    let addr =
-                        HandlerActor::<E, H>::start(setup.clone(), index, seen, Arc::clone(&load));
+                    let addr = HandlerActor::<E, H>::start_on(
+                        args.threads.next(),
+                        setup.clone(),
+                        index,
+                        seen,
+                        Arc::clone(&load),
+                    );
                     Slot {
                         deliver: addr.clone().recipient(),
                         control: addr.recipient(),
@@ -454,7 +489,8 @@ impl BusBuilder {
         self.handler_with(name, options, move || RecipientHandler(recipient.clone()))
     }
 
-    /// Starts the supervisor, the router and every handler actor on the current arbiter.
+    /// Starts the supervisor and the router on the current arbiter, and every handler actor
+    /// on the handler threads ([`handler_threads`](Self::handler_threads)).
     ///
     /// # Errors
     /// [`Error::NoSystem`] outside a running actix system, [`Error::DuplicateHandler`] for a
@@ -540,6 +576,30 @@ impl BusBuilder {
         let mut handler_counters = Vec::new();
         let mut group_index = HashMap::new();
         let mut router_addr = None;
+        let threads = match self.handler_threads {
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if threads == 0 {
+            return Err(Error::Config("handler_threads must be at least 1".into()));
+        }
+        // One thread: the caller's arbiter, as before; more: arbiters of their own.
+        let handler_arbiters: Vec<actix_rt::Arbiter> = if threads > 1 {
+            (0..threads).map(|_| actix_rt::Arbiter::new()).collect()
+        } else {
+            Vec::new()
+        };
+        let placement = Rc::new(HandlerThreads {
+            arbiters: if handler_arbiters.is_empty() {
+                vec![actix_rt::Arbiter::current()]
+            } else {
+                handler_arbiters
+                    .iter()
+                    .map(actix_rt::Arbiter::handle)
+                    .collect()
+            },
+            next: std::cell::Cell::new(0),
+        });
 
         let supervisor = SupervisorActor::create(|ctx| {
             let mut supervisor = SupervisorActor::new(policies, Arc::clone(&lifecycle));
@@ -557,6 +617,7 @@ impl BusBuilder {
                     checkpoints: store.as_ref().map(|st| Arc::clone(&st.board)),
                     storage: store.as_ref().map(|st| st.storage.clone()),
                     resume,
+                    threads: Rc::clone(&placement),
                 });
                 groups.push(Group {
                     name: Arc::clone(&s.name),
@@ -601,6 +662,7 @@ impl BusBuilder {
         Ok(EventBus::from_shared(BusShared {
             durable: durable_bus,
             pool: reader_pool,
+            handler_arbiters: std::sync::Mutex::new(handler_arbiters),
             storage_thread,
             intake: tx,
             intake_capacity: self.intake_capacity,

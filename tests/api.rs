@@ -354,3 +354,56 @@ async fn a_batch_handler_gets_runs_in_order_and_its_failures_are_retried_then_de
         letters[0].last_error()
     );
 }
+
+/// Records the thread each event was handled on.
+struct ThreadRecorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(std::thread::ThreadId, String, u64)>>>,
+}
+
+impl actorbus::EventHandler<OrderPlaced> for ThreadRecorder {
+    async fn handle(&mut self, e: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        self.seen.lock().unwrap().push((
+            std::thread::current().id(),
+            e.stream_id().to_owned(),
+            e.seq,
+        ));
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn handler_actors_run_on_their_threads_and_keep_each_streams_order() {
+    for threads in [1, 2] {
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+        let s = seen.clone();
+        let bus = EventBus::builder()
+            .handler_threads(threads)
+            .handler_with(
+                "recorder",
+                HandlerOptions::new().concurrency(4),
+                move || ThreadRecorder { seen: s.clone() },
+            )
+            .build()
+            .unwrap();
+        for seq in 0..400 {
+            bus.publish(placed(seq % 16, seq)).await.unwrap();
+        }
+        drain(&bus).await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 400);
+        let here = std::thread::current().id();
+        let used: std::collections::HashSet<_> = seen.iter().map(|s| s.0).collect();
+        if threads == 1 {
+            assert_eq!(used, [here].into(), "one thread: the caller's arbiter");
+        } else {
+            assert_eq!(used.len(), 2, "four actors on two threads");
+            assert!(!used.contains(&here), "not on the caller's arbiter");
+        }
+        let mut last: std::collections::HashMap<String, u64> = Default::default();
+        for (_, stream, seq) in &seen {
+            if let Some(before) = last.insert(stream.clone(), *seq) {
+                assert!(*seq > before, "{stream}: {seq} after {before}");
+            }
+        }
+    }
+}

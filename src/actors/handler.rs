@@ -25,8 +25,11 @@ use crate::storage::registry::{older_covers, Layouts};
 /// last attempt it becomes a dead letter and the handler moves on. A panic is caught, counts
 /// as an attempt, and the handler is rebuilt from its factory after the restart backoff.
 ///
-/// Handlers run on the actix arbiter that built the bus, so they must not block: for
-/// blocking work see [`blocking`](crate::blocking). To publish from a handler, spawn the
+/// Handler actors run on the bus's handler threads
+/// ([`BusBuilder::handler_threads`](crate::BusBuilder::handler_threads), one per core by
+/// default); each instance is built on its actor's thread by the factory (which is therefore
+/// `Send + Sync`; the handler itself need not be `Send`). Handlers must not block their
+/// thread: for blocking work see [`blocking`](crate::blocking). To publish from a handler, spawn the
 /// publish (`actix::spawn`) rather than awaiting it inline: the handler's own mailbox is
 /// part of the pipeline that `publish` may be waiting on.
 ///
@@ -198,7 +201,9 @@ impl Message for Control {
 }
 
 /// Builds handler instances for the actor of a partition; called at start and after every panic.
-pub(crate) type Factory<H> = Arc<dyn Fn(usize) -> H>;
+/// `Send + Sync`, so that an actor on another thread builds its own instance there (the
+/// handler itself need not be `Send`).
+pub(crate) type Factory<H> = Arc<dyn Fn(usize) -> H + Send + Sync>;
 
 /// What one handler actor shares with its siblings of the same subscription.
 pub(crate) struct HandlerSetup<H> {
@@ -308,12 +313,18 @@ pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
 
 impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     /// Starts the actor with a handler from the factory.
-    pub(crate) fn start(
+    /// Starts the actor on `arbiter`; its handler is built there, from the factory.
+    pub(crate) fn start_on(
+        arbiter: &actix_rt::ArbiterHandle,
         setup: HandlerSetup<H>,
         index: usize,
         seen: u64,
         load: Arc<Load>,
     ) -> Addr<Self> {
+        Self::start_in_arbiter(arbiter, move |_| Self::new(setup, index, seen, load))
+    }
+
+    fn new(setup: HandlerSetup<H>, index: usize, seen: u64, load: Arc<Load>) -> Self {
         let (handler, start_panic) = match build_handler(&setup.factory, index) {
             Ok(h) => (Some(h), None),
             Err(message) => (None, Some(message)),
@@ -329,7 +340,6 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
             seen,
             _event: PhantomData,
         }
-        .start()
     }
 
     fn run(&mut self, pending: Pending, ctx: &mut Context<Self>) {

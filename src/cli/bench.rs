@@ -53,6 +53,9 @@ pub(crate) struct BenchArgs {
     /// Handler actors per subscription, 1 to 4096.
     #[arg(long, default_value_t = 1, value_parser = whole_number::<usize>(1, MAX_CONCURRENCY))]
     concurrency: usize,
+    /// Threads the handler actors run on (default: the number of cores).
+    #[arg(long, value_parser = whole_number::<usize>(1, 256))]
+    handler_threads: Option<usize>,
     /// Distinct streams the events are spread over, at least 1.
     #[arg(long, default_value_t = 1000, value_parser = whole_number::<u64>(1, u64::MAX))]
     streams: u64,
@@ -172,6 +175,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         "events": args.events,
         "handlers": args.handlers,
         "concurrency": args.concurrency,
+        "handler_threads": args.handler_threads,
         "work_us": args.work_us,
         "seconds": m.seconds,
         "events_per_sec": eps,
@@ -220,6 +224,9 @@ fn counting_bus(
                 fail_rate,
             },
         );
+    }
+    if let Some(n) = args.handler_threads {
+        builder = builder.handler_threads(n);
     }
     Ok((builder.build()?, seen))
 }
@@ -376,6 +383,7 @@ fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             "events": args.events,
             "handlers": args.handlers,
             "concurrency": args.concurrency,
+            "handler_threads": args.handler_threads,
             "publishers": args.publishers,
             "sync": sync,
             "seconds": seconds,
