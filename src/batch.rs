@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::marker::PhantomData;
 
-use crate::actors::handler::{EventHandler, ManyHandled};
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
+use crate::handler::{ManyHandled, RunsEvents};
 
 /// Why a batch stopped: how many of its events were handled, and the error of the next one.
 #[derive(Debug)]
@@ -84,7 +84,7 @@ impl<E, B> Batched<E, B> {
     }
 }
 
-impl<E: DomainEvent, B: BatchHandler<E>> EventHandler<E> for Batched<E, B> {
+impl<E: DomainEvent, B: BatchHandler<E>> RunsEvents<E> for Batched<E, B> {
     async fn handle(&mut self, event: &Envelope<E>) -> Result<(), HandlerError> {
         self.inner
             .handle_batch(std::slice::from_ref(event))

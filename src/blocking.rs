@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use crate::actors::handler::EventHandler;
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
+use crate::handler::EventHandler;
 
 /// A handler whose every call runs on actix's blocking thread pool; see [`blocking`].
 pub struct Blocking<F> {

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::actors::handler::{
-    EventHandler, Factory, Handle, HandlerActor, HandlerSetup, Load, RecipientHandler,
-};
+use crate::actors::handler::{Factory, HandlerActor, HandlerSetup, Load};
 use crate::actors::router::{Durable, Group, RouterActor, Slot};
 use crate::actors::storage::{CheckpointBoard, OpenStore, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
@@ -18,6 +16,7 @@ use crate::bus::{BusShared, EventBus, Lifecycle};
 use crate::dead_letter::DeadLetters;
 use crate::error::{Error, Result};
 use crate::event::DomainEvent;
+use crate::handler::{EventHandler, Handle, Plain, RecipientHandler, RunsEvents};
 use crate::policy::{RestartPolicy, RetryPolicy};
 use crate::projection::{Projection, ProjectionHandler};
 use crate::stats::{BusCounters, HandlerCounters};
@@ -360,8 +359,8 @@ impl BusBuilder {
         E: DomainEvent,
         H: EventHandler<E>,
     {
-        let factory: Factory<H> = Arc::new(move |_partition| factory());
-        self.subscribe::<E, H>(name, options, Kind::Handler, None, move |_| factory)
+        let factory: Factory<Plain<H>> = Arc::new(move |_partition| Plain(factory()));
+        self.subscribe::<E, Plain<H>>(name, options, Kind::Handler, None, move |_| factory)
     }
 
     /// Subscribes a [`BatchHandler`]: it gets runs of events at once (what one handler actor
@@ -377,7 +376,9 @@ impl BusBuilder {
         E: DomainEvent,
         B: BatchHandler<E>,
     {
-        self.handler_with(name, options, move || Batched::<E, B>::new(factory()))
+        let factory: Factory<Batched<E, B>> =
+            Arc::new(move |_partition| Batched::<E, B>::new(factory()));
+        self.subscribe::<E, Batched<E, B>>(name, options, Kind::Handler, None, move |_| factory)
     }
 
     /// Subscribes a [`Projection`]: its read model is written in the store's transaction
@@ -430,7 +431,7 @@ impl BusBuilder {
     ) -> Self
     where
         E: DomainEvent,
-        H: EventHandler<E>,
+        H: RunsEvents<E>,
     {
         let name: Arc<str> = Arc::from(name);
         let retry = options.retry;

@@ -87,14 +87,12 @@ mod config;
 mod dead_letter;
 mod error;
 mod event;
+mod handler;
 mod policy;
 mod projection;
 mod stats;
 mod storage;
 
-#[doc(hidden)]
-pub use crate::actors::handler::ManyHandled;
-pub use crate::actors::handler::{handler_fn, EventHandler, Handle, HandlerFn};
 pub use crate::admin::{
     CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Replay, Store, StoreSummary,
     StoredEventInfo,
@@ -109,6 +107,7 @@ pub use crate::config::{
 pub use crate::dead_letter::DeadLetter;
 pub use crate::error::{Error, HandlerError, Result};
 pub use crate::event::{partition_for, DomainEvent, Envelope, Metadata, PublishOptions};
+pub use crate::handler::{handler_fn, EventHandler, Handle, HandlerFn};
 pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
 pub use crate::projection::Projection;
 pub use crate::stats::{HandlerStats, Latency, Stats};

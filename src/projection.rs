@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use actix::Addr;
 use diesel::{Connection, SqliteConnection};
 
-use crate::actors::handler::{EventHandler, ManyHandled};
 use crate::actors::storage::{Project, StorageActor};
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
+use crate::handler::{ManyHandled, RunsEvents};
 use crate::storage::log::{micros, save_checkpoints};
 use crate::storage::models::CheckpointRow;
 
@@ -107,7 +107,7 @@ impl<E, P> ProjectionHandler<E, P> {
     }
 }
 
-impl<E: DomainEvent, P: Projection<E>> EventHandler<E> for ProjectionHandler<E, P> {
+impl<E: DomainEvent, P: Projection<E>> RunsEvents<E> for ProjectionHandler<E, P> {
     fn takes_runs(&self) -> bool {
         true
     }

@@ -12,123 +12,11 @@ use actix::prelude::*;
 use crate::actors::storage::CheckpointBoard;
 use crate::actors::supervisor::{Decision, HandlerPanicked, SupervisorActor};
 use crate::dead_letter::DeadLetters;
-use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope, Record};
+use crate::handler::RunsEvents;
 use crate::policy::RetryPolicy;
 use crate::stats::HandlerCounters;
 use crate::storage::registry::{older_covers, Layouts};
-
-/// User code that reacts to events of type `E`. It owns its state (`&mut self`): one
-/// handler instance per handler actor, so no locking is needed inside.
-///
-/// Return `Err` to have the event retried with the subscription's [`RetryPolicy`]; after the
-/// last attempt it becomes a dead letter and the handler moves on. A panic is caught, counts
-/// as an attempt, and the handler is rebuilt from its factory after the restart backoff.
-///
-/// Handler actors run on the bus's handler threads
-/// ([`BusBuilder::handler_threads`](crate::BusBuilder::handler_threads), one per core by
-/// default); each instance is built on its actor's thread by the factory (which is therefore
-/// `Send + Sync`; the handler itself need not be `Send`). Handlers must not block their
-/// thread: for blocking work see [`blocking`](crate::blocking). To publish from a handler, spawn the
-/// publish (`actix::spawn`) rather than awaiting it inline: the handler's own mailbox is
-/// part of the pipeline that `publish` may be waiting on.
-///
-/// ```
-/// use actorbus::{DomainEvent, Envelope, EventHandler, HandlerError};
-/// # use serde::{Deserialize, Serialize};
-/// # #[derive(Debug, Serialize, Deserialize)] struct OrderPlaced { id: u64 }
-/// # impl DomainEvent for OrderPlaced { const EVENT_TYPE: &'static str = "order.placed";
-/// #     fn stream_id(&self) -> String { self.id.to_string() } }
-///
-/// #[derive(Default)]
-/// struct OrderCount(u64);
-///
-/// impl EventHandler<OrderPlaced> for OrderCount {
-///     async fn handle(&mut self, _event: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
-///         self.0 += 1;
-///         Ok(())
-///     }
-/// }
-/// ```
-pub trait EventHandler<E: DomainEvent>: 'static {
-    /// Handles one event.
-    ///
-    /// # Errors
-    /// Any error: the event is retried after backoff, then dead-lettered.
-    fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>>;
-
-    /// Whether [`handle_many`](Self::handle_many) is worth calling (default: no).
-    #[doc(hidden)]
-    fn takes_runs(&self) -> bool {
-        false
-    }
-
-    /// Handles a run of events at once, where that is cheaper than one by one (projections
-    /// commit a run in one transaction). Returns how many were handled, in order, and the
-    /// error of the first one that was not; `None` (the default) means one by one.
-    #[doc(hidden)]
-    fn handle_many<'a>(&'a mut self, _events: &'a [Envelope<E>]) -> Option<ManyHandled<'a>> {
-        None
-    }
-}
-
-/// What [`EventHandler::handle_many`] resolves to: events handled, and the error that stopped the run.
-#[doc(hidden)]
-pub type ManyHandled<'a> = std::pin::Pin<Box<dyn Future<Output = (usize, Option<String>)> + 'a>>;
-
-/// A handler made of a synchronous closure; see [`handler_fn`].
-#[derive(Debug, Clone)]
-pub struct HandlerFn<F>(F);
-
-/// Turns a closure into an [`EventHandler`], for handlers that need no `async`.
-///
-/// ```
-/// use actorbus::{handler_fn, DomainEvent, Envelope, HandlerError};
-/// # use serde::{Deserialize, Serialize};
-/// # #[derive(Debug, Serialize, Deserialize)] struct Pinged;
-/// # impl DomainEvent for Pinged { const EVENT_TYPE: &'static str = "pinged";
-/// #     fn stream_id(&self) -> String { "p".into() } }
-/// let h = handler_fn(|e: &Envelope<Pinged>| -> Result<(), HandlerError> {
-///     println!("{}", e.id());
-///     Ok(())
-/// });
-/// ```
-pub fn handler_fn<E, F>(f: F) -> HandlerFn<F>
-where
-    E: DomainEvent,
-    F: FnMut(&Envelope<E>) -> Result<(), HandlerError> + 'static,
-{
-    HandlerFn(f)
-}
-
-impl<E, F> EventHandler<E> for HandlerFn<F>
-where
-    E: DomainEvent,
-    F: FnMut(&Envelope<E>) -> Result<(), HandlerError> + 'static,
-{
-    fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>> {
-        std::future::ready((self.0)(event))
-    }
-}
-
-/// The message an existing actix actor receives when it subscribes through a `Recipient`
-/// ([`BusBuilder::recipient`](crate::BusBuilder::recipient)). Reply `Err` to have it retried.
-#[derive(Debug)]
-pub struct Handle<E: DomainEvent>(pub Envelope<E>);
-
-impl<E: DomainEvent> Message for Handle<E> {
-    type Result = Result<(), HandlerError>;
-}
-
-/// Forwards events to an actix `Recipient`, so that existing actors get retries, dead
-/// letters and ordering like any handler.
-pub(crate) struct RecipientHandler<E: DomainEvent>(pub(crate) Recipient<Handle<E>>);
-
-impl<E: DomainEvent> EventHandler<E> for RecipientHandler<E> {
-    async fn handle(&mut self, event: &Envelope<E>) -> Result<(), HandlerError> {
-        self.0.send(Handle(event.clone())).await?
-    }
-}
 
 /// A batch of events for one handler actor, in per-stream order. In memory it is sent with
 /// `send().await`, which resolves once the actor has taken it from its mailbox; on a durable
@@ -293,7 +181,7 @@ enum Outcome<H> {
     },
 }
 
-pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
+pub(crate) struct HandlerActor<E: DomainEvent, H: RunsEvents<E>> {
     setup: HandlerSetup<H>,
     index: usize,
     /// What the router gave this actor and it has not finished.
@@ -311,7 +199,7 @@ pub(crate) struct HandlerActor<E: DomainEvent, H: EventHandler<E>> {
     _event: PhantomData<fn() -> E>,
 }
 
-impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
+impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
     /// Starts the actor with a handler from the factory.
     /// Starts the actor on `arbiter`; its handler is built there, from the factory.
     pub(crate) fn start_on(
@@ -488,7 +376,7 @@ impl<E: DomainEvent, H: EventHandler<E>> HandlerActor<E, H> {
     }
 }
 
-impl<E: DomainEvent, H: EventHandler<E>> Actor for HandlerActor<E, H> {
+impl<E: DomainEvent, H: RunsEvents<E>> Actor for HandlerActor<E, H> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -499,7 +387,7 @@ impl<E: DomainEvent, H: EventHandler<E>> Actor for HandlerActor<E, H> {
     }
 }
 
-impl<E: DomainEvent, H: EventHandler<E>> Handler<Deliver> for HandlerActor<E, H> {
+impl<E: DomainEvent, H: RunsEvents<E>> Handler<Deliver> for HandlerActor<E, H> {
     type Result = ();
 
     fn handle(
@@ -535,7 +423,7 @@ impl<E: DomainEvent, H: EventHandler<E>> Handler<Deliver> for HandlerActor<E, H>
     }
 }
 
-impl<E: DomainEvent, H: EventHandler<E>> Handler<Control> for HandlerActor<E, H> {
+impl<E: DomainEvent, H: RunsEvents<E>> Handler<Control> for HandlerActor<E, H> {
     type Result = ();
 
     fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) {
@@ -557,7 +445,7 @@ impl<E: DomainEvent, H: EventHandler<E>> Handler<Control> for HandlerActor<E, H>
 
 /// Handles `pending.batch[pending.at..]` in order. Returns the handler when done, or where
 /// it panicked (the handler is dropped then: its state may be half-updated).
-async fn run_batch<E: DomainEvent, H: EventHandler<E>>(
+async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
     mut handler: Box<H>,
     pending: Pending,
     setup: HandlerSetup<H>,
