@@ -8,9 +8,10 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::storage::log::{self as store_log, micros};
 use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
 use crate::storage::pool::{self, SqlitePool};
+use crate::storage::queries;
+use crate::storage::queries::micros;
 use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, subscriptions};
 use crate::storage::{lock, registry};
 use crate::storage::{SqliteOptions, StoreError};
@@ -275,7 +276,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn head(&self) -> Result<u64> {
-        Ok(store_log::head(&mut *self.conn()?).map_err(db)?.max(0) as u64)
+        Ok(queries::head(&mut *self.conn()?).map_err(db)?.max(0) as u64)
     }
 
     /// The current version of `stream` (0 for a stream never written).
@@ -283,7 +284,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn stream_version(&self, stream: &str) -> Result<u64> {
-        Ok(store_log::stream_version(&mut *self.conn()?, stream)
+        Ok(queries::stream_version(&mut *self.conn()?, stream)
             .map_err(db)?
             .max(0) as u64)
     }
@@ -297,7 +298,7 @@ impl Store {
         let mut q = events::table.select(StoredEvent::as_select()).into_boxed();
         if let Some(s) = &filter.stream {
             // Indexed events through stream_events, the short tail past its mark by scanning.
-            let indexed = store_log::indexed_through(&mut conn).map_err(db)?;
+            let indexed = queries::indexed_through(&mut conn).map_err(db)?;
             // One IN list of positions (a UNION ALL), so SQLite seeks by position rather than
             // scanning the log, as it would for an OR of the two.
             use diesel::sql_types::{BigInt, Bool, Text};
@@ -386,7 +387,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn dead_letters(&self, handler: Option<&str>) -> Result<Vec<DeadLetterInfo>> {
-        let rows = store_log::load_dead_letters(&mut *self.conn()?, handler).map_err(db)?;
+        let rows = queries::load_dead_letters(&mut *self.conn()?, handler).map_err(db)?;
         Ok(rows.into_iter().map(letter_info).collect())
     }
 
@@ -452,7 +453,7 @@ impl Store {
     pub fn summary(&self) -> Result<StoreSummary> {
         self.read(|conn| {
             let events: i64 = events::table.count().get_result(conn)?;
-            let indexed = store_log::indexed_through(conn)?;
+            let indexed = queries::indexed_through(conn)?;
             // The index keeps each stream's newest entry after retention: streams ever written.
             let streams: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
                 "SELECT count(*) FROM (SELECT stream_id FROM stream_events \
@@ -461,8 +462,8 @@ impl Store {
             .bind::<diesel::sql_types::BigInt, _>(indexed)
             .sql(")")
             .get_result(conn)?;
-            let head = store_log::head(conn)?.max(0) as u64;
-            let checkpoints = store_log::load_all_checkpoints(conn)?;
+            let head = queries::head(conn)?.max(0) as u64;
+            let checkpoints = queries::load_all_checkpoints(conn)?;
             let layouts: Vec<(String, i32)> = subscriptions::table
                 .select((subscriptions::name, subscriptions::partitions))
                 .load(conn)?;
@@ -556,7 +557,7 @@ impl Store {
                      replay it from 0, not {from}"
                 )));
             }
-            let pruned = store_log::pruned_through(&mut conn).map_err(db)?;
+            let pruned = queries::pruned_through(&mut conn).map_err(db)?;
             if pruned > 0 {
                 return Err(not(format!(
                     "retention deleted events up to position {pruned}: the read model cannot \
@@ -592,7 +593,7 @@ impl Store {
             let mut problems = Vec::new();
             // Retention leaves gaps (it keeps dead-lettered events) up to its mark; past the
             // mark each stream's versions are contiguous.
-            let pruned = store_log::pruned_through(conn)?;
+            let pruned = queries::pruned_through(conn)?;
             let gaps: Vec<Gap> = diesel::sql_query(
                 "SELECT stream_id, count(*) AS n, min(stream_version) AS lo, max(stream_version) AS hi \
                  FROM events WHERE position > ?1 GROUP BY stream_id HAVING hi - lo + 1 != n LIMIT 20",
@@ -620,7 +621,7 @@ impl Store {
             if twice > 0 {
                 problems.push(format!("{twice} stream version(s) stored more than once"));
             }
-            let indexed = store_log::indexed_through(conn)?;
+            let indexed = queries::indexed_through(conn)?;
             let unindexed: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
                 "SELECT count(*) FROM events e WHERE e.position <= ",
             )
@@ -645,8 +646,8 @@ impl Store {
                     "{letters_twice} event(s) dead-lettered more than once by one handler"
                 ));
             }
-            let head = store_log::head(conn)?;
-            for c in store_log::load_all_checkpoints(conn)? {
+            let head = queries::head(conn)?;
+            for c in queries::load_all_checkpoints(conn)? {
                 if c.position > head {
                     problems.push(format!(
                         "checkpoint of `{}` #{} is at {}, past the head {head}",

@@ -13,7 +13,8 @@ use actix::prelude::*;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::actors::router::CHECKPOINT_FLUSH;
-use crate::storage::log::{INDEXED_THROUGH, INDEX_TAIL_SQL};
+use crate::storage::queries::INDEXED_THROUGH;
+use crate::storage::writer::INDEX_TAIL_SQL;
 use crate::storage::Durability;
 
 /// How the baseline finds a stream's events.

@@ -348,7 +348,7 @@ impl EventBus {
             let mut conn = pool
                 .get()
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
-            crate::storage::log::stream_version(&mut conn, &stream)
+            crate::storage::queries::stream_version(&mut conn, &stream)
                 .map_err(|e| StoreError::Database(e.to_string()))
         })
         .await

@@ -9,9 +9,11 @@ use actix::Addr;
 
 use crate::actors::storage::{CheckpointBoard, DeleteDeadLetters, StorageActor};
 use crate::event::{Metadata, Record};
-use crate::storage::log::{self as store_log, micros, LetterChange};
 use crate::storage::models::NewDeadLetter;
 use crate::storage::pool::SqlitePool;
+use crate::storage::queries;
+use crate::storage::queries::micros;
+use crate::storage::writer::LetterChange;
 use crate::storage::StoreError;
 
 /// An event that one handler could not process.
@@ -156,7 +158,7 @@ impl DeadLetters {
             .pool
             .get()
             .map_err(|e| StoreError::Connection(e.to_string()))?;
-        let rows = store_log::load_dead_letters(&mut conn, handler)
+        let rows = queries::load_dead_letters(&mut conn, handler)
             .map_err(|e| StoreError::Database(e.to_string()))?;
         Ok(rows.into_iter().map(stored_letter).collect())
     }
@@ -195,7 +197,7 @@ impl DeadLetters {
             let mut conn = pool
                 .get()
                 .map_err(|e| StoreError::Connection(e.to_string()))?;
-            store_log::load_dead_letter_page(&mut conn, handler.as_deref(), after, limit)
+            queries::load_dead_letter_page(&mut conn, handler.as_deref(), after, limit)
                 .map_err(|e| StoreError::Database(e.to_string()))
         })
         .await

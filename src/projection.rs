@@ -12,8 +12,9 @@ use crate::actors::storage::{Project, StorageActor};
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
 use crate::handler::{ManyHandled, RunsEvents};
-use crate::storage::log::{micros, save_checkpoints};
 use crate::storage::models::CheckpointRow;
+use crate::storage::queries::micros;
+use crate::storage::writer::save_checkpoints;
 
 /// A read model kept in the bus's SQLite store. `apply` runs on the storage actor's thread,
 /// inside the transaction that also moves this projection's checkpoint past the event: the

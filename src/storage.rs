@@ -2,11 +2,13 @@
 //! (catch-up, the CLI) go through an r2d2 pool beside it, which WAL mode allows.
 
 pub(crate) mod lock;
-pub(crate) mod log;
 pub(crate) mod models;
 pub(crate) mod pool;
+pub(crate) mod queries;
 pub(crate) mod registry;
+pub(crate) mod retention;
 pub(crate) mod schema;
+pub(crate) mod writer;
 
 use std::path::PathBuf;
 

@@ -16,7 +16,7 @@ use crate::actors::storage::Append;
 use crate::bus::Receipt;
 use crate::error::Error;
 use crate::event::Record;
-use crate::storage::log::UnitOutcome;
+use crate::storage::writer::UnitOutcome;
 
 /// Commits the router may have sent and not yet handled: one being written, one waiting.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;

@@ -22,8 +22,9 @@ use crate::bus::Receipt;
 use crate::error::Result;
 use crate::event::Record;
 use crate::stats::{BusCounters, HandlerCounters};
-use crate::storage::log::{self as store_log, Unit};
 use crate::storage::pool::SqlitePool;
+use crate::storage::queries;
+use crate::storage::writer::Unit;
 
 mod lanes;
 use lanes::Lane;
@@ -333,7 +334,7 @@ impl RouterActor {
             return;
         };
         let pool = durable.pool.clone();
-        let read = read_in_background(pool, store_log::load_requested_redrives);
+        let read = read_in_background(pool, queries::load_requested_redrives);
         ctx.wait(
             actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| {
                 let rows = match rows {

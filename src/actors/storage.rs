@@ -11,10 +11,14 @@ use actix::prelude::*;
 use diesel::prelude::*;
 
 use crate::storage::lock::BusLock;
-use crate::storage::log::{self as store_log, micros, LetterChange, Unit, UnitOutcome, Writer};
 use crate::storage::models::CheckpointRow;
 use crate::storage::pool::{self, SqlitePool, WalCheckpointer};
+use crate::storage::queries;
+use crate::storage::queries::micros;
 use crate::storage::registry::{self, RegisterError, Resume, SubscriptionSpec};
+use crate::storage::retention;
+use crate::storage::writer;
+use crate::storage::writer::{LetterChange, Unit, UnitOutcome, Writer};
 use crate::storage::SqliteOptions;
 use crate::storage::{Retention, StoreError};
 
@@ -194,7 +198,7 @@ impl StorageActor {
         let subscriptions = self.subscriptions.clone();
         let now = micros(std::time::SystemTime::now());
         let result = self.writer.transaction(|conn| {
-            let rows = store_log::load_all_checkpoints(conn)?;
+            let rows = queries::load_all_checkpoints(conn)?;
             // A subscription of this bus without a checkpoint for each actor still needs
             // everything (registration writes them all at start: this is a safety net).
             let incomplete = subscriptions.iter().any(|(name, partitions)| {
@@ -208,7 +212,7 @@ impl StorageActor {
             } else {
                 rows.iter().map(|r| r.position).min().unwrap_or(0)
             };
-            store_log::prune(conn, &retention, safe, now, RETENTION_BATCH)
+            retention::prune(conn, &retention, safe, now, RETENTION_BATCH)
         });
         match result {
             Ok(0) => {}
@@ -235,7 +239,7 @@ impl Handler<DeleteDeadLetters> for StorageActor {
         // Letters given up on before the purge are purged too, not written after it.
         let letters = self.board.take_letters();
         let result = self.writer.transaction(|conn| {
-            store_log::save_dead_letters(conn, &letters)?;
+            writer::save_dead_letters(conn, &letters)?;
             let mut query = diesel::delete(dead_letters::table).into_boxed();
             if let Some(h) = &msg.handler {
                 query = query.filter(dead_letters::handler.eq(h.clone()));
@@ -269,7 +273,7 @@ impl Handler<Project> for StorageActor {
         // checkpoint may pass an event whose letter is still queued.
         let letters = self.board.take_letters();
         let result = self.writer.transaction(|conn| {
-            store_log::save_dead_letters(conn, &letters)?;
+            writer::save_dead_letters(conn, &letters)?;
             // User code on the writer's thread: a panic must not take the writer down.
             let outcome = crate::actors::handler::caught(|| {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
@@ -331,7 +335,7 @@ impl Handler<FlushCheckpoints> for StorageActor {
         for (handler, partitions) in relayouts {
             match self
                 .writer
-                .transaction(|conn| store_log::drop_covered_layouts(conn, &handler, partitions))
+                .transaction(|conn| writer::drop_covered_layouts(conn, &handler, partitions))
             {
                 Ok(false) => log::info!(
                     "`{handler}`: checkpoints of its earlier concurrency are passed and dropped"
@@ -418,7 +422,7 @@ impl OpenStore {
         let now = micros(std::time::SystemTime::now());
         let mut rebuild_error = None;
         let registered = writer.transaction(|conn| {
-            let head = store_log::head(conn)?;
+            let head = queries::head(conn)?;
             match registry::register(conn, &mut subscriptions, head, now) {
                 Ok(resumes) => Ok((head, resumes)),
                 Err(RegisterError::Db(e)) => Err(e),

@@ -22,7 +22,7 @@ use super::{read_in_background, RouterActor};
 use crate::actors::handler::Deliver;
 use crate::event::Record;
 use crate::stats::HandlerCounters;
-use crate::storage::log as store_log;
+use crate::storage::queries;
 
 /// How one handler actor of a durable bus gets its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,9 +178,8 @@ impl RouterActor {
             let room = capacity.saturating_sub(load.queued()).max(1);
             let read = read_in_background(pool, move |conn| {
                 conn.transaction(|conn| {
-                    let rows =
-                        store_log::read_types_after(conn, &types, after as i64, room as i64)?;
-                    Ok((rows, store_log::head(conn)?))
+                    let rows = queries::read_types_after(conn, &types, after as i64, room as i64)?;
+                    Ok((rows, queries::head(conn)?))
                 })
             });
             (read.await, room)

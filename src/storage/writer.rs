@@ -1,42 +1,30 @@
-//! The event log on SQLite: the writer's group commit (positions, stream versions,
-//! optimistic concurrency) and the readers' queries (catch-up, checkpoints).
+//! The single writer: group commit (positions, stream versions, optimistic concurrency,
+//! idempotent ids), the bulk stream index, checkpoints and dead-letter changes.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
-use uuid::Uuid;
 
-use crate::event::{stable_hash, Metadata, Payload, Record};
-use crate::storage::models::{
-    CheckpointRow, DeadLetterRow, NewDeadLetter, NewStoredEvent, StoredEvent,
-};
+use crate::event::{Metadata, Record};
+use crate::storage::models::{CheckpointRow, NewDeadLetter, NewStoredEvent};
 use crate::storage::pool::{classify, classify_message};
-use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, stream_events};
-use crate::storage::{Retention, StoreError};
+use crate::storage::queries::{head, indexed_through, micros, set_meta_number, INDEXED_THROUGH};
+use crate::storage::schema::{checkpoints, dead_letters, events, stream_events};
+use crate::storage::StoreError;
 
 /// Streams whose last version the writer remembers; past this the cache starts over at the
 /// next indexing of the tail, so memory stays flat however many streams there are.
 const VERSION_CACHE_LIMIT: usize = 100_000;
-
 /// An append that leaves more events than this past `indexed_through` indexes the tail in its
 /// own transaction. The storage actor's timer normally indexes it long before (every 200 ms).
 const INDEX_TAIL_LIMIT: i64 = 65_536;
-
 /// Indexes the events in `(?1, ?2]` by stream, sorted so each stream's entries go in together.
 pub(crate) const INDEX_TAIL_SQL: &str =
     "INSERT INTO stream_events (stream_id, stream_version, position) \
      SELECT stream_id, stream_version, position FROM events \
      WHERE position > ?1 AND position <= ?2 ORDER BY stream_id, stream_version";
-
-/// The `store_meta` key of the last position `stream_events` covers.
-pub(crate) const INDEXED_THROUGH: &str = "indexed_through";
-/// The `store_meta` key of the newest position retention deleted.
-const PRUNED_THROUGH: &str = "pruned_through";
-
 /// One publish (or `publish_all`): all of it is stored, or none.
 #[derive(Debug)]
 pub(crate) struct Unit {
@@ -46,7 +34,6 @@ pub(crate) struct Unit {
     /// The publisher chose the event ids: an id already stored is answered, not stored again.
     pub(crate) check_ids: bool,
 }
-
 /// What became of one unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum UnitOutcome {
@@ -61,7 +48,6 @@ pub(crate) enum UnitOutcome {
         actual: u64,
     },
 }
-
 /// The single writer's connection and what it remembers between commits.
 pub(crate) struct Writer {
     conn: PooledConnection<ConnectionManager<SqliteConnection>>,
@@ -72,7 +58,6 @@ pub(crate) struct Writer {
     indexed: i64,
     versions: HashMap<String, i64>,
 }
-
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
@@ -82,7 +67,6 @@ impl std::fmt::Debug for Writer {
             .finish()
     }
 }
-
 impl Writer {
     pub(crate) fn new(
         conn: PooledConnection<ConnectionManager<SqliteConnection>>,
@@ -111,7 +95,7 @@ impl Writer {
         let cached_head = self.head;
         let mut indexed = self.indexed;
         let result = in_transaction(&mut self.conn, &self.path, |conn| {
-            let head = current_head(conn)?;
+            let head = head(conn)?;
             if head != cached_head || indexed < 0 {
                 // Someone else wrote (or this is the first commit): cached versions may be
                 // stale. Index the tail first, so every version not cached is in the index.
@@ -242,7 +226,7 @@ impl Writer {
         }
         let (from, to) = (self.indexed, self.head);
         let result = in_transaction(&mut self.conn, &self.path, |conn| {
-            if current_head(conn)? != to {
+            if head(conn)? != to {
                 return Ok(None);
             }
             index_tail(conn, from, to).map(Some)
@@ -308,7 +292,6 @@ impl Writer {
         })
     }
 }
-
 /// Runs `f` in an immediate transaction. Reports the first error `f` met: when SQLite has
 /// already rolled back by itself (a full disk), diesel's own ROLLBACK fails too, and that
 /// second error would otherwise hide the cause.
@@ -332,7 +315,6 @@ fn in_transaction<T>(
         None => classify(path, e),
     })
 }
-
 /// What happened to dead letters since the last write, in the order it happened.
 #[derive(Debug, Clone)]
 pub(crate) enum LetterChange {
@@ -342,7 +324,6 @@ pub(crate) enum LetterChange {
     /// A redriven letter was handled: it goes.
     Resolved(i64),
 }
-
 pub(crate) fn save_dead_letters(
     conn: &mut SqliteConnection,
     changes: &[LetterChange],
@@ -370,18 +351,6 @@ pub(crate) fn save_dead_letters(
     }
     Ok(())
 }
-
-/// The last position ever assigned: the newest event's, or the newest retention deleted if
-/// that is later (it deleted everything after it too). Positions are never given out twice,
-/// whatever was deleted: a checkpoint past a reused position would skip the new event.
-fn current_head(conn: &mut SqliteConnection) -> QueryResult<i64> {
-    let newest = events::table
-        .select(diesel::dsl::max(events::position))
-        .first::<Option<i64>>(conn)?
-        .unwrap_or(0);
-    Ok(newest.max(pruned_through(conn)?))
-}
-
 /// The stream's version: cached, or else in the index (a stream not cached has no event in
 /// the tail, by the writer's invariant).
 fn indexed_version(
@@ -400,36 +369,6 @@ fn indexed_version(
     cache.insert(stream.to_owned(), v);
     Ok(v)
 }
-
-/// The last position `stream_events` covers (0 for a store with nothing indexed).
-pub(crate) fn indexed_through(conn: &mut SqliteConnection) -> QueryResult<i64> {
-    meta_number(conn, INDEXED_THROUGH)
-}
-
-/// The newest position retention deleted (0 if it never ran).
-pub(crate) fn pruned_through(conn: &mut SqliteConnection) -> QueryResult<i64> {
-    meta_number(conn, PRUNED_THROUGH)
-}
-
-fn meta_number(conn: &mut SqliteConnection, key: &str) -> QueryResult<i64> {
-    let value = store_meta::table
-        .filter(store_meta::key.eq(key))
-        .select(store_meta::value)
-        .first::<String>(conn)
-        .optional()?;
-    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
-}
-
-fn set_meta_number(conn: &mut SqliteConnection, key: &str, value: i64) -> QueryResult<()> {
-    diesel::replace_into(store_meta::table)
-        .values((
-            store_meta::key.eq(key),
-            store_meta::value.eq(value.to_string()),
-        ))
-        .execute(conn)
-        .map(drop)
-}
-
 /// Indexes the events in `(from, to]`, sorted by stream so that each stream's entries go in
 /// together, and moves the mark to `to`. Returns `to`.
 fn index_tail(conn: &mut SqliteConnection, from: i64, to: i64) -> QueryResult<i64> {
@@ -444,7 +383,6 @@ fn index_tail(conn: &mut SqliteConnection, from: i64, to: i64) -> QueryResult<i6
     set_meta_number(conn, INDEXED_THROUGH, to)?;
     Ok(to)
 }
-
 /// (position, version) of every record when all of their ids are stored already.
 fn already_stored(
     conn: &mut SqliteConnection,
@@ -464,7 +402,6 @@ fn already_stored(
     }
     Ok(Some(found))
 }
-
 /// Upserts checkpoints; a checkpoint only moves forward here (`replay` moves it back on purpose,
 /// elsewhere), so a late batched write never undoes a projection's in-transaction one.
 pub(crate) fn save_checkpoints(
@@ -491,7 +428,6 @@ pub(crate) fn save_checkpoints(
     }
     Ok(())
 }
-
 /// Deletes the checkpoints of `handler` written with another concurrency that no longer
 /// matter: an old row at or below the lowest checkpoint of the current layout (all of its
 /// `partitions` rows present) cannot make any actor skip an event. Returns whether rows of
@@ -517,152 +453,6 @@ pub(crate) fn drop_covered_layouts(
         .get_result(conn)?;
     Ok(left > 0)
 }
-
-/// Dead letters an operator asked to redrive, with their events, oldest first.
-pub(crate) fn load_requested_redrives(
-    conn: &mut SqliteConnection,
-) -> QueryResult<Vec<(DeadLetterRow, StoredEvent)>> {
-    dead_letters::table
-        .inner_join(events::table.on(events::position.eq(dead_letters::position)))
-        .filter(dead_letters::redrive_requested.ne(0))
-        .select((DeadLetterRow::as_select(), StoredEvent::as_select()))
-        .order(dead_letters::id.asc())
-        .load(conn)
-}
-
-/// Dead letters of `handler` (all when `None`) with their events, oldest first.
-pub(crate) fn load_dead_letters(
-    conn: &mut SqliteConnection,
-    handler: Option<&str>,
-) -> QueryResult<Vec<(DeadLetterRow, StoredEvent)>> {
-    load_dead_letter_page(conn, handler, 0, i64::MAX)
-}
-
-/// Up to `limit` dead letters of `handler` (all when `None`) with ids above `after`, oldest
-/// first.
-pub(crate) fn load_dead_letter_page(
-    conn: &mut SqliteConnection,
-    handler: Option<&str>,
-    after: i64,
-    limit: i64,
-) -> QueryResult<Vec<(DeadLetterRow, StoredEvent)>> {
-    let mut query = dead_letters::table
-        .inner_join(events::table.on(events::position.eq(dead_letters::position)))
-        .select((DeadLetterRow::as_select(), StoredEvent::as_select()))
-        .filter(dead_letters::id.gt(after))
-        .order(dead_letters::id.asc())
-        .limit(limit)
-        .into_boxed();
-    if let Some(h) = handler {
-        query = query.filter(dead_letters::handler.eq(h.to_owned()));
-    }
-    query.load(conn)
-}
-
-/// The stream's current version (0 for a stream never written): the index, and the short
-/// tail past its mark.
-pub(crate) fn stream_version(conn: &mut SqliteConnection, stream: &str) -> QueryResult<i64> {
-    let indexed = indexed_through(conn)?;
-    let in_index = stream_events::table
-        .filter(stream_events::stream_id.eq(stream))
-        .select(diesel::dsl::max(stream_events::stream_version))
-        .first::<Option<i64>>(conn)?;
-    let in_tail = events::table
-        .filter(events::position.gt(indexed))
-        .filter(events::stream_id.eq(stream))
-        .select(diesel::dsl::max(events::stream_version))
-        .first::<Option<i64>>(conn)?;
-    Ok(in_index.max(in_tail).unwrap_or(0))
-}
-
-/// Deletes processed events as `retention` allows: only at or below `safe` (the lowest
-/// checkpoint of every subscription), never one a dead letter refers to. At most `limit` per
-/// call, so the writer's transaction stays short. Returns how many were deleted.
-pub(crate) fn prune(
-    conn: &mut SqliteConnection,
-    retention: &Retention,
-    safe: i64,
-    now_micros: i64,
-    limit: i64,
-) -> QueryResult<usize> {
-    let head = current_head(conn)?;
-    let by_count = retention.keep_last.map_or(i64::MIN, |n| head - n as i64);
-    let by_age = retention
-        .max_age
-        .map_or(i64::MIN, |age| now_micros - age.as_micros() as i64);
-    // Only indexed events: their stream index entries go with them (see below).
-    let safe = safe.min(indexed_through(conn)?);
-    let victims = events::table
-        .filter(events::position.le(safe))
-        .filter(
-            events::position
-                .le(by_count)
-                .or(events::recorded_at.lt(by_age)),
-        )
-        .filter(diesel::dsl::not(diesel::dsl::exists(
-            dead_letters::table.filter(dead_letters::position.eq(events::position)),
-        )))
-        .select((events::position, events::stream_id, events::stream_version))
-        .order(events::position.asc())
-        .limit(limit)
-        .load::<(i64, String, i64)>(conn)?;
-    let mut deleted = 0;
-    for chunk in victims.chunks(1000) {
-        let positions: Vec<i64> = chunk.iter().map(|v| v.0).collect();
-        deleted += diesel::delete(events::table.filter(events::position.eq_any(positions)))
-            .execute(conn)?;
-    }
-    if let Some(last) = victims.last() {
-        // The mark `check` reads: below it, retention may have left gaps in a stream.
-        let marked = meta_number(conn, PRUNED_THROUGH)?;
-        set_meta_number(conn, PRUNED_THROUGH, marked.max(last.0))?;
-    }
-    // Each stream keeps its newest index entry: its version outlives its events.
-    let newer = diesel::alias!(stream_events as newer);
-    for (_, stream, version) in &victims {
-        diesel::delete(
-            stream_events::table
-                .filter(stream_events::stream_id.eq(stream))
-                .filter(stream_events::stream_version.eq(version))
-                .filter(diesel::dsl::exists(
-                    newer
-                        .filter(newer.field(stream_events::stream_id).eq(stream))
-                        .filter(newer.field(stream_events::stream_version).gt(version)),
-                )),
-        )
-        .execute(conn)?;
-    }
-    Ok(deleted)
-}
-
-/// Every checkpoint in the store.
-pub(crate) fn load_all_checkpoints(conn: &mut SqliteConnection) -> QueryResult<Vec<CheckpointRow>> {
-    checkpoints::table
-        .select(CheckpointRow::as_select())
-        .load(conn)
-}
-
-/// The position of the newest event (0 for an empty store).
-pub(crate) fn head(conn: &mut SqliteConnection) -> QueryResult<i64> {
-    current_head(conn)
-}
-
-/// Up to `limit` events of any of `types` after `after`, oldest first.
-pub(crate) fn read_types_after(
-    conn: &mut SqliteConnection,
-    types: &[String],
-    after: i64,
-    limit: i64,
-) -> QueryResult<Vec<StoredEvent>> {
-    events::table
-        .filter(events::event_type.eq_any(types))
-        .filter(events::position.gt(after))
-        .order(events::position.asc())
-        .limit(limit)
-        .select(StoredEvent::as_select())
-        .load(conn)
-}
-
 /// Metadata beside the payload: only what is set, `None` when nothing is.
 fn encode_metadata(meta: &Metadata) -> Option<String> {
     if meta.correlation_id.is_none() && meta.causation_id.is_none() && meta.headers.is_empty() {
@@ -684,62 +474,4 @@ fn encode_metadata(meta: &Metadata) -> Option<String> {
         m.insert("headers".into(), serde_json::Value::Object(headers));
     }
     Some(serde_json::Value::Object(m).to_string())
-}
-
-pub(crate) fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
-impl StoredEvent {
-    /// The row as a record for delivery. A payload or metadata that is not JSON still makes a
-    /// record (the handler dead-letters it with the reason), never a failed read.
-    pub(crate) fn into_record(self) -> Record {
-        let payload = match serde_json::from_str(&self.payload) {
-            Ok(value) => Payload::Json(Arc::new(value)),
-            Err(e) => Payload::Invalid(Arc::from(format!("it is not JSON: {e}"))),
-        };
-        let extra: serde_json::Value = self
-            .metadata
-            .as_deref()
-            .and_then(|m| serde_json::from_str(m).ok())
-            .unwrap_or(serde_json::Value::Null);
-        let uuid_at = |key: &str| {
-            extra
-                .get(key)
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.parse().ok())
-        };
-        let headers = extra
-            .get("headers")
-            .and_then(|h| h.as_object())
-            .map(|h| {
-                h.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let meta = Metadata {
-            id: Uuid::from_slice(&self.event_id).unwrap_or_default(),
-            stream_id: self.stream_id,
-            stream_version: Some(self.stream_version as u64),
-            position: Some(self.position as u64),
-            event_type: self.event_type.into(),
-            schema_version: self.schema_version as u32,
-            occurred_at: UNIX_EPOCH
-                + std::time::Duration::from_micros(self.recorded_at.max(0) as u64),
-            correlation_id: uuid_at("correlation_id"),
-            causation_id: uuid_at("causation_id"),
-            headers,
-        };
-        let partition = stable_hash(meta.stream_id.as_bytes());
-        Record {
-            meta: Arc::new(meta),
-            payload,
-            encoded: None,
-            published_at: std::time::Instant::now(),
-            partition,
-            letter: None,
-        }
-    }
 }
