@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::actors::router::{AwaitDrained, CloseIntake, Intake, Redrive, RouterActor};
 use crate::actors::supervisor::{ResetBudget, StopSupervisor, SupervisorActor};
-use crate::config::BusBuilder;
+use crate::builder::BusBuilder;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Error, Result};
 use crate::event::{DomainEvent, PublishOptions, Record};

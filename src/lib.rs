@@ -82,12 +82,13 @@ mod admin;
 pub mod baseline;
 mod batch;
 mod blocking;
+mod builder;
 mod bus;
-mod config;
 mod dead_letter;
 mod error;
 mod event;
 mod handler;
+mod options;
 mod policy;
 mod projection;
 mod stats;
@@ -99,15 +100,16 @@ pub use crate::admin::{
 };
 pub use crate::batch::{BatchError, BatchHandler};
 pub use crate::blocking::{blocking, Blocking};
+pub use crate::builder::BusBuilder;
 pub use crate::bus::{EventBus, Receipt};
-pub use crate::config::{
-    BusBuilder, HandlerOptions, StartFrom, DEFAULT_INTAKE_CAPACITY, DEFAULT_MAILBOX_CAPACITY,
-    MAX_INTAKE_CAPACITY,
-};
 pub use crate::dead_letter::DeadLetter;
 pub use crate::error::{Error, HandlerError, Result};
 pub use crate::event::{partition_for, DomainEvent, Envelope, Metadata, PublishOptions};
 pub use crate::handler::{handler_fn, EventHandler, Handle, HandlerFn};
+pub use crate::options::{
+    HandlerOptions, StartFrom, DEFAULT_INTAKE_CAPACITY, DEFAULT_MAILBOX_CAPACITY,
+    MAX_INTAKE_CAPACITY,
+};
 pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
 pub use crate::projection::Projection;
 pub use crate::stats::{HandlerStats, Latency, Stats};
