@@ -12,8 +12,8 @@ use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
 use crate::storage::pool::{self, SqlitePool};
 use crate::storage::queries;
 use crate::storage::queries::micros;
-use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, subscriptions};
-use crate::storage::{lock, registry};
+use crate::storage::schema::{checkpoints, dead_letters, events, subscriptions};
+use crate::storage::{inspect, lock, registry};
 use crate::storage::{SqliteOptions, StoreError};
 
 /// An operator's handle on a SQLite store file. Safe beside a running bus on the same file,
@@ -267,7 +267,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn schema_version(&self) -> Result<i64> {
-        schema_version(&mut *self.conn()?).map_err(db)
+        inspect::schema_version(&mut *self.conn()?).map_err(db)
     }
 
     /// The last position given out (0 when nothing was ever stored). Retention may have
@@ -294,50 +294,18 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEventInfo>> {
-        let mut conn = self.conn()?;
-        let mut q = events::table.select(StoredEvent::as_select()).into_boxed();
-        if let Some(s) = &filter.stream {
-            // Indexed events through stream_events, the short tail past its mark by scanning.
-            let indexed = queries::indexed_through(&mut conn).map_err(db)?;
-            // One IN list of positions (a UNION ALL), so SQLite seeks by position rather than
-            // scanning the log, as it would for an OR of the two.
-            use diesel::sql_types::{BigInt, Bool, Text};
-            q = q.filter(
-                diesel::dsl::sql::<Bool>(
-                    "events.position IN (SELECT position FROM stream_events WHERE stream_id = ",
-                )
-                .bind::<Text, _>(s.clone())
-                .sql(" UNION ALL SELECT position FROM events WHERE position > ")
-                .bind::<BigInt, _>(indexed)
-                .sql(" AND stream_id = ")
-                .bind::<Text, _>(s.clone())
-                .sql(")"),
-            );
-        }
-        if let Some(t) = &filter.event_type {
-            q = q.filter(events::event_type.eq(t.clone()));
-        }
-        if let Some(a) = filter.after {
-            q = q.filter(events::position.gt(a as i64));
-        }
-        q = if filter.newest {
-            q.order(events::position.desc())
-        } else {
-            q.order(events::position.asc())
-        };
-        if let Some(n) = filter.limit {
-            q = q.limit(n.min(i64::MAX as u64) as i64);
-        }
-        let mut rows: Vec<StoredEventInfo> = q
-            .load(&mut conn)
-            .map_err(db)?
-            .into_iter()
-            .map(StoredEventInfo::from)
-            .collect();
-        if filter.newest {
-            rows.reverse();
-        }
-        Ok(rows)
+        let rows = inspect::events(
+            &mut *self.conn()?,
+            &inspect::Selection {
+                stream: filter.stream.as_deref(),
+                event_type: filter.event_type.as_deref(),
+                after: filter.after.map(|a| a.min(i64::MAX as u64) as i64),
+                limit: filter.limit.map(|n| n.min(i64::MAX as u64) as i64),
+                newest: filter.newest,
+            },
+        )
+        .map_err(db)?;
+        Ok(rows.into_iter().map(StoredEventInfo::from).collect())
     }
 
     /// Every checkpoint.
@@ -367,7 +335,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn handlers(&self) -> Result<Vec<String>> {
-        handler_names(&mut *self.conn()?).map_err(db)
+        inspect::handler_names(&mut *self.conn()?).map_err(db)
     }
 
     /// Fails with [`Error::UnknownHandler`] unless the store knows `handler`.
@@ -471,7 +439,7 @@ impl Store {
                 .group_by(dead_letters::handler)
                 .select((dead_letters::handler, diesel::dsl::count_star()))
                 .load(conn)?;
-            let handlers = handler_names(conn)?
+            let handlers = inspect::handler_names(conn)?
                 .into_iter()
                 .map(|name| {
                     // The current layout's actors: an earlier concurrency's rows are kept
@@ -498,7 +466,7 @@ impl Store {
                 events: events as u64,
                 streams: streams as u64,
                 head,
-                schema_version: schema_version(conn)?,
+                schema_version: inspect::schema_version(conn)?,
                 handlers,
             })
         })
@@ -578,85 +546,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn check(&self) -> Result<Vec<String>> {
-        #[derive(QueryableByName)]
-        struct Gap {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            stream_id: String,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            lo: i64,
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            hi: i64,
-        }
-        self.read(|conn| {
-            let mut problems = Vec::new();
-            // Retention leaves gaps (it keeps dead-lettered events) up to its mark; past the
-            // mark each stream's versions are contiguous.
-            let pruned = queries::pruned_through(conn)?;
-            let gaps: Vec<Gap> = diesel::sql_query(
-                "SELECT stream_id, count(*) AS n, min(stream_version) AS lo, max(stream_version) AS hi \
-                 FROM events WHERE position > ?1 GROUP BY stream_id HAVING hi - lo + 1 != n LIMIT 20",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(pruned)
-            .load(conn)?;
-            for g in gaps {
-                problems.push(format!(
-                    "stream `{}` has {} events for versions {}..={}",
-                    g.stream_id, g.n, g.lo, g.hi
-                ));
-            }
-            let dup: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                "SELECT count(*) FROM (SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1)",
-            )
-            .get_result(conn)?;
-            if dup > 0 {
-                problems.push(format!("{dup} event id(s) stored more than once"));
-            }
-            let twice: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                "SELECT count(*) FROM (SELECT 1 FROM events \
-                 GROUP BY stream_id, stream_version HAVING count(*) > 1)",
-            )
-            .get_result(conn)?;
-            if twice > 0 {
-                problems.push(format!("{twice} stream version(s) stored more than once"));
-            }
-            let indexed = queries::indexed_through(conn)?;
-            let unindexed: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                "SELECT count(*) FROM events e WHERE e.position <= ",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(indexed)
-            .sql(
-                " AND NOT EXISTS (SELECT 1 FROM stream_events s WHERE s.stream_id = e.stream_id \
-                 AND s.stream_version = e.stream_version AND s.position = e.position)",
-            )
-            .get_result(conn)?;
-            if unindexed > 0 {
-                problems.push(format!(
-                    "{unindexed} event(s) at or below {indexed} missing from the stream index"
-                ));
-            }
-            let letters_twice: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                "SELECT count(*) FROM (SELECT 1 FROM dead_letters \
-                 GROUP BY handler, position HAVING count(*) > 1)",
-            )
-            .get_result(conn)?;
-            if letters_twice > 0 {
-                problems.push(format!(
-                    "{letters_twice} event(s) dead-lettered more than once by one handler"
-                ));
-            }
-            let head = queries::head(conn)?;
-            for c in queries::load_all_checkpoints(conn)? {
-                if c.position > head {
-                    problems.push(format!(
-                        "checkpoint of `{}` #{} is at {}, past the head {head}",
-                        c.handler, c.partition, c.position
-                    ));
-                }
-            }
-            Ok(problems)
-        })
+        self.read(inspect::check)
     }
 
     /// Runs `f` with a connection to the store (for application-specific checks, such as a
@@ -670,36 +560,6 @@ impl Store {
     ) -> Result<T> {
         f(&mut *self.conn()?).map_err(db)
     }
-}
-
-fn schema_version(conn: &mut SqliteConnection) -> QueryResult<i64> {
-    let v: String = store_meta::table
-        .filter(store_meta::key.eq("schema_version"))
-        .select(store_meta::value)
-        .first(conn)?;
-    Ok(v.parse().unwrap_or(0))
-}
-
-/// Subscription names the store knows (registered, or from checkpoints and dead letters), sorted.
-fn handler_names(conn: &mut SqliteConnection) -> QueryResult<Vec<String>> {
-    let mut names: Vec<String> = subscriptions::table
-        .select(subscriptions::name)
-        .load(conn)?;
-    names.extend(
-        checkpoints::table
-            .select(checkpoints::handler)
-            .distinct()
-            .load::<String>(conn)?,
-    );
-    names.extend(
-        dead_letters::table
-            .select(dead_letters::handler)
-            .distinct()
-            .load::<String>(conn)?,
-    );
-    names.sort();
-    names.dedup();
-    Ok(names)
 }
 
 fn letter_info((row, event): (DeadLetterRow, StoredEvent)) -> DeadLetterInfo {

@@ -1,6 +1,7 @@
 //! The durable store: SQLite through diesel. The storage actor is its single writer; reads
 //! (catch-up, the CLI) go through an r2d2 pool beside it, which WAL mode allows.
 
+pub(crate) mod inspect;
 pub(crate) mod lock;
 pub(crate) mod models;
 pub(crate) mod pool;
