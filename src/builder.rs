@@ -450,7 +450,6 @@ impl BusBuilder {
             &self.store,
             StoreConfig::Sqlite(o) if o.durability == crate::storage::Durability::Normal
         );
-        let storage_thread = std::sync::Mutex::new(None);
         let lifecycle = Arc::new(Lifecycle::default());
         let bus_counters = Arc::new(BusCounters::default());
         let dead_letters = Arc::new(match &store {
@@ -527,8 +526,9 @@ impl BusBuilder {
                 .min()
                 .unwrap_or(DEFAULT_MAILBOX_CAPACITY)
                 .min(self.intake_capacity);
+            let mut writer = None;
             let durable = store.map(|st| {
-                *storage_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(st.thread);
+                writer = Some(st.thread);
                 Durable {
                     storage: st.storage,
                     pool: st.pool,
@@ -546,7 +546,7 @@ impl BusBuilder {
                 durable,
             )
             .start();
-            supervisor.set_router(router.clone());
+            supervisor.own(router.clone(), writer, handler_arbiters);
             router_addr = Some(router);
             supervisor
         });
@@ -554,8 +554,6 @@ impl BusBuilder {
         Ok(EventBus::from_shared(BusShared {
             durable: durable_bus,
             pool: reader_pool,
-            handler_arbiters: std::sync::Mutex::new(handler_arbiters),
-            storage_thread,
             intake: tx,
             intake_capacity: self.intake_capacity,
             lifecycle,

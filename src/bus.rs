@@ -10,8 +10,8 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::actors::router::{AwaitDrained, CloseIntake, Intake, Redrive, RouterActor};
-use crate::actors::supervisor::{ResetBudget, StopSupervisor, SupervisorActor};
+use crate::actors::router::{Intake, Redrive, RouterActor};
+use crate::actors::supervisor::{ResetBudget, Shutdown, SupervisorActor};
 use crate::builder::BusBuilder;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::error::{Error, Result};
@@ -87,10 +87,6 @@ pub(crate) struct BusShared {
     pub(crate) durable: bool,
     /// The store's readers (durable bus).
     pub(crate) pool: Option<crate::storage::pool::SqlitePool>,
-    /// The threads handler actors run on (none: the caller's arbiter), joined at shutdown.
-    pub(crate) handler_arbiters: Mutex<Vec<actix_rt::Arbiter>>,
-    /// The storage actor's thread, joined at shutdown.
-    pub(crate) storage_thread: Mutex<Option<crate::actors::storage::WriterThread>>,
     pub(crate) intake: mpsc::Sender<Intake>,
     pub(crate) intake_capacity: usize,
     pub(crate) lifecycle: Arc<Lifecycle>,
@@ -385,47 +381,15 @@ impl EventBus {
     /// stays closed.
     pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
         self.shared.lifecycle.begin_stop();
-        let router = self.shared.router.clone();
+        // The supervisor owns the tree: it closes the intake, waits for the drain and the
+        // last checkpoints, then stops and joins the writer's and the handlers' threads. A
+        // supervisor that is gone has shut down already.
         let supervisor = self.shared.supervisor.clone();
-        let drained = async move {
-            // A router that is gone has nothing left to drain.
-            if router.send(CloseIntake).await.is_ok() {
-                let _ = router.send(AwaitDrained).await;
-            }
-            let _ = supervisor.send(StopSupervisor).await;
-        };
-        let shared = Arc::clone(&self.shared);
-        let drained = async move {
-            drained.await;
-            let thread = shared
-                .storage_thread
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(thread) = thread {
-                // Everything is drained and the checkpoints are written: stop the writer and
-                // wait for its thread, so that it never outlives the bus.
-                let _ = actix_rt::task::spawn_blocking(move || thread.stop_and_join()).await;
-            }
-            let arbiters = std::mem::take(
-                &mut *shared
-                    .handler_arbiters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            if !arbiters.is_empty() {
-                let _ = actix_rt::task::spawn_blocking(move || {
-                    for arbiter in arbiters {
-                        arbiter.stop();
-                        let _ = arbiter.join();
-                    }
-                })
-                .await;
-            }
-        };
-        actix_rt::time::timeout(timeout, drained)
-            .await
-            .map_err(|_| Error::ShutdownTimeout(timeout))?;
+        actix_rt::time::timeout(timeout, async move {
+            let _ = supervisor.send(Shutdown).await;
+        })
+        .await
+        .map_err(|_| Error::ShutdownTimeout(timeout))?;
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 //! ```text
 //!   EventBus (cheap Clone handle: publish / try_publish / publish_all / shutdown / stats)
 //!        |  bounded intake
-//!   SupervisorActor ── starts everything below, restarts panicked handlers with backoff
+//!   SupervisorActor ── owns everything below (router, handler threads, writer thread),
+//!        |            restarts panicked handlers with backoff; shutdown flows through it
 //!        |
 //!   RouterActor ── catch-up from checkpoints; each intake chunk -> StorageActor (one
 //!        |         transaction, the single SQLite writer; two in flight, answered in

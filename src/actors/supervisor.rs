@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::actors::router::RouterActor;
+use crate::actors::router::{AwaitDrained, CloseIntake, RouterActor};
+use crate::actors::storage::WriterThread;
 use crate::bus::Lifecycle;
 use crate::policy::{Escalation, RestartPolicy};
 
@@ -32,19 +33,59 @@ impl Message for HandlerPanicked {
     type Result = Decision;
 }
 
-/// Stop: the bus was shut down and drained.
-pub(crate) struct StopSupervisor;
+/// Shut the tree down: close the intake, wait until the router has drained every handler
+/// actor and written the last checkpoints, then stop and join the writer's thread and the
+/// handler threads, then the supervisor itself. A second `Shutdown` waits for the same.
+pub(crate) struct Shutdown;
 
-impl Message for StopSupervisor {
+impl Message for Shutdown {
     type Result = ();
 }
 
-impl Handler<StopSupervisor> for SupervisorActor {
-    type Result = ();
+impl Handler<Shutdown> for SupervisorActor {
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: StopSupervisor, ctx: &mut Context<Self>) {
-        self.router = None;
-        ctx.stop();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        self.shutdown_waiters.push(done);
+        if self.shutdown_waiters.len() == 1 {
+            let router = self.router.take();
+            let writer = self.writer.take();
+            let threads = std::mem::take(&mut self.handler_threads);
+            let stopped = async move {
+                // A router that is gone has nothing left to drain.
+                if let Some(router) = router {
+                    if router.send(CloseIntake).await.is_ok() {
+                        let _ = router.send(AwaitDrained).await;
+                    }
+                }
+                if writer.is_some() || !threads.is_empty() {
+                    // Everything is drained and written: the threads may go, and are waited
+                    // for, so that none outlives the bus.
+                    let _ = actix_rt::task::spawn_blocking(move || {
+                        if let Some(writer) = writer {
+                            writer.stop_and_join();
+                        }
+                        for thread in threads {
+                            thread.stop();
+                            let _ = thread.join();
+                        }
+                    })
+                    .await;
+                }
+            };
+            // Spawned, not waited for: while the handlers drain, a panicking one still needs
+            // the supervisor's decisions.
+            ctx.spawn(stopped.into_actor(self).map(|(), act, ctx| {
+                for waiter in act.shutdown_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+                ctx.stop();
+            }));
+        }
+        Box::pin(async move {
+            let _ = finished.await;
+        })
     }
 }
 
@@ -61,6 +102,12 @@ pub(crate) struct SupervisorActor {
     history: HashMap<(Arc<str>, usize), VecDeque<Instant>>,
     lifecycle: Arc<Lifecycle>,
     router: Option<Addr<RouterActor>>,
+    /// The store's writer thread (durable bus), stopped at shutdown once all is written.
+    writer: Option<WriterThread>,
+    /// The handler threads (none when handlers run on the caller's arbiter).
+    handler_threads: Vec<actix_rt::Arbiter>,
+    /// Callers of `Shutdown`, answered once the tree is down.
+    shutdown_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl SupervisorActor {
@@ -73,11 +120,23 @@ impl SupervisorActor {
             history: HashMap::new(),
             lifecycle,
             router: None,
+            writer: None,
+            handler_threads: Vec::new(),
+            shutdown_waiters: Vec::new(),
         }
     }
 
-    pub(crate) fn set_router(&mut self, router: Addr<RouterActor>) {
+    /// Takes charge of the tree started in its context: the router (and through it the
+    /// handler actors), the writer's thread, the handler threads.
+    pub(crate) fn own(
+        &mut self,
+        router: Addr<RouterActor>,
+        writer: Option<WriterThread>,
+        handler_threads: Vec<actix_rt::Arbiter>,
+    ) {
         self.router = Some(router);
+        self.writer = writer;
+        self.handler_threads = handler_threads;
     }
 
     fn decide(&mut self, handler: &Arc<str>, index: usize, now: Instant) -> (Decision, u32) {
@@ -134,7 +193,7 @@ impl Handler<HandlerPanicked> for SupervisorActor {
                 log::error!("{reason}: stopping the bus");
                 self.lifecycle.halt(reason);
                 if let Some(router) = &self.router {
-                    router.do_send(crate::actors::router::CloseIntake);
+                    router.do_send(CloseIntake);
                 }
             }
         }
