@@ -1,6 +1,7 @@
 //! The actors of the runtime: supervisor, router and handler actors.
 
 pub(crate) mod handler;
+pub(crate) mod letters;
 pub(crate) mod pipeline;
 pub(crate) mod router;
 pub(crate) mod storage;

@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::marker::PhantomData;
 
+use crate::actors::handler::{ManyHandled, RunsEvents};
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
-use crate::handler::{ManyHandled, RunsEvents};
 
 /// Why a batch stopped: how many of its events were handled, and the error of the next one.
 #[derive(Debug)]

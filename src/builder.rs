@@ -8,16 +8,17 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::actors::handler::{Factory, HandlerActor, HandlerSetup, Load};
+use crate::actors::handler::{Factory, HandlerActor, HandlerSetup, Load, RunsEvents};
+use crate::actors::letters::DeadLetters;
 use crate::actors::router::{Durable, Group, RouterActor, Slot};
 use crate::actors::storage::{CheckpointBoard, OpenStore, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
 use crate::batch::{BatchHandler, Batched};
-use crate::bus::{BusShared, EventBus, Lifecycle};
-use crate::dead_letter::DeadLetters;
+use crate::bus::{BusShared, EventBus};
 use crate::error::{Error, Result};
 use crate::event::DomainEvent;
-use crate::handler::{EventHandler, Handle, Plain, RecipientHandler, RunsEvents};
+use crate::handler::{EventHandler, Handle, Plain, RecipientHandler};
+use crate::lifecycle::Lifecycle;
 use crate::options::{
     HandlerOptions, StartFrom, DEFAULT_INTAKE_CAPACITY, DEFAULT_MAILBOX_CAPACITY,
     MAX_INTAKE_CAPACITY,

@@ -2,85 +2,24 @@
 //! bounded intake and reads stats and dead letters; the actors do the rest.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
-use uuid::Uuid;
 
+use crate::actors::letters::DeadLetters;
 use crate::actors::router::{Intake, Redrive, RouterActor};
 use crate::actors::supervisor::{ResetBudget, Shutdown, SupervisorActor};
 use crate::builder::BusBuilder;
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};
+use crate::event::Receipt;
 use crate::event::{DomainEvent, PublishOptions, Record};
+use crate::lifecycle::Lifecycle;
 use crate::stats::{BusCounters, HandlerCounters, Stats};
 use crate::storage::StoreError;
-
-/// What `publish` tells about an accepted event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Receipt {
-    /// The event id (UUIDv7).
-    pub id: Uuid,
-    /// Global position, where the bus is durable.
-    pub position: Option<u64>,
-    /// Version within its stream, where the store assigns one.
-    pub stream_version: Option<u64>,
-}
-
-const RUNNING: u8 = 0;
-const STOPPING: u8 = 1;
-const HALTED: u8 = 2;
-
-/// Whether the bus accepts events; shared by the handle and the supervisor.
-#[derive(Debug, Default)]
-pub(crate) struct Lifecycle {
-    state: AtomicU8,
-    reason: Mutex<Option<String>>,
-}
-
-impl Lifecycle {
-    fn check(&self) -> Result<()> {
-        match self.state.load(Ordering::Acquire) {
-            RUNNING => Ok(()),
-            HALTED => Err(self.halted()),
-            _ => Err(Error::Stopped),
-        }
-    }
-
-    fn halted(&self) -> Error {
-        let reason = self
-            .reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Error::Halted {
-            reason: reason.unwrap_or_default(),
-        }
-    }
-
-    /// The error for a send that found the intake closed.
-    fn closed(&self) -> Error {
-        match self.state.load(Ordering::Acquire) {
-            HALTED => self.halted(),
-            _ => Error::Stopped,
-        }
-    }
-
-    pub(crate) fn halt(&self, reason: String) {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
-        self.state.store(HALTED, Ordering::Release);
-    }
-
-    fn begin_stop(&self) {
-        let _ = self
-            .state
-            .compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire);
-    }
-}
 
 pub(crate) struct BusShared {
     /// Whether events go through the store (publish then waits for the commit).

@@ -1,20 +1,9 @@
 //! Dead letters: events a handler gave up on, kept with the reason so that they can be listed,
 //! redriven to their handler once it is fixed, or purged.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use actix::Addr;
-
-use crate::actors::storage::{CheckpointBoard, DeleteDeadLetters, StorageActor};
 use crate::event::{Metadata, Record};
-use crate::storage::models::NewDeadLetter;
-use crate::storage::pool::SqlitePool;
-use crate::storage::queries;
-use crate::storage::queries::micros;
-use crate::storage::writer::LetterChange;
-use crate::storage::StoreError;
 
 /// An event that one handler could not process.
 #[derive(Debug, Clone)]
@@ -76,197 +65,28 @@ impl DeadLetter {
     }
 }
 
-/// The dead letters of a bus: a list in memory, or the `dead_letters` table of the store.
-#[derive(Debug, Default)]
-pub(crate) struct DeadLetters {
-    next_id: AtomicU64,
-    letters: Mutex<Vec<DeadLetter>>,
-    store: Option<StoredLetters>,
-}
-
-/// Where a durable bus keeps its dead letters: queued on the checkpoint board, written by the
-/// storage actor with the checkpoints, read through the pool.
-struct StoredLetters {
-    board: Arc<CheckpointBoard>,
-    storage: Addr<StorageActor>,
-    pool: SqlitePool,
-}
-
-impl std::fmt::Debug for StoredLetters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StoredLetters")
-    }
-}
-
-impl DeadLetters {
-    /// Dead letters kept in the store of a durable bus.
-    pub(crate) fn stored(
-        board: Arc<CheckpointBoard>,
-        storage: Addr<StorageActor>,
-        pool: SqlitePool,
+impl DeadLetter {
+    /// A letter of `handler` for `record` (whose `letter` names its stored row, if any).
+    pub(crate) fn new(
+        id: u64,
+        handler: String,
+        attempts: u32,
+        last_error: String,
+        failed_at: SystemTime,
+        record: Record,
     ) -> Self {
         Self {
-            store: Some(StoredLetters {
-                board,
-                storage,
-                pool,
-            }),
-            ..Self::default()
-        }
-    }
-
-    pub(crate) fn push(&self, handler: &str, record: Record, attempts: u32, last_error: String) {
-        log::warn!(
-            "handler `{handler}` gave up on event {} ({}) after {attempts} attempt(s): {last_error}",
-            record.meta.id,
-            record.meta.event_type
-        );
-        if let (Some(store), Some(position)) = (&self.store, record.meta.position) {
-            // Written no later than the checkpoint that passes this event: same transaction.
-            // A redriven letter that fails again is updated in place (one per handler and event).
-            store.board.letter(LetterChange::Keep(NewDeadLetter {
-                position: position as i64,
-                handler: handler.to_owned(),
-                attempts: attempts as i32,
-                last_error,
-                failed_at: micros(SystemTime::now()),
-            }));
-            return;
-        }
-        let letter = DeadLetter {
-            id: self.next_id.fetch_add(1, Relaxed) + 1,
-            handler: handler.to_owned(),
+            id,
+            handler,
             attempts,
             last_error,
-            failed_at: SystemTime::now(),
+            failed_at,
             record,
-        };
-        self.lock().push(letter);
-    }
-
-    /// The letters of `handler` (all when `None`), oldest first; stored ones as committed.
-    pub(crate) fn list(&self, handler: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        let Some(store) = &self.store else {
-            return Ok(self
-                .lock()
-                .iter()
-                .filter(|l| handler.is_none_or(|h| l.handler == h))
-                .cloned()
-                .collect());
-        };
-        let mut conn = store
-            .pool
-            .get()
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-        let rows = queries::load_dead_letters(&mut conn, handler)
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(rows.into_iter().map(stored_letter).collect())
-    }
-
-    /// Up to `limit` letters of `handler` (all when `None`) with ids above `after`, oldest
-    /// first, including every letter given up on before this call (read-your-writes: what
-    /// the handlers queued is written first). Reads off the arbiter.
-    pub(crate) async fn page(
-        &self,
-        handler: Option<&str>,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
-        let Some(store) = &self.store else {
-            return Ok(self
-                .lock()
-                .iter()
-                .filter(|l| handler.is_none_or(|h| l.handler == h) && l.id > after)
-                .take(limit)
-                .cloned()
-                .collect());
-        };
-        // A writer that is gone (after shutdown) wrote everything it held as it went.
-        if let Ok(written) = store
-            .storage
-            .send(crate::actors::storage::FlushCheckpoints)
-            .await
-        {
-            written?;
-        }
-        let pool = store.pool.clone();
-        let handler = handler.map(str::to_owned);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = actix_rt::task::spawn_blocking(move || {
-            let mut conn = pool
-                .get()
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
-            queries::load_dead_letter_page(&mut conn, handler.as_deref(), after, limit)
-                .map_err(|e| StoreError::Database(e.to_string()))
-        })
-        .await
-        .map_err(|e| StoreError::Connection(e.to_string()))??;
-        Ok(rows.into_iter().map(stored_letter).collect())
-    }
-
-    /// The letters to hand back to `handler`. In memory they leave the list now; stored ones
-    /// stay until their redelivery has been handled (see [`resolved`](Self::resolved)).
-    pub(crate) fn take_for_redrive(&self, handler: &str) -> Result<Vec<DeadLetter>, StoreError> {
-        if self.store.is_some() {
-            return self.list(Some(handler));
-        }
-        Ok(self.take_in_memory(Some(handler)))
-    }
-
-    /// Stored letters whose redelivery was handled: deleted with the next checkpoint write,
-    /// in order with the letters given up on meanwhile.
-    pub(crate) fn resolved(&self, ids: impl IntoIterator<Item = i64>) {
-        if let Some(store) = &self.store {
-            for id in ids {
-                store.board.letter(LetterChange::Resolved(id));
-            }
         }
     }
 
-    /// Deletes the letters of `handler` (all when `None`); returns how many.
-    pub(crate) async fn purge(&self, handler: Option<&str>) -> Result<usize, StoreError> {
-        let Some(store) = &self.store else {
-            return Ok(self.take_in_memory(handler).len());
-        };
-        store
-            .storage
-            .send(DeleteDeadLetters {
-                handler: handler.map(str::to_owned),
-            })
-            .await
-            .map_err(|_| StoreError::Connection("the storage actor is stopped".into()))?
-    }
-
-    fn take_in_memory(&self, handler: Option<&str>) -> Vec<DeadLetter> {
-        let mut letters = self.lock();
-        let (taken, kept) = std::mem::take(&mut *letters)
-            .into_iter()
-            .partition(|l| handler.is_none_or(|h| l.handler == h));
-        *letters = kept;
-        taken
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DeadLetter>> {
-        self.letters.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A stored letter, with its event ready to be redriven.
-fn stored_letter(
-    (row, event): (
-        crate::storage::models::DeadLetterRow,
-        crate::storage::models::StoredEvent,
-    ),
-) -> DeadLetter {
-    let mut record = event.into_record();
-    record.letter = Some(row.id);
-    DeadLetter {
-        id: row.id as u64,
-        handler: row.handler,
-        attempts: row.attempts.max(0) as u32,
-        last_error: row.last_error,
-        failed_at: UNIX_EPOCH + Duration::from_micros(row.failed_at.max(0) as u64),
-        record,
+    /// Whose letter it is (the subscription name), for filtering.
+    pub(crate) fn handler_name(&self) -> &str {
+        &self.handler
     }
 }

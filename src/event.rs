@@ -363,6 +363,18 @@ impl Record {
     }
 }
 
+/// What `publish` tells about an accepted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Receipt {
+    /// The event id (UUIDv7).
+    pub id: Uuid,
+    /// Global position, where the bus is durable.
+    pub position: Option<u64>,
+    /// Version within its stream, where the store assigns one.
+    pub stream_version: Option<u64>,
+}
+
 /// The JSON of a live value of `E` (what [`Payload::Typed`] keeps beside it).
 fn to_json<E: DomainEvent>(any: &AnyEvent) -> serde_json::Result<serde_json::Value> {
     match any.downcast_ref::<E>() {

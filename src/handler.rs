@@ -1,11 +1,11 @@
 //! What users implement to handle events ([`EventHandler`], [`handler_fn`], actix actors
-//! through [`Handle`]), and what a handler actor runs ([`RunsEvents`]: one event at a time,
-//! or runs of events for batch handlers and projections).
+//! through [`Handle`]), and [`Plain`], which runs an `EventHandler` in a handler actor.
 
 use std::future::Future;
 
 use actix::prelude::*;
 
+use crate::actors::handler::RunsEvents;
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
 
@@ -48,30 +48,6 @@ pub trait EventHandler<E: DomainEvent>: 'static {
     /// Any error: the event is retried after backoff, then dead-lettered.
     fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>>;
 }
-
-/// What a handler actor runs: one event at a time, or a run of events at once where that is
-/// cheaper (a [`BatchHandler`](crate::BatchHandler); a projection commits a run in one
-/// transaction). Internal: users implement [`EventHandler`], `BatchHandler` or `Projection`.
-pub(crate) trait RunsEvents<E: DomainEvent>: 'static {
-    /// Handles one event (also the retry of an event that failed in a run).
-    fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>>;
-
-    /// Whether [`handle_many`](Self::handle_many) is worth calling.
-    fn takes_runs(&self) -> bool {
-        false
-    }
-
-    /// Handles a run of events at once. Returns how many were handled, in order, and the
-    /// error of the first one that was not; `None` means one by one.
-    fn handle_many<'a>(&'a mut self, _events: &'a [Envelope<E>]) -> Option<ManyHandled<'a>> {
-        None
-    }
-}
-
-/// What [`RunsEvents::handle_many`] resolves to: events handled, and the error that stopped
-/// the run.
-pub(crate) type ManyHandled<'a> =
-    std::pin::Pin<Box<dyn Future<Output = (usize, Option<String>)> + 'a>>;
 
 /// A user's [`EventHandler`], one event at a time.
 pub(crate) struct Plain<H>(pub(crate) H);

@@ -89,6 +89,7 @@ mod dead_letter;
 mod error;
 mod event;
 mod handler;
+mod lifecycle;
 mod options;
 mod policy;
 mod projection;
@@ -102,10 +103,10 @@ pub use crate::admin::{
 pub use crate::batch::{BatchError, BatchHandler};
 pub use crate::blocking::{blocking, Blocking};
 pub use crate::builder::BusBuilder;
-pub use crate::bus::{EventBus, Receipt};
+pub use crate::bus::EventBus;
 pub use crate::dead_letter::DeadLetter;
 pub use crate::error::{Error, HandlerError, Result};
-pub use crate::event::{partition_for, DomainEvent, Envelope, Metadata, PublishOptions};
+pub use crate::event::{partition_for, DomainEvent, Envelope, Metadata, PublishOptions, Receipt};
 pub use crate::handler::{handler_fn, EventHandler, Handle, HandlerFn};
 pub use crate::options::{
     HandlerOptions, StartFrom, DEFAULT_INTAKE_CAPACITY, DEFAULT_MAILBOX_CAPACITY,

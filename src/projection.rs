@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use actix::Addr;
 use diesel::{Connection, SqliteConnection};
 
+use crate::actors::handler::{ManyHandled, RunsEvents};
 use crate::actors::storage::{Project, StorageActor};
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
-use crate::handler::{ManyHandled, RunsEvents};
 use crate::storage::models::CheckpointRow;
 use crate::storage::queries::micros;
 use crate::storage::writer::save_checkpoints;

@@ -9,14 +9,38 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::actors::letters::DeadLetters;
 use crate::actors::storage::CheckpointBoard;
 use crate::actors::supervisor::{Decision, HandlerPanicked, SupervisorActor};
-use crate::dead_letter::DeadLetters;
+use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope, Record};
-use crate::handler::RunsEvents;
 use crate::policy::RetryPolicy;
 use crate::stats::HandlerCounters;
 use crate::storage::registry::{older_covers, Layouts};
+
+/// What a handler actor runs: one event at a time, or a run of events at once where that is
+/// cheaper (a [`BatchHandler`](crate::BatchHandler); a projection commits a run in one
+/// transaction). Internal: users implement [`EventHandler`], `BatchHandler` or `Projection`.
+pub(crate) trait RunsEvents<E: DomainEvent>: 'static {
+    /// Handles one event (also the retry of an event that failed in a run).
+    fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>>;
+
+    /// Whether [`handle_many`](Self::handle_many) is worth calling.
+    fn takes_runs(&self) -> bool {
+        false
+    }
+
+    /// Handles a run of events at once. Returns how many were handled, in order, and the
+    /// error of the first one that was not; `None` means one by one.
+    fn handle_many<'a>(&'a mut self, _events: &'a [Envelope<E>]) -> Option<ManyHandled<'a>> {
+        None
+    }
+}
+
+/// What [`RunsEvents::handle_many`] resolves to: events handled, and the error that stopped
+/// the run.
+pub(crate) type ManyHandled<'a> =
+    std::pin::Pin<Box<dyn Future<Output = (usize, Option<String>)> + 'a>>;
 
 /// A batch of events for one handler actor, in per-stream order. In memory it is sent with
 /// `send().await`, which resolves once the actor has taken it from its mailbox; on a durable

@@ -13,8 +13,8 @@ use actix::prelude::*;
 
 use crate::actors::router::Ack;
 use crate::actors::storage::Append;
-use crate::bus::Receipt;
 use crate::error::Error;
+use crate::event::Receipt;
 use crate::event::Record;
 use crate::storage::writer::UnitOutcome;
 

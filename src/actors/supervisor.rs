@@ -9,7 +9,7 @@ use actix::prelude::*;
 
 use crate::actors::router::{AwaitDrained, CloseIntake, RouterActor};
 use crate::actors::storage::WriterThread;
-use crate::bus::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::policy::{Escalation, RestartPolicy};
 
 /// Sent by a handler actor whose handler panicked; answered with what to do.
