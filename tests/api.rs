@@ -79,11 +79,7 @@ async fn a_streams_version_is_readable_before_publishing_against_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bus.db");
     let log = new_log();
-    let bus = EventBus::builder()
-        .sqlite(&path)
-        .handler("recorder", RecordingHandler::factory(&log))
-        .build()
-        .unwrap();
+    let bus = recording_sqlite_bus(&path, &log);
     assert_eq!(
         bus.stream_version("order-7").await.unwrap(),
         0,
@@ -163,11 +159,7 @@ async fn stats_and_summaries_serialize_to_the_json_an_endpoint_returns() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bus.db");
     let log = new_log();
-    let bus = EventBus::builder()
-        .sqlite(&path)
-        .handler("recorder", RecordingHandler::factory(&log))
-        .build()
-        .unwrap();
+    let bus = recording_sqlite_bus(&path, &log);
     bus.publish(placed(1, 1)).await.unwrap();
     drain(&bus).await;
     let stats = serde_json::to_value(bus.stats()).unwrap();

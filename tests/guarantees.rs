@@ -390,11 +390,7 @@ async fn another_process_reading_the_store_leaves_the_running_bus_its_locks_and_
     // As the demo does: an operator handle first, then the bus, in one process.
     let store = Store::create(&path).unwrap();
     let log = new_log();
-    let bus = EventBus::builder()
-        .sqlite(&path)
-        .handler("recorder", RecordingHandler::factory(&log))
-        .build()
-        .unwrap();
+    let bus = recording_sqlite_bus(&path, &log);
     publish_round(&bus, 3, 50, 1).await;
     let wal = PathBuf::from(format!("{}-wal", path.display()));
     assert!(wal.exists());

@@ -297,11 +297,7 @@ async fn a_store_of_a_newer_schema_is_refused_and_left_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bus.db");
     let log = new_log();
-    let bus = EventBus::builder()
-        .sqlite(&path)
-        .handler("recorder", RecordingHandler::factory(&log))
-        .build()
-        .unwrap();
+    let bus = recording_sqlite_bus(&path, &log);
     bus.publish_all((1..=20).map(|seq| placed(seq % 4, seq)))
         .await
         .unwrap();

@@ -19,18 +19,8 @@ pub use std::time::Duration;
 /// Generous bound for a drain or a wait: only reached when the test is already failing.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OrderPlaced {
-    pub order: u64,
-    pub seq: u64,
-}
-
-impl DomainEvent for OrderPlaced {
-    const EVENT_TYPE: &'static str = "order.placed";
-    fn stream_id(&self) -> String {
-        format!("order-{}", self.order)
-    }
-}
+/// The tests' event, as every other test file has it.
+pub use crate::common::OrderPlaced;
 
 /// An event with a payload longer than a table shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]

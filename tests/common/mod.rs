@@ -229,6 +229,15 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("never happened: {what}");
 }
 
+/// A bus on the SQLite store at `path` with one `RecordingHandler` named "recorder".
+pub fn recording_sqlite_bus(path: &Path, log: &Log) -> EventBus {
+    EventBus::builder()
+        .sqlite(path)
+        .handler("recorder", RecordingHandler::factory(log))
+        .build()
+        .expect("the bus builds")
+}
+
 /// An in-memory bus with one `RecordingHandler` named "recorder", default options.
 pub fn recording_bus(log: &Log) -> EventBus {
     EventBus::builder()
