@@ -6,3 +6,4 @@ pub(crate) mod pipeline;
 pub(crate) mod router;
 pub(crate) mod storage;
 pub(crate) mod supervisor;
+pub(crate) mod thread;

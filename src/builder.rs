@@ -13,6 +13,7 @@ use crate::actors::letters::DeadLetters;
 use crate::actors::router::{Durable, Group, RouterActor, Slot};
 use crate::actors::storage::{CheckpointBoard, OpenStore, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
+use crate::actors::thread::ActorThread;
 use crate::batch::{BatchHandler, Batched};
 use crate::bus::{BusShared, EventBus};
 use crate::error::{Error, Result};
@@ -475,21 +476,23 @@ impl BusBuilder {
         if threads == 0 {
             return Err(Error::Config("handler_threads must be at least 1".into()));
         }
-        // One thread: the caller's arbiter, as before; more: arbiters of their own.
-        let handler_arbiters: Vec<actix_rt::Arbiter> = if threads > 1 {
-            (0..threads).map(|_| actix_rt::Arbiter::new()).collect()
+        // One thread: the caller's arbiter, as before. More: threads with actix systems of
+        // their own, which the application's system stopping does not stop (a web server's
+        // signal handling would kill the handlers before `shutdown` drains them).
+        let mut handler_arbiters = Vec::new();
+        let mut arbiters = Vec::new();
+        if threads > 1 {
+            for i in 0..threads {
+                let (arbiter, thread) = ActorThread::spawn(&format!("actorbus-handlers-{i}"))
+                    .map_err(|e| Error::Config(format!("cannot start a handler thread: {e}")))?;
+                arbiters.push(arbiter);
+                handler_arbiters.push(thread);
+            }
         } else {
-            Vec::new()
-        };
+            arbiters.push(actix_rt::Arbiter::current());
+        }
         let placement = Rc::new(HandlerThreads {
-            arbiters: if handler_arbiters.is_empty() {
-                vec![actix_rt::Arbiter::current()]
-            } else {
-                handler_arbiters
-                    .iter()
-                    .map(actix_rt::Arbiter::handle)
-                    .collect()
-            },
+            arbiters,
             next: std::cell::Cell::new(0),
         });
 

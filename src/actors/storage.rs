@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use diesel::prelude::*;
 
+use crate::actors::thread::ActorThread;
 use crate::storage::lock::BusLock;
 use crate::storage::models::CheckpointRow;
 use crate::storage::pool::{self, SqlitePool, WalCheckpointer};
@@ -351,47 +352,12 @@ impl Handler<FlushCheckpoints> for StorageActor {
     }
 }
 
-/// The single writer's thread, with an actix system of its own: its diesel calls block only
-/// it, and the application's system stopping (a web server's signal handling does) does not
-/// stop it, so `shutdown` after that still drains and writes the last checkpoints.
-#[derive(Debug)]
-pub(crate) struct WriterThread {
-    system: actix_rt::System,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl WriterThread {
-    fn start(actor: StorageActor) -> Result<(Addr<StorageActor>, Self), StoreError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("actorbus-writer".into())
-            .spawn(move || {
-                let system = actix_rt::System::new();
-                system.block_on(async move {
-                    let _ = tx.send((actor.start(), actix_rt::System::current()));
-                });
-                // Until `stop` (shutdown), or the actor stopped with its last address gone.
-                let _ = system.run();
-            })
-            .map_err(|e| StoreError::Connection(format!("cannot start the writer thread: {e}")))?;
-        let (storage, system) = rx
-            .recv()
-            .map_err(|_| StoreError::Connection("the writer thread did not start".into()))?;
-        Ok((storage, Self { system, thread }))
-    }
-
-    /// Stops the writer (what its board holds is written as it goes) and waits for its thread.
-    pub(crate) fn stop_and_join(self) {
-        self.system.stop();
-        let _ = self.thread.join();
-    }
-}
-
 /// An opened SQLite store, before its actors start.
 pub(crate) struct OpenStore {
     pub(crate) pool: SqlitePool,
     pub(crate) storage: Addr<StorageActor>,
-    pub(crate) thread: WriterThread,
+    /// The writer's thread (`actorbus-writer`), with an actix system of its own.
+    pub(crate) thread: ActorThread,
     pub(crate) board: Arc<CheckpointBoard>,
     pub(crate) head: i64,
     /// Where the actors of each subscription resume, in the order given to [`start`](Self::start).
@@ -459,7 +425,9 @@ impl OpenStore {
             _checkpointer: WalCheckpointer::start(actor_pool),
             _lock: lock,
         };
-        let (storage, thread) = WriterThread::start(actor)?;
+        let (arbiter, thread) = ActorThread::spawn("actorbus-writer")
+            .map_err(|e| StoreError::Connection(format!("cannot start the writer thread: {e}")))?;
+        let storage = StorageActor::start_in_arbiter(&arbiter, move |_| actor);
         Ok(OpenStore {
             pool,
             storage,

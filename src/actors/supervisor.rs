@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::actors::router::{AwaitDrained, CloseIntake, RouterActor};
-use crate::actors::storage::WriterThread;
+use crate::actors::thread::ActorThread;
 use crate::lifecycle::Lifecycle;
 use crate::policy::{Escalation, RestartPolicy};
 
@@ -67,8 +67,7 @@ impl Handler<Shutdown> for SupervisorActor {
                             writer.stop_and_join();
                         }
                         for thread in threads {
-                            thread.stop();
-                            let _ = thread.join();
+                            thread.stop_and_join();
                         }
                     })
                     .await;
@@ -103,9 +102,9 @@ pub(crate) struct SupervisorActor {
     lifecycle: Arc<Lifecycle>,
     router: Option<Addr<RouterActor>>,
     /// The store's writer thread (durable bus), stopped at shutdown once all is written.
-    writer: Option<WriterThread>,
+    writer: Option<ActorThread>,
     /// The handler threads (none when handlers run on the caller's arbiter).
-    handler_threads: Vec<actix_rt::Arbiter>,
+    handler_threads: Vec<ActorThread>,
     /// Callers of `Shutdown`, answered once the tree is down.
     shutdown_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -131,8 +130,8 @@ impl SupervisorActor {
     pub(crate) fn own(
         &mut self,
         router: Addr<RouterActor>,
-        writer: Option<WriterThread>,
-        handler_threads: Vec<actix_rt::Arbiter>,
+        writer: Option<ActorThread>,
+        handler_threads: Vec<ActorThread>,
     ) {
         self.router = Some(router);
         self.writer = writer;
