@@ -345,10 +345,19 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
                     pending,
                     &format!("the bus was halted; last panic: {message}"),
                 ),
-                Err(_) => act.park(
-                    pending,
-                    &format!("supervisor is gone; last panic: {message}"),
-                ),
+                // The bus is going away without a shutdown (its system stopped): these events
+                // were not given up on, only not handled. Stop here, with neither a dead letter
+                // nor a checkpoint past them, so that the next start hands them over again.
+                Err(_) => {
+                    log::warn!(
+                        "handler `{}` #{} panicked with its supervisor gone: stopping; its {} \
+                         unhandled event(s) are handled again at the next start",
+                        act.setup.name,
+                        act.index,
+                        pending.batch.len().saturating_sub(pending.at)
+                    );
+                    ctx.stop();
+                }
             },
         ));
     }
