@@ -19,7 +19,6 @@ use crate::event::Receipt;
 use crate::event::{DomainEvent, PublishOptions, Record};
 use crate::lifecycle::Lifecycle;
 use crate::stats::{BusCounters, HandlerCounters, Stats};
-use crate::storage::StoreError;
 
 pub(crate) struct BusShared {
     /// Whether events go through the store (publish then waits for the commit).
@@ -279,15 +278,10 @@ impl EventBus {
             ));
         };
         let stream = stream.to_owned();
-        let version = actix_rt::task::spawn_blocking(move || {
-            let mut conn = pool
-                .get()
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
-            crate::storage::queries::stream_version(&mut conn, &stream)
-                .map_err(|e| StoreError::Database(e.to_string()))
+        let version = crate::storage::pool::read_in_background(pool, move |conn| {
+            crate::storage::queries::stream_version(conn, &stream)
         })
-        .await
-        .map_err(|e| StoreError::Connection(e.to_string()))??;
+        .await?;
         Ok(version.max(0) as u64)
     }
 

@@ -136,15 +136,10 @@ impl DeadLetters {
         let handler = handler.map(str::to_owned);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = actix_rt::task::spawn_blocking(move || {
-            let mut conn = pool
-                .get()
-                .map_err(|e| StoreError::Connection(e.to_string()))?;
-            queries::load_dead_letter_page(&mut conn, handler.as_deref(), after, limit)
-                .map_err(|e| StoreError::Database(e.to_string()))
+        let rows = crate::storage::pool::read_in_background(pool, move |conn| {
+            queries::load_dead_letter_page(conn, handler.as_deref(), after, limit)
         })
-        .await
-        .map_err(|e| StoreError::Connection(e.to_string()))??;
+        .await?;
         Ok(rows.into_iter().map(stored_letter).collect())
     }
 

@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::event::Receipt;
 use crate::event::Record;
 use crate::stats::{BusCounters, HandlerCounters};
-use crate::storage::pool::SqlitePool;
+use crate::storage::pool::{read_in_background, SqlitePool};
 use crate::storage::queries;
 use crate::storage::writer::Unit;
 
@@ -496,20 +496,6 @@ impl StreamHandler<Vec<Intake>> for RouterActor {
             self.drain_when_committed = true;
         }
     }
-}
-
-/// Runs a read on the blocking pool with a pooled connection, so the arbiter never waits for
-/// SQLite; any failure comes back as its message.
-pub(super) async fn read_in_background<T: Send + 'static>(
-    pool: SqlitePool,
-    read: impl FnOnce(&mut diesel::SqliteConnection) -> diesel::QueryResult<T> + Send + 'static,
-) -> std::result::Result<T, String> {
-    let joined = actix_rt::task::spawn_blocking(move || {
-        let mut conn = pool.get().map_err(|e| e.to_string())?;
-        read(&mut conn).map_err(|e| e.to_string())
-    })
-    .await;
-    joined.map_err(|e| e.to_string())?
 }
 
 /// Close the intake (shutdown or escalation); buffered events are still routed.

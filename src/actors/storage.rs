@@ -193,6 +193,24 @@ impl Handler<Prune> for StorageActor {
 const RETENTION_BATCH: i64 = 10_000;
 
 impl StorageActor {
+    /// Runs `f` in one write transaction that first writes the dead-letter changes queued so
+    /// far, so nothing `f` writes (a purge, a projection's checkpoint) lands ahead of them;
+    /// if the transaction fails they go back on the board, ahead of any queued since.
+    fn after_queued_letters<T>(
+        &mut self,
+        f: impl FnOnce(&mut diesel::SqliteConnection) -> QueryResult<T>,
+    ) -> Result<T, StoreError> {
+        let letters = self.board.take_letters();
+        let result = self.writer.transaction(|conn| {
+            writer::save_dead_letters(conn, &letters)?;
+            f(conn)
+        });
+        if result.is_err() {
+            self.board.restore(letters, Vec::new());
+        }
+        result
+    }
+
     /// Deletes what every subscription has processed, as the retention policy allows.
     fn prune(&mut self) {
         let retention = self.retention;
@@ -238,19 +256,13 @@ impl Handler<DeleteDeadLetters> for StorageActor {
     fn handle(&mut self, msg: DeleteDeadLetters, _ctx: &mut Context<Self>) -> Self::Result {
         use crate::storage::schema::dead_letters;
         // Letters given up on before the purge are purged too, not written after it.
-        let letters = self.board.take_letters();
-        let result = self.writer.transaction(|conn| {
-            writer::save_dead_letters(conn, &letters)?;
+        self.after_queued_letters(|conn| {
             let mut query = diesel::delete(dead_letters::table).into_boxed();
             if let Some(h) = &msg.handler {
                 query = query.filter(dead_letters::handler.eq(h.clone()));
             }
             query.execute(conn)
-        });
-        if result.is_err() {
-            self.board.restore(letters, Vec::new());
-        }
-        result
+        })
     }
 }
 
@@ -272,9 +284,7 @@ impl Handler<Project> for StorageActor {
         let mut failure = None;
         // Dead letters given up on so far go in this transaction too: the projection's
         // checkpoint may pass an event whose letter is still queued.
-        let letters = self.board.take_letters();
-        let result = self.writer.transaction(|conn| {
-            writer::save_dead_letters(conn, &letters)?;
+        let result = self.after_queued_letters(|conn| {
             // User code on the writer's thread: a panic must not take the writer down.
             let outcome = crate::actors::handler::caught(|| {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
@@ -293,9 +303,6 @@ impl Handler<Project> for StorageActor {
                 }
             }
         });
-        if result.is_err() {
-            self.board.restore(letters, Vec::new());
-        }
         match (result, failure) {
             (_, Some(e)) => Err(e),
             (Err(e), None) => Err(e.to_string()),

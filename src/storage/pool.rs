@@ -281,3 +281,22 @@ impl Drop for WalCheckpointer {
         }
     }
 }
+
+/// Runs a read with a pooled connection on the blocking pool, so that no arbiter waits for
+/// SQLite.
+///
+/// # Errors
+/// No connection ([`StoreError::Connection`]), or what the read met, classified.
+pub(crate) async fn read_in_background<T: Send + 'static>(
+    pool: SqlitePool,
+    read: impl FnOnce(&mut SqliteConnection) -> QueryResult<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    actix_rt::task::spawn_blocking(move || {
+        let mut conn = pool
+            .get()
+            .map_err(|e| StoreError::Connection(e.to_string()))?;
+        read(&mut conn).map_err(|e| StoreError::Database(e.to_string()))
+    })
+    .await
+    .map_err(|e| StoreError::Connection(e.to_string()))?
+}

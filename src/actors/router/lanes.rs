@@ -18,10 +18,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use diesel::Connection as _;
 
-use super::{read_in_background, RouterActor};
+use super::RouterActor;
 use crate::actors::handler::Deliver;
 use crate::event::Record;
 use crate::stats::HandlerCounters;
+use crate::storage::pool::read_in_background;
 use crate::storage::queries;
 
 /// How one handler actor of a durable bus gets its events.
@@ -96,12 +97,9 @@ impl RouterActor {
             if load.queued() + records.len() > group.capacity {
                 // No room: everything up to the previous commit was handed over; the rest
                 // it reads back from the store, at its own pace.
-                log::debug!(
-                    "`{}` #{slot} falls behind at position {}",
-                    group.name,
-                    before.max(skip_through).max(sent_through)
-                );
-                self.lanes[flat] = Lane::behind(before.max(skip_through).max(sent_through));
+                let after = before.max(skip_through).max(sent_through);
+                log::debug!("`{}` #{slot} falls behind at position {after}", group.name);
+                self.lanes[flat] = Lane::behind(after);
                 self.read_next_page(flat, ctx);
                 continue;
             }
@@ -197,7 +195,7 @@ impl RouterActor {
         flat: usize,
         after: u64,
         room: usize,
-        read: Result<(Vec<crate::storage::models::StoredEvent>, i64), String>,
+        read: Result<(Vec<crate::storage::models::StoredEvent>, i64), crate::storage::StoreError>,
         ctx: &mut Context<Self>,
     ) {
         let (rows, head) = match read {
