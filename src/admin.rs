@@ -8,6 +8,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::storage::error::{classify, classify_connection};
 use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
 use crate::storage::pool::{self, SqlitePool};
 use crate::storage::queries;
@@ -192,7 +193,7 @@ pub struct HandlerSummary {
 }
 
 fn db(e: diesel::result::Error) -> Error {
-    Error::Store(StoreError::Database(e.to_string()))
+    Error::Store(StoreError::database(e))
 }
 
 fn time(micros: i64) -> SystemTime {
@@ -224,10 +225,8 @@ impl Store {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
-            return Err(Error::Store(StoreError::Io {
-                path: path.to_path_buf(),
-                message: "no such store file".into(),
-            }));
+            let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such store file");
+            return Err(Error::Store(StoreError::io(path, missing)));
         }
         // SQLite would take an empty file for a new database; an operator means a store.
         if std::fs::metadata(path)
@@ -259,7 +258,7 @@ impl Store {
     fn conn(&self) -> Result<pool::PooledSqlite> {
         self.pool
             .get()
-            .map_err(|e| Error::Store(StoreError::Connection(e.to_string())))
+            .map_err(|e| Error::Store(classify_connection(&self.path, e)))
     }
 
     /// The schema version of the store.
@@ -379,7 +378,7 @@ impl Store {
         }
         q.set(dead_letters::redrive_requested.eq(1))
             .execute(&mut self.conn()?)
-            .map_err(|e| Error::Store(pool::classify(&self.path, e)))
+            .map_err(|e| Error::Store(classify(&self.path, e)))
     }
 
     /// Deletes the dead letters of `handler` (all when `None`). Returns how many.
@@ -392,7 +391,7 @@ impl Store {
             q = q.filter(dead_letters::handler.eq(h.to_owned()));
         }
         q.execute(&mut self.conn()?)
-            .map_err(|e| Error::Store(pool::classify(&self.path, e)))
+            .map_err(|e| Error::Store(classify(&self.path, e)))
     }
 
     /// Moves every checkpoint of `handler` back (or forward) to `position`: at its next start
@@ -407,7 +406,7 @@ impl Store {
                 checkpoints::updated_at.eq(micros(SystemTime::now())),
             ))
             .execute(&mut self.conn()?)
-            .map_err(|e| Error::Store(pool::classify(&self.path, e)))?;
+            .map_err(|e| Error::Store(classify(&self.path, e)))?;
         if n == 0 {
             return Err(Error::UnknownHandler(handler.to_owned()));
         }
@@ -533,7 +532,7 @@ impl Store {
                 )));
             }
             registry::request_rebuild(&mut conn, handler)
-                .map_err(|e| Error::Store(pool::classify(&self.path, e)))?;
+                .map_err(|e| Error::Store(classify(&self.path, e)))?;
             return Ok(Replay::Rebuild);
         }
         drop(conn);

@@ -100,7 +100,7 @@ impl<E: DomainEvent, B: BatchHandler<E>> RunsEvents<E> for Batched<E, B> {
         Some(Box::pin(async move {
             match self.inner.handle_batch(events).await {
                 Ok(()) => (events.len(), None),
-                Err(e) => (e.handled.min(events.len()), Some(e.error.to_string())),
+                Err(e) => (e.handled.min(events.len()), Some(e.error)),
             }
         }))
     }

@@ -291,9 +291,7 @@ impl BusBuilder {
         let factory = Arc::new(factory);
         let reset: Option<ResetHook> = P::RESETTABLE.then(|| {
             let factory = Arc::clone(&factory);
-            Box::new(move |conn: &mut diesel::SqliteConnection| {
-                factory().reset(conn).map_err(|e| e.to_string())
-            }) as ResetHook
+            Box::new(move |conn: &mut diesel::SqliteConnection| factory().reset(conn)) as ResetHook
         });
         let kind = Kind::Projection;
         self.subscribe::<E, ProjectionHandler<E, P>>(name, options, kind, reset, move |args| {
@@ -443,7 +441,7 @@ impl BusBuilder {
             .unwrap_or_default()
             .into_iter();
         let durable_bus = store.is_some();
-        let reader_pool = store.as_ref().map(|st| st.pool.clone());
+        let reader = store.as_ref().map(|st| st.reader.clone());
         let retention_every = match &self.store {
             StoreConfig::Sqlite(o) if o.retention.is_enabled() => Some(o.retention.interval),
             _ => None,
@@ -456,7 +454,7 @@ impl BusBuilder {
         let bus_counters = Arc::new(BusCounters::default());
         let dead_letters = Arc::new(match &store {
             Some(st) => {
-                DeadLetters::stored(Arc::clone(&st.board), st.storage.clone(), st.pool.clone())
+                DeadLetters::stored(Arc::clone(&st.board), st.storage.clone(), st.reader.clone())
             }
             None => DeadLetters::default(),
         });
@@ -535,7 +533,7 @@ impl BusBuilder {
                 writer = Some(st.thread);
                 Durable {
                     storage: st.storage,
-                    pool: st.pool,
+                    reader: st.reader,
                     head: st.head,
                     retention_every,
                     split_commits,
@@ -557,7 +555,7 @@ impl BusBuilder {
 
         Ok(EventBus::from_shared(BusShared {
             durable: durable_bus,
-            pool: reader_pool,
+            reader,
             intake: tx,
             intake_capacity: self.intake_capacity,
             lifecycle,

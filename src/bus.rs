@@ -24,7 +24,7 @@ pub(crate) struct BusShared {
     /// Whether events go through the store (publish then waits for the commit).
     pub(crate) durable: bool,
     /// The store's readers (durable bus).
-    pub(crate) pool: Option<crate::storage::pool::SqlitePool>,
+    pub(crate) reader: Option<crate::storage::backend::Reader>,
     pub(crate) intake: mpsc::Sender<Intake>,
     pub(crate) intake_capacity: usize,
     pub(crate) lifecycle: Arc<Lifecycle>,
@@ -272,17 +272,17 @@ impl EventBus {
     /// [`Error::Config`] in memory (streams have no versions there); [`Error::Store`] when
     /// the store cannot be read.
     pub async fn stream_version(&self, stream: &str) -> Result<u64> {
-        let Some(pool) = self.shared.pool.clone() else {
+        let Some(reader) = &self.shared.reader else {
             return Err(Error::Config(
                 "stream versions need a durable store (sqlite://)".into(),
             ));
         };
         let stream = stream.to_owned();
-        let version = crate::storage::pool::read_in_background(pool, move |conn| {
-            crate::storage::queries::stream_version(conn, &stream)
+        let version = crate::storage::backend::in_background(reader, move |reader| {
+            reader.stream_version(&stream)
         })
         .await?;
-        Ok(version.max(0) as u64)
+        Ok(version)
     }
 
     /// Up to `limit` dead letters of `handler` (all handlers when `None`) whose id is above

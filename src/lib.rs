@@ -115,7 +115,7 @@ pub use crate::options::{
 pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
 pub use crate::projection::Projection;
 pub use crate::stats::{HandlerStats, Latency, Stats};
-pub use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig, StoreError};
+pub use crate::storage::{Durability, Retention, Source, SqliteOptions, StoreConfig, StoreError};
 
 /// The diesel this crate is built with: [`Projection::apply`] takes its `SqliteConnection`,
 /// so `actorbus::diesel::...` writes a read model without a diesel dependency of the

@@ -12,9 +12,10 @@ use crate::actors::handler::{ManyHandled, RunsEvents};
 use crate::actors::storage::{Project, StorageActor};
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
+use crate::storage::backend::{ProjectError, ProjectionJob};
 use crate::storage::models::CheckpointRow;
 use crate::storage::queries::micros;
-use crate::storage::writer::save_checkpoints;
+use crate::storage::StoreError;
 
 /// A read model kept in the bus's SQLite store. `apply` runs on the storage actor's thread,
 /// inside the transaction that also moves this projection's checkpoint past the event: the
@@ -108,6 +109,33 @@ impl<E, P> ProjectionHandler<E, P> {
     }
 }
 
+impl<E, P> ProjectionHandler<E, P> {
+    /// This actor's checkpoint at a position.
+    fn checkpoint(&self) -> impl Fn(Option<u64>) -> CheckpointRow + Send + 'static {
+        let (name, partition, partitions) =
+            (self.name.to_string(), self.partition, self.partitions);
+        move |position| CheckpointRow {
+            handler: name.clone(),
+            partition: partition as i32,
+            partitions: partitions as i32,
+            position: position.unwrap_or(0) as i64,
+            updated_at: micros(std::time::SystemTime::now()),
+        }
+    }
+}
+
+/// Runs user code on the writer's thread: a panic becomes an error, not a dead writer.
+fn guarded(apply: impl FnOnce() -> Result<(), HandlerError>) -> Result<(), HandlerError> {
+    crate::actors::handler::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(apply)))
+        .unwrap_or_else(|panic| {
+            Err(format!(
+                "projection panicked: {}",
+                crate::actors::handler::panic_message(&*panic)
+            )
+            .into())
+        })
+}
+
 impl<E: DomainEvent, P: Projection<E>> RunsEvents<E> for ProjectionHandler<E, P> {
     fn takes_runs(&self) -> bool {
         true
@@ -118,47 +146,39 @@ impl<E: DomainEvent, P: Projection<E>> RunsEvents<E> for ProjectionHandler<E, P>
     fn handle_many<'a>(&'a mut self, events: &'a [Envelope<E>]) -> Option<ManyHandled<'a>> {
         let projection = Arc::clone(&self.projection);
         let events: Vec<Envelope<E>> = events.to_vec();
-        let (name, partition, partitions) =
-            (self.name.to_string(), self.partition, self.partitions);
-        let outcome = Arc::new(Mutex::new((0usize, None::<String>)));
+        let at = self.checkpoint();
+        let outcome = Arc::new(Mutex::new((0usize, None::<HandlerError>)));
         let report = Arc::clone(&outcome);
-        let job = Box::new(move |conn: &mut SqliteConnection| -> Result<(), String> {
+        let job: ProjectionJob = Box::new(move |conn: &mut SqliteConnection| {
             let mut projection = projection.lock().unwrap_or_else(|p| p.into_inner());
             let mut applied = 0;
             let mut failure = None;
             for event in &events {
                 let mut error = None;
                 let saved = conn.transaction(|c| {
-                    projection.apply(event, c).map_err(|e| {
-                        error = Some(e.to_string());
+                    guarded(|| projection.apply(event, c)).map_err(|e| {
+                        error = Some(e);
                         diesel::result::Error::RollbackTransaction
                     })
                 });
                 if let Err(e) = saved {
-                    failure = Some(error.unwrap_or_else(|| e.to_string()));
+                    failure = Some(error.unwrap_or_else(|| Box::new(e)));
                     break;
                 }
                 applied += 1;
             }
-            if applied > 0 {
-                let checkpoint = CheckpointRow {
-                    handler: name,
-                    partition: partition as i32,
-                    partitions: partitions as i32,
-                    position: events[applied - 1].position().unwrap_or(0) as i64,
-                    updated_at: micros(std::time::SystemTime::now()),
-                };
-                save_checkpoints(conn, &[checkpoint]).map_err(|e| e.to_string())?;
-            }
+            let checkpoint = (applied > 0).then(|| at(events[applied - 1].position()));
             *report.lock().unwrap_or_else(|p| p.into_inner()) = (applied, failure);
-            Ok(())
+            Ok(checkpoint)
         });
         let storage = self.storage.clone();
         Some(Box::pin(async move {
             match storage.send(Project(job)).await {
-                Ok(Ok(())) => outcome.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                Ok(Err(e)) => (0, Some(e)),
-                Err(_) => (0, Some("the storage actor is stopped".to_owned())),
+                Ok(Ok(())) => {
+                    std::mem::take(&mut *outcome.lock().unwrap_or_else(|p| p.into_inner()))
+                }
+                Ok(Err(e)) => (0, Some(e.into_handler_error())),
+                Err(_) => (0, Some(StoreError::WriterStopped.into())),
             }
         }))
     }
@@ -166,25 +186,18 @@ impl<E: DomainEvent, P: Projection<E>> RunsEvents<E> for ProjectionHandler<E, P>
     fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>> {
         let projection = Arc::clone(&self.projection);
         let event = event.clone();
-        let checkpoint = CheckpointRow {
-            handler: self.name.to_string(),
-            partition: self.partition as i32,
-            partitions: self.partitions as i32,
-            position: event.position().unwrap_or(0) as i64,
-            updated_at: micros(std::time::SystemTime::now()),
-        };
+        let checkpoint = self.checkpoint()(event.position());
         let storage = self.storage.clone();
         async move {
-            let job = Box::new(move |conn: &mut SqliteConnection| -> Result<(), String> {
+            let job: ProjectionJob = Box::new(move |conn: &mut SqliteConnection| {
                 let mut projection = projection.lock().unwrap_or_else(|p| p.into_inner());
-                projection.apply(&event, conn).map_err(|e| e.to_string())?;
-                save_checkpoints(conn, &[checkpoint]).map_err(|e| e.to_string())
+                guarded(|| projection.apply(&event, conn)).map_err(ProjectError::Handler)?;
+                Ok(Some(checkpoint))
             });
-            storage
-                .send(Project(job))
-                .await
-                .map_err(|_| HandlerError::from("the storage actor is stopped"))?
-                .map_err(HandlerError::from)
+            match storage.send(Project(job)).await {
+                Ok(result) => result.map_err(ProjectError::into_handler_error),
+                Err(_) => Err(StoreError::WriterStopped.into()),
+            }
         }
     }
 }

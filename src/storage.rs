@@ -1,6 +1,8 @@
 //! The durable store: SQLite through diesel. The storage actor is its single writer; reads
 //! (catch-up, the CLI) go through an r2d2 pool beside it, which WAL mode allows.
 
+pub(crate) mod backend;
+pub(crate) mod error;
 pub(crate) mod inspect;
 pub(crate) mod lock;
 pub(crate) mod models;
@@ -9,9 +11,12 @@ pub(crate) mod queries;
 pub(crate) mod registry;
 pub(crate) mod retention;
 pub(crate) mod schema;
+pub(crate) mod sqlite;
 pub(crate) mod writer;
 
 use std::path::PathBuf;
+
+pub use error::{Source, StoreError};
 
 /// How hard SQLite works to keep a commit through a power loss (`PRAGMA synchronous`).
 ///
@@ -185,67 +190,4 @@ impl StoreConfig {
             _ => Ok(Self::Memory),
         }
     }
-}
-
-/// Errors of the SQLite store.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The file exists but is not a SQLite database; it was left untouched.
-    #[error("{path} is not a SQLite database")]
-    NotADatabase {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The file is a SQLite database of another application (it has tables, none of ours);
-    /// it was left untouched. Check the path.
-    #[error("{path} is a SQLite database of another application, not an actorbus store")]
-    ForeignDatabase {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The store was written by a newer actorbus. Upgrade the binary; nothing was changed.
-    #[error("{path} has schema version {found}, newer than this binary supports ({supported})")]
-    NewerSchema {
-        /// The file.
-        path: PathBuf,
-        /// The store's schema version.
-        found: i64,
-        /// The newest this binary knows.
-        supported: i64,
-    },
-    /// The disk (or the configured `max_bytes`) is full. Nothing of the failed write was
-    /// kept; publishing works again once there is room.
-    #[error("the database or disk is full")]
-    Full,
-    /// Another bus is running on this store (one bus per store: its subscriptions' checkpoints
-    /// and the order of its deliveries belong to it). Stop it first, or use another store.
-    #[error("another bus is running on {path} ({holder}); stop it first, or use another store")]
-    InUse {
-        /// The store.
-        path: PathBuf,
-        /// Who holds it, e.g. `process 4242`.
-        holder: String,
-    },
-    /// Another process held the lock longer than `busy_timeout`. Retry later.
-    #[error("the database is locked by another process (busy_timeout expired)")]
-    Locked,
-    /// A database error (disk full, I/O error ...). Nothing of the failed write was kept;
-    /// retry once the cause is gone.
-    #[error("database error: {0}")]
-    Database(String),
-    /// Opening a connection failed.
-    #[error("cannot open the database: {0}")]
-    Connection(String),
-    /// Running the embedded migrations failed.
-    #[error("migrating the database failed: {0}")]
-    Migration(String),
-    /// Reading a file failed.
-    #[error("{path}: {message}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        message: String,
-    },
 }

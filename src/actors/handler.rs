@@ -40,7 +40,7 @@ pub(crate) trait RunsEvents<E: DomainEvent>: 'static {
 /// What [`RunsEvents::handle_many`] resolves to: events handled, and the error that stopped
 /// the run.
 pub(crate) type ManyHandled<'a> =
-    std::pin::Pin<Box<dyn Future<Output = (usize, Option<String>)> + 'a>>;
+    std::pin::Pin<Box<dyn Future<Output = (usize, Option<HandlerError>)> + 'a>>;
 
 /// A batch of events for one handler actor, in per-stream order. In memory it is sent with
 /// `send().await`, which resolves once the actor has taken it from its mailbox; on a durable
@@ -522,7 +522,12 @@ async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
                         // which retries it with backoff.
                         HandlerCounters::add(&counters.failed_attempts, 1);
                         if retry.max_attempts() <= 1 {
-                            setup.dead_letter(batch[i].clone(), 1, error, &mut refailed);
+                            setup.dead_letter(
+                                batch[i].clone(),
+                                1,
+                                error.to_string(),
+                                &mut refailed,
+                            );
                             i += 1;
                         } else {
                             log::debug!("handler `{}` failed in a run: {error}", setup.name);

@@ -5,18 +5,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use actix::Addr;
 
 use crate::actors::storage::{CheckpointBoard, DeleteDeadLetters, StorageActor};
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
+use crate::storage::backend::LetterChange;
+use crate::storage::backend::{in_background, Reader};
 use crate::storage::models::NewDeadLetter;
-use crate::storage::pool::SqlitePool;
-use crate::storage::queries;
 use crate::storage::queries::micros;
-use crate::storage::writer::LetterChange;
 use crate::storage::StoreError;
 
 /// The dead letters of a bus: a list in memory, or the `dead_letters` table of the store.
@@ -28,11 +27,11 @@ pub(crate) struct DeadLetters {
 }
 
 /// Where a durable bus keeps its dead letters: queued on the checkpoint board, written by the
-/// storage actor with the checkpoints, read through the pool.
+/// storage actor with the checkpoints, read through the store's reader.
 struct StoredLetters {
     board: Arc<CheckpointBoard>,
     storage: Addr<StorageActor>,
-    pool: SqlitePool,
+    reader: Reader,
 }
 
 impl std::fmt::Debug for StoredLetters {
@@ -46,13 +45,13 @@ impl DeadLetters {
     pub(crate) fn stored(
         board: Arc<CheckpointBoard>,
         storage: Addr<StorageActor>,
-        pool: SqlitePool,
+        reader: Reader,
     ) -> Self {
         Self {
             store: Some(StoredLetters {
                 board,
                 storage,
-                pool,
+                reader,
             }),
             ..Self::default()
         }
@@ -97,13 +96,7 @@ impl DeadLetters {
                 .cloned()
                 .collect());
         };
-        let mut conn = store
-            .pool
-            .get()
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-        let rows = queries::load_dead_letters(&mut conn, handler)
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(rows.into_iter().map(stored_letter).collect())
+        store.reader.dead_letters(handler, 0, usize::MAX)
     }
 
     /// Up to `limit` letters of `handler` (all when `None`) with ids above `after`, oldest
@@ -132,15 +125,11 @@ impl DeadLetters {
         {
             written?;
         }
-        let pool = store.pool.clone();
         let handler = handler.map(str::to_owned);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = crate::storage::pool::read_in_background(pool, move |conn| {
-            queries::load_dead_letter_page(conn, handler.as_deref(), after, limit)
+        in_background(&store.reader, move |reader| {
+            reader.dead_letters(handler.as_deref(), after, limit)
         })
-        .await?;
-        Ok(rows.into_iter().map(stored_letter).collect())
+        .await
     }
 
     /// The letters to hand back to `handler`. In memory they leave the list now; stored ones
@@ -173,7 +162,7 @@ impl DeadLetters {
                 handler: handler.map(str::to_owned),
             })
             .await
-            .map_err(|_| StoreError::Connection("the storage actor is stopped".into()))?
+            .map_err(|_| StoreError::WriterStopped)?
     }
 
     fn take_in_memory(&self, handler: Option<&str>) -> Vec<DeadLetter> {
@@ -188,23 +177,4 @@ impl DeadLetters {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DeadLetter>> {
         self.letters.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// A stored letter, with its event ready to be redriven.
-fn stored_letter(
-    (row, event): (
-        crate::storage::models::DeadLetterRow,
-        crate::storage::models::StoredEvent,
-    ),
-) -> DeadLetter {
-    let mut record = event.into_record();
-    record.letter = Some(row.id);
-    DeadLetter::new(
-        row.id as u64,
-        row.handler,
-        row.attempts.max(0) as u32,
-        row.last_error,
-        UNIX_EPOCH + Duration::from_micros(row.failed_at.max(0) as u64),
-        record,
-    )
 }

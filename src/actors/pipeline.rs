@@ -16,7 +16,7 @@ use crate::actors::storage::Append;
 use crate::error::Error;
 use crate::event::Receipt;
 use crate::event::Record;
-use crate::storage::writer::UnitOutcome;
+use crate::storage::backend::UnitOutcome;
 
 /// Commits the router may have sent and not yet handled: one being written, one waiting.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;

@@ -22,9 +22,8 @@ use crate::error::Result;
 use crate::event::Receipt;
 use crate::event::Record;
 use crate::stats::{BusCounters, HandlerCounters};
-use crate::storage::pool::{read_in_background, SqlitePool};
-use crate::storage::queries;
-use crate::storage::writer::Unit;
+use crate::storage::backend::Unit;
+use crate::storage::backend::{in_background, Reader};
 
 mod lanes;
 use lanes::Lane;
@@ -51,9 +50,9 @@ pub(crate) enum Intake {
 /// The durable side of the router: the writer, and the readers that catch handler actors up.
 pub(crate) struct Durable {
     pub(crate) storage: Addr<StorageActor>,
-    pub(crate) pool: SqlitePool,
+    pub(crate) reader: Reader,
     /// The last position stored when the bus started.
-    pub(crate) head: i64,
+    pub(crate) head: u64,
     /// How often the writer is asked to delete what retention allows (`None`: off).
     pub(crate) retention_every: Option<Duration>,
     /// Take an even share of the waiting publishes per commit ([`CommitGate::share`]), so
@@ -132,7 +131,7 @@ impl RouterActor {
         for g in &groups {
             slot_base.push(slot_base.last().copied().unwrap_or(0) + g.slots.len());
         }
-        let delivered_through = durable.as_ref().map_or(0, |d| d.head.max(0) as u64);
+        let delivered_through = durable.as_ref().map_or(0, |d| d.head);
         let lanes = match &durable {
             Some(_) => groups
                 .iter()
@@ -333,29 +332,25 @@ impl RouterActor {
         let Some(durable) = &self.durable else {
             return;
         };
-        let pool = durable.pool.clone();
-        let read = read_in_background(pool, queries::load_requested_redrives);
+        let read = in_background(&durable.reader, |reader| reader.requested_redrives());
         ctx.wait(
-            actix::fut::wrap_future(read).map(move |rows, act: &mut Self, ctx| {
-                let rows = match rows {
-                    Ok(rows) => rows,
+            actix::fut::wrap_future(read).map(move |letters, act: &mut Self, ctx| {
+                let letters = match letters {
+                    Ok(letters) => letters,
                     Err(e) => {
                         log::error!(
-                            "reading requested redrives failed: {e}; they wait for the next start"
+                            "reading requested redrives failed: {}; they wait for the next start",
+                            crate::storage::error::chain(&e)
                         );
                         Vec::new()
                     }
                 };
                 let mut deliveries = Vec::new();
                 for (g, group) in act.groups.iter().enumerate() {
-                    let records: Vec<Record> = rows
+                    let records: Vec<Record> = letters
                         .iter()
-                        .filter(|(letter, _)| *letter.handler == *group.name)
-                        .map(|(letter, event)| {
-                            let mut record = event.clone().into_record();
-                            record.letter = Some(letter.id);
-                            record
-                        })
+                        .filter(|letter| letter.handler_name() == &*group.name)
+                        .map(|letter| letter.record.clone())
                         .collect();
                     if !records.is_empty() {
                         log::info!(

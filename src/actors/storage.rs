@@ -8,18 +8,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
-use diesel::prelude::*;
 
 use crate::actors::thread::ActorThread;
-use crate::storage::lock::BusLock;
+use crate::storage::backend::{
+    self, LetterChange, LogWriter, ProjectError, ProjectionJob, Reader, Unit, UnitOutcome,
+};
 use crate::storage::models::CheckpointRow;
-use crate::storage::pool::{self, SqlitePool, WalCheckpointer};
-use crate::storage::queries;
 use crate::storage::queries::micros;
-use crate::storage::registry::{self, RegisterError, Resume, SubscriptionSpec};
-use crate::storage::retention;
-use crate::storage::writer;
-use crate::storage::writer::{LetterChange, Unit, UnitOutcome, Writer};
+use crate::storage::registry::{Resume, SubscriptionSpec};
 use crate::storage::SqliteOptions;
 use crate::storage::{Retention, StoreError};
 
@@ -126,18 +122,15 @@ impl CheckpointBoard {
 }
 
 pub(crate) struct StorageActor {
-    writer: Writer,
+    /// The database's writer; dropping it releases the store.
+    writer: Box<dyn LogWriter>,
     board: Arc<CheckpointBoard>,
     /// (subscription, partitions) of this bus: retention keeps what any of them still needs.
     subscriptions: Vec<(String, usize)>,
     /// Subscriptions whose checkpoints of an earlier concurrency are still stored: dropped
     /// once the current layout has passed them.
-    relayouts: Vec<(String, i32)>,
+    relayouts: Vec<(String, usize)>,
     retention: Retention,
-    /// Stopped and joined when the actor goes.
-    _checkpointer: WalCheckpointer,
-    /// This bus's claim on the store, released when the writer goes.
-    _lock: BusLock,
 }
 
 /// The actix system may stop before the application calls `shutdown` (a signal handler that
@@ -150,7 +143,7 @@ impl Drop for StorageActor {
         if letters.is_empty() && checkpoints.is_empty() {
             return;
         }
-        match self.writer.save_checkpoints(&checkpoints, &letters) {
+        match self.writer.save_progress(&checkpoints, &letters) {
             Ok(()) => log::info!(
                 "the store's writer stopped with the bus running: wrote {} checkpoint(s) and {} dead-letter change(s)",
                 checkpoints.len(),
@@ -190,21 +183,18 @@ impl Handler<Prune> for StorageActor {
 }
 
 /// Most events one retention pass deletes (one short transaction).
-const RETENTION_BATCH: i64 = 10_000;
+const RETENTION_BATCH: u64 = 10_000;
 
 impl StorageActor {
-    /// Runs `f` in one write transaction that first writes the dead-letter changes queued so
-    /// far, so nothing `f` writes (a purge, a projection's checkpoint) lands ahead of them;
-    /// if the transaction fails they go back on the board, ahead of any queued since.
-    fn after_queued_letters<T>(
+    /// Runs `f` with the dead-letter changes queued so far, which it stores first, so
+    /// nothing it writes (a purge, a projection's checkpoint) lands ahead of them; if it
+    /// fails they go back on the board, ahead of any queued since.
+    fn after_queued_letters<T, E>(
         &mut self,
-        f: impl FnOnce(&mut diesel::SqliteConnection) -> QueryResult<T>,
-    ) -> Result<T, StoreError> {
+        f: impl FnOnce(&mut dyn LogWriter, &[LetterChange]) -> Result<T, E>,
+    ) -> Result<T, E> {
         let letters = self.board.take_letters();
-        let result = self.writer.transaction(|conn| {
-            writer::save_dead_letters(conn, &letters)?;
-            f(conn)
-        });
+        let result = f(&mut *self.writer, &letters);
         if result.is_err() {
             self.board.restore(letters, Vec::new());
         }
@@ -213,30 +203,16 @@ impl StorageActor {
 
     /// Deletes what every subscription has processed, as the retention policy allows.
     fn prune(&mut self) {
-        let retention = self.retention;
-        let subscriptions = self.subscriptions.clone();
-        let now = micros(std::time::SystemTime::now());
-        let result = self.writer.transaction(|conn| {
-            let rows = queries::load_all_checkpoints(conn)?;
-            // A subscription of this bus without a checkpoint for each actor still needs
-            // everything (registration writes them all at start: this is a safety net).
-            let incomplete = subscriptions.iter().any(|(name, partitions)| {
-                rows.iter()
-                    .filter(|r| r.handler == *name && r.partitions as usize == *partitions)
-                    .count()
-                    < *partitions
-            });
-            let safe = if incomplete {
-                0
-            } else {
-                rows.iter().map(|r| r.position).min().unwrap_or(0)
-            };
-            retention::prune(conn, &retention, safe, now, RETENTION_BATCH)
-        });
-        match result {
+        match self
+            .writer
+            .prune(&self.retention, &self.subscriptions, RETENTION_BATCH)
+        {
             Ok(0) => {}
             Ok(n) => log::info!("retention deleted {n} processed event(s)"),
-            Err(e) => log::warn!("retention pass failed: {e}"),
+            Err(e) => log::warn!(
+                "retention pass failed: {}",
+                crate::storage::error::chain(&e)
+            ),
         }
     }
 }
@@ -254,60 +230,27 @@ impl Handler<DeleteDeadLetters> for StorageActor {
     type Result = Result<usize, StoreError>;
 
     fn handle(&mut self, msg: DeleteDeadLetters, _ctx: &mut Context<Self>) -> Self::Result {
-        use crate::storage::schema::dead_letters;
         // Letters given up on before the purge are purged too, not written after it.
-        self.after_queued_letters(|conn| {
-            let mut query = diesel::delete(dead_letters::table).into_boxed();
-            if let Some(h) = &msg.handler {
-                query = query.filter(dead_letters::handler.eq(h.clone()));
-            }
-            query.execute(conn)
+        self.after_queued_letters(|writer, queued| {
+            writer.delete_dead_letters(queued, msg.handler.as_deref())
         })
     }
 }
-
-/// Work a projection does in the writer's transaction, with its checkpoint.
-pub(crate) type ProjectionJob =
-    Box<dyn FnOnce(&mut diesel::SqliteConnection) -> Result<(), String> + Send>;
 
 /// Run a projection's work (read model + checkpoint) in one transaction.
 pub(crate) struct Project(pub(crate) ProjectionJob);
 
 impl Message for Project {
-    type Result = Result<(), String>;
+    type Result = Result<(), ProjectError>;
 }
 
 impl Handler<Project> for StorageActor {
-    type Result = Result<(), String>;
+    type Result = Result<(), ProjectError>;
 
     fn handle(&mut self, Project(job): Project, _ctx: &mut Context<Self>) -> Self::Result {
-        let mut failure = None;
         // Dead letters given up on so far go in this transaction too: the projection's
         // checkpoint may pass an event whose letter is still queued.
-        let result = self.after_queued_letters(|conn| {
-            // User code on the writer's thread: a panic must not take the writer down.
-            let outcome = crate::actors::handler::caught(|| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
-            })
-            .unwrap_or_else(|p| {
-                Err(format!(
-                    "projection panicked: {}",
-                    crate::actors::handler::panic_message(&*p)
-                ))
-            });
-            match outcome {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    failure = Some(e);
-                    Err(diesel::result::Error::RollbackTransaction)
-                }
-            }
-        });
-        match (result, failure) {
-            (_, Some(e)) => Err(e),
-            (Err(e), None) => Err(e.to_string()),
-            (Ok(()), None) => Ok(()),
-        }
+        self.after_queued_letters(|writer, queued| writer.project(queued, job))
     }
 }
 
@@ -317,9 +260,13 @@ impl Handler<Append> for StorageActor {
     fn handle(&mut self, Append(units): Append, _ctx: &mut Context<Self>) -> Self::Result {
         // Checkpoints and dead letters are written by FlushCheckpoints, on a timer: carrying
         // them in every append would cost each small commit a few more page writes.
-        let result = self.writer.append(&units, &[], &[]);
+        let result = self.writer.append(&units);
         if let Err(e) = &result {
-            log::error!("append of {} unit(s) failed: {e}", units.len());
+            log::error!(
+                "append of {} unit(s) failed: {}",
+                units.len(),
+                crate::storage::error::chain(e)
+            );
         }
         MessageResult((units, result))
     }
@@ -330,27 +277,30 @@ impl Handler<FlushCheckpoints> for StorageActor {
 
     fn handle(&mut self, _: FlushCheckpoints, _ctx: &mut Context<Self>) -> Self::Result {
         let (letters, checkpoints) = self.board.take();
-        let result = self.writer.save_checkpoints(&checkpoints, &letters);
+        let result = self.writer.save_progress(&checkpoints, &letters);
         if result.is_err() {
             self.board.restore(letters, checkpoints);
             return result;
         }
         // The same timer keeps the un-indexed tail a moment's worth of events.
         if let Err(e) = self.writer.index_tail() {
-            log::warn!("indexing the newest events by stream failed (retried later): {e}");
+            log::warn!(
+                "indexing the newest events by stream failed (retried later): {}",
+                crate::storage::error::chain(&e)
+            );
         }
         let relayouts = std::mem::take(&mut self.relayouts);
         for (handler, partitions) in relayouts {
-            match self
-                .writer
-                .transaction(|conn| writer::drop_covered_layouts(conn, &handler, partitions))
-            {
+            match self.writer.drop_covered_layouts(&handler, partitions) {
                 Ok(false) => log::info!(
                     "`{handler}`: checkpoints of its earlier concurrency are passed and dropped"
                 ),
                 Ok(true) => self.relayouts.push((handler, partitions)),
                 Err(e) => {
-                    log::warn!("could not drop checkpoints of an earlier concurrency: {e}");
+                    log::warn!(
+                        "could not drop checkpoints of an earlier concurrency: {}",
+                        crate::storage::error::chain(&e)
+                    );
                     self.relayouts.push((handler, partitions));
                 }
             }
@@ -359,14 +309,15 @@ impl Handler<FlushCheckpoints> for StorageActor {
     }
 }
 
-/// An opened SQLite store, before its actors start.
+/// An opened store, its writer started.
 pub(crate) struct OpenStore {
-    pub(crate) pool: SqlitePool,
+    /// The readers beside the writer (catch-up, dead letters, stream versions).
+    pub(crate) reader: Reader,
     pub(crate) storage: Addr<StorageActor>,
     /// The writer's thread (`actorbus-writer`), with an actix system of its own.
     pub(crate) thread: ActorThread,
     pub(crate) board: Arc<CheckpointBoard>,
-    pub(crate) head: i64,
+    pub(crate) head: u64,
     /// Where the actors of each subscription resume, in the order given to [`start`](Self::start).
     pub(crate) resumes: Vec<Resume>,
 }
@@ -376,72 +327,40 @@ impl OpenStore {
     /// (rebuilding the projections an operator asked to) and starts the writer.
     ///
     /// # Errors
-    /// [`StoreError::InUse`] when another bus runs on it; whatever opening the file met (see
-    /// [`StoreError`]); a failed rebuild as [`StoreError::Database`].
+    /// As [`backend::open`]; [`StoreError::Io`] when the writer's thread cannot start.
     pub(crate) fn start(
         options: &SqliteOptions,
-        mut subscriptions: Vec<SubscriptionSpec>,
+        subscriptions: Vec<SubscriptionSpec>,
     ) -> Result<Self, StoreError> {
-        let path = options.path.as_path();
-        // A path that is refused gets no lock file beside it; a second bus must not even
-        // migrate the file, so the lock comes before the pool.
-        pool::inspect(options)?;
-        let lock = BusLock::acquire(path)?;
-        let pool = pool::open(options)?;
-        let writer_conn = pool
-            .get()
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-        let mut writer = Writer::new(writer_conn, path.to_path_buf());
-        let now = micros(std::time::SystemTime::now());
-        let mut rebuild_error = None;
-        let registered = writer.transaction(|conn| {
-            let head = queries::head(conn)?;
-            match registry::register(conn, &mut subscriptions, head, now) {
-                Ok(resumes) => Ok((head, resumes)),
-                Err(RegisterError::Db(e)) => Err(e),
-                Err(RegisterError::Rebuild(message)) => {
-                    rebuild_error = Some(message);
-                    Err(diesel::result::Error::RollbackTransaction)
-                }
-            }
-        });
-        let (head, resumes) = match (registered, rebuild_error) {
-            (_, Some(message)) => return Err(StoreError::Database(message)),
-            (result, None) => result?,
-        };
-        let relayouts = subscriptions
-            .iter()
-            .zip(&resumes)
-            .filter(|(_, r)| !r.older.is_empty())
-            .map(|(s, _)| (s.name.clone(), s.partitions as i32))
-            .collect();
-        let board = Arc::new(CheckpointBoard::default());
-        let actor_board = Arc::clone(&board);
-        let actor_pool = pool.clone();
-        let retention = options.retention;
-        let names = subscriptions
+        let relayout: Vec<(String, usize)> = subscriptions
             .iter()
             .map(|s| (s.name.clone(), s.partitions))
             .collect();
+        let opened = backend::open(options, subscriptions)?;
+        let relayouts = relayout
+            .iter()
+            .zip(&opened.resumes)
+            .filter(|(_, r)| !r.older.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        let board = Arc::new(CheckpointBoard::default());
         let actor = StorageActor {
-            writer,
-            board: actor_board,
-            subscriptions: names,
+            writer: opened.writer,
+            board: Arc::clone(&board),
+            subscriptions: relayout,
             relayouts,
-            retention,
-            _checkpointer: WalCheckpointer::start(actor_pool),
-            _lock: lock,
+            retention: options.retention,
         };
-        let (arbiter, thread) = ActorThread::spawn("actorbus-writer")
-            .map_err(|e| StoreError::Connection(format!("cannot start the writer thread: {e}")))?;
+        let (arbiter, thread) =
+            ActorThread::spawn("actorbus-writer").map_err(|e| StoreError::io(&options.path, e))?;
         let storage = StorageActor::start_in_arbiter(&arbiter, move |_| actor);
         Ok(OpenStore {
-            pool,
+            reader: opened.reader,
             storage,
             thread,
             board,
-            head,
-            resumes,
+            head: opened.head,
+            resumes: opened.resumes,
         })
     }
 }

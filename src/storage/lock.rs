@@ -34,10 +34,7 @@ impl BusLock {
     /// cannot be created.
     pub(crate) fn acquire(store: &Path) -> Result<Self, StoreError> {
         let path = lock_path(store);
-        let io = |e: std::io::Error| StoreError::Io {
-            path: path.clone(),
-            message: e.to_string(),
-        };
+        let io = |e: std::io::Error| StoreError::io(&path, e);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -72,20 +69,12 @@ pub(crate) fn holder(store: &Path) -> Result<Option<String>, StoreError> {
     let mut file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(StoreError::Io {
-                path,
-                message: e.to_string(),
-            })
-        }
+        Err(e) => return Err(StoreError::io(path, e)),
     };
     match file.try_lock_shared() {
         Ok(()) => Ok(None), // released when `file` closes
         Err(TryLockError::WouldBlock) => Ok(Some(describe(&mut file))),
-        Err(TryLockError::Error(e)) => Err(StoreError::Io {
-            path,
-            message: e.to_string(),
-        }),
+        Err(TryLockError::Error(e)) => Err(StoreError::io(path, e)),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Opening a store: refuse what is not ours, set the per-connection PRAGMAs, migrate.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -8,6 +8,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use crate::storage::error::{classify, classify_connection};
 use crate::storage::{Durability, SqliteOptions, StoreError};
 
 pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -68,12 +69,10 @@ pub(crate) fn open(options: &SqliteOptions) -> Result<SqlitePool, StoreError> {
         .connection_timeout(options.busy_timeout + Duration::from_secs(1))
         .connection_customizer(Box::new(pragmas))
         .build(ConnectionManager::<SqliteConnection>::new(url))
-        .map_err(|e| classify_pool_error(path, e.to_string()))?;
-    let mut conn = pool
-        .get()
-        .map_err(|e| classify_pool_error(path, e.to_string()))?;
+        .map_err(|e| classify_connection(path, e))?;
+    let mut conn = pool.get().map_err(|e| classify_connection(path, e))?;
     conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| StoreError::Migration(e.to_string()))?;
+        .map_err(|e| StoreError::Migration(e.into()))?;
     Ok(pool)
 }
 
@@ -90,10 +89,11 @@ pub(crate) fn inspect(options: &SqliteOptions) -> Result<(), StoreError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
     {
-        return Err(StoreError::Io {
-            path: path.to_path_buf(),
-            message: format!("directory {} does not exist", dir.display()),
-        });
+        let missing = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("directory {} does not exist", dir.display()),
+        );
+        return Err(StoreError::io(path, missing));
     }
     Ok(())
 }
@@ -127,7 +127,7 @@ fn inspect_before_use(path: &Path, busy_timeout: Duration) -> Result<(), StoreEr
         n: i64,
     }
     let mut conn = SqliteConnection::establish(&path.to_string_lossy())
-        .map_err(|e| classify_pool_error(path, e.to_string()))?;
+        .map_err(|e| classify_connection(path, e))?;
     conn.batch_execute(&format!(
         "PRAGMA busy_timeout = {};",
         busy_timeout.as_millis()
@@ -193,41 +193,6 @@ fn check_schema_version(conn: &mut SqliteConnection, path: &Path) -> Result<(), 
     Ok(())
 }
 
-/// Maps SQLite's messages to the errors a user can act on.
-pub(crate) fn classify(path: &Path, e: diesel::result::Error) -> StoreError {
-    classify_message(path, e.to_string())
-}
-
-/// As [`classify`], from the error's text.
-pub(crate) fn classify_message(path: &Path, text: String) -> StoreError {
-    if text.contains("file is not a database") {
-        StoreError::NotADatabase {
-            path: PathBuf::from(path),
-        }
-    } else if text.contains("database is locked") || text.contains("database is busy") {
-        StoreError::Locked
-    } else if text.contains("database or disk is full") {
-        StoreError::Full
-    } else if text.contains("UNIQUE constraint failed: stream_events") {
-        // Only a writer that bypassed this one can store a stream version twice.
-        StoreError::Database(format!(
-            "{text}: a stream version is stored twice in {} (written by another program?); \
-             `actorbus check` lists it",
-            path.display()
-        ))
-    } else {
-        StoreError::Database(text)
-    }
-}
-
-/// As [`classify_message`], for a failure to get a connection at all.
-fn classify_pool_error(path: &Path, text: String) -> StoreError {
-    match classify_message(path, text) {
-        StoreError::Database(text) => StoreError::Connection(text),
-        known => known,
-    }
-}
-
 /// How often the background checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
@@ -280,23 +245,4 @@ impl Drop for WalCheckpointer {
             let _ = thread.join();
         }
     }
-}
-
-/// Runs a read with a pooled connection on the blocking pool, so that no arbiter waits for
-/// SQLite.
-///
-/// # Errors
-/// No connection ([`StoreError::Connection`]), or what the read met, classified.
-pub(crate) async fn read_in_background<T: Send + 'static>(
-    pool: SqlitePool,
-    read: impl FnOnce(&mut SqliteConnection) -> QueryResult<T> + Send + 'static,
-) -> Result<T, StoreError> {
-    actix_rt::task::spawn_blocking(move || {
-        let mut conn = pool
-            .get()
-            .map_err(|e| StoreError::Connection(e.to_string()))?;
-        read(&mut conn).map_err(|e| StoreError::Database(e.to_string()))
-    })
-    .await
-    .map_err(|e| StoreError::Connection(e.to_string()))?
 }

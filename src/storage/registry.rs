@@ -34,7 +34,8 @@ impl Kind {
 }
 
 /// Clears a projection's read model before it is rebuilt from the log (`actorbus replay`).
-pub(crate) type ResetHook = Box<dyn FnOnce(&mut SqliteConnection) -> Result<(), String> + Send>;
+pub(crate) type ResetHook =
+    Box<dyn FnOnce(&mut SqliteConnection) -> Result<(), crate::error::HandlerError> + Send>;
 
 /// One subscription of a starting bus.
 pub(crate) struct SubscriptionSpec {
@@ -81,7 +82,10 @@ pub(crate) fn older_covers(older: &[(usize, Vec<u64>)], hash: u64, position: u64
 #[derive(Debug)]
 pub(crate) enum RegisterError {
     Db(diesel::result::Error),
-    Rebuild(String),
+    Rebuild {
+        subscription: String,
+        source: crate::error::HandlerError,
+    },
 }
 
 impl From<diesel::result::Error> for RegisterError {
@@ -111,11 +115,9 @@ pub(crate) fn register(
         if requested {
             match (spec.kind, spec.reset.take()) {
                 (Kind::Projection, Some(reset)) => {
-                    reset(conn).map_err(|e| {
-                        RegisterError::Rebuild(format!(
-                            "resetting the read model of projection `{}` failed: {e}",
-                            spec.name
-                        ))
+                    reset(conn).map_err(|source| RegisterError::Rebuild {
+                        subscription: spec.name.clone(),
+                        source,
                     })?;
                     log::info!(
                         "projection `{}`: read model reset, replaying the log",
@@ -123,11 +125,12 @@ pub(crate) fn register(
                     );
                 }
                 (Kind::Projection, None) => {
-                    return Err(RegisterError::Rebuild(format!(
-                        "projection `{}` was asked to rebuild its read model, but it has no \
-                         reset (Projection::RESETTABLE); `actorbus replay` cannot be done for it",
-                        spec.name
-                    )))
+                    return Err(RegisterError::Rebuild {
+                        subscription: spec.name.clone(),
+                        source: "it was asked to rebuild its read model, but it has no reset \
+                                 (Projection::RESETTABLE); `actorbus replay` cannot be done for it"
+                            .into(),
+                    })
                 }
                 (Kind::Handler, _) => {}
             }

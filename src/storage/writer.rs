@@ -8,8 +8,9 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
 
 use crate::event::{Metadata, Record};
-use crate::storage::models::{CheckpointRow, NewDeadLetter, NewStoredEvent};
-use crate::storage::pool::{classify, classify_message};
+use crate::storage::backend::{LetterChange, Unit, UnitOutcome};
+use crate::storage::error::classify;
+use crate::storage::models::{CheckpointRow, NewStoredEvent};
 use crate::storage::queries::{head, indexed_through, micros, set_meta_number, INDEXED_THROUGH};
 use crate::storage::schema::{checkpoints, dead_letters, events, stream_events};
 use crate::storage::StoreError;
@@ -25,29 +26,6 @@ pub(crate) const INDEX_TAIL_SQL: &str =
     "INSERT INTO stream_events (stream_id, stream_version, position) \
      SELECT stream_id, stream_version, position FROM events \
      WHERE position > ?1 AND position <= ?2 ORDER BY stream_id, stream_version";
-/// One publish (or `publish_all`): all of it is stored, or none.
-#[derive(Debug)]
-pub(crate) struct Unit {
-    pub(crate) records: Vec<Record>,
-    /// The version the stream must be at before this unit (all records on one stream).
-    pub(crate) expected_version: Option<u64>,
-    /// The publisher chose the event ids: an id already stored is answered, not stored again.
-    pub(crate) check_ids: bool,
-}
-/// What became of one unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum UnitOutcome {
-    /// Stored: (position, stream version) per record.
-    Stored(Vec<(u64, u64)>),
-    /// Every id was stored before (a retried publish): where they are; nothing new stored.
-    Duplicate(Vec<(u64, u64)>),
-    /// The stream was not at the expected version; nothing was stored.
-    Conflict {
-        stream: String,
-        expected: u64,
-        actual: u64,
-    },
-}
 /// The single writer's connection and what it remembers between commits.
 pub(crate) struct Writer {
     conn: PooledConnection<ConnectionManager<SqliteConnection>>,
@@ -301,29 +279,16 @@ fn in_transaction<T>(
     f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
 ) -> Result<T, StoreError> {
     let mut first = None;
-    let result = conn.immediate_transaction(|c| {
-        let r = f(c);
-        if let Err(e) = &r {
-            if !matches!(e, diesel::result::Error::RollbackTransaction) {
-                first = Some(e.to_string());
-            }
+    let result = conn.immediate_transaction(|c| match f(c) {
+        Err(e) if !matches!(e, diesel::result::Error::RollbackTransaction) => {
+            first = Some(e);
+            Err(diesel::result::Error::RollbackTransaction)
         }
-        r
+        r => r,
     });
-    result.map_err(|e| match first {
-        Some(text) => classify_message(path, text),
-        None => classify(path, e),
-    })
+    result.map_err(|e| classify(path, first.unwrap_or(e)))
 }
-/// What happened to dead letters since the last write, in the order it happened.
-#[derive(Debug, Clone)]
-pub(crate) enum LetterChange {
-    /// A handler gave up on an event: one letter per (handler, event); a letter that fails
-    /// again after a redrive is updated (attempts, error, time), not repeated.
-    Keep(NewDeadLetter),
-    /// A redriven letter was handled: it goes.
-    Resolved(i64),
-}
+/// Stores dead-letter changes in order.
 pub(crate) fn save_dead_letters(
     conn: &mut SqliteConnection,
     changes: &[LetterChange],

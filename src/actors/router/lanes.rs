@@ -16,14 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use diesel::Connection as _;
 
 use super::RouterActor;
 use crate::actors::handler::Deliver;
 use crate::event::Record;
 use crate::stats::HandlerCounters;
-use crate::storage::pool::read_in_background;
-use crate::storage::queries;
+use crate::storage::backend::in_background;
 
 /// How one handler actor of a durable bus gets its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,15 +168,12 @@ impl RouterActor {
         let load = Arc::clone(&group.slots[slot].load);
         let capacity = group.capacity;
         let types = group.event_types.clone();
-        let pool = durable.pool.clone();
+        let reader = durable.reader.clone();
         let page = async move {
             load.at_most(capacity / 2).await;
             let room = capacity.saturating_sub(load.queued()).max(1);
-            let read = read_in_background(pool, move |conn| {
-                conn.transaction(|conn| {
-                    let rows = queries::read_types_after(conn, &types, after as i64, room as i64)?;
-                    Ok((rows, queries::head(conn)?))
-                })
+            let read = in_background(&reader, move |reader| {
+                reader.events_of_types_after(&types, after, room)
             });
             (read.await, room)
         };
@@ -195,17 +190,18 @@ impl RouterActor {
         flat: usize,
         after: u64,
         room: usize,
-        read: Result<(Vec<crate::storage::models::StoredEvent>, i64), crate::storage::StoreError>,
+        read: Result<(Vec<Record>, u64), crate::storage::StoreError>,
         ctx: &mut Context<Self>,
     ) {
-        let (rows, head) = match read {
+        let (stored, head) = match read {
             Ok(page) => page,
             Err(e) => {
                 let (g, slot) = self.locate(flat);
                 log::warn!(
-                    "`{}` #{slot}: reading its events after position {after} failed: {e}; \
+                    "`{}` #{slot}: reading its events after position {after} failed: {}; \
                      retrying in {READ_RETRY:?}",
-                    self.groups[g].name
+                    self.groups[g].name,
+                    crate::storage::error::chain(&e)
                 );
                 self.lanes[flat] = Lane::behind(after);
                 ctx.run_later(READ_RETRY, move |act, ctx| act.read_next_page(flat, ctx));
@@ -213,18 +209,17 @@ impl RouterActor {
             }
         };
         // A short page read everything stored up to the head of its snapshot.
-        let covered = if rows.len() < room {
-            head.max(0) as u64
+        let covered = if stored.len() < room {
+            head
         } else {
-            rows.last().map_or(after, |r| r.position.max(0) as u64)
+            stored.last().and_then(|r| r.meta.position).unwrap_or(after)
         }
         .max(after);
         let (g, slot) = self.locate(flat);
         let group = &self.groups[g];
         let slots = group.slots.len() as u64;
-        let records: Vec<Record> = rows
+        let records: Vec<Record> = stored
             .into_iter()
-            .map(|r| r.into_record())
             .filter(|r| (r.partition % slots) as usize == slot)
             .collect();
         HandlerCounters::add(&group.counters.delivered, records.len() as u64);

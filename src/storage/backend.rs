@@ -1,0 +1,200 @@
+//! The seam between the actors and a database. The storage actor writes through one
+//! [`LogWriter`]; the router, the dead-letter bridge and the bus handle read through one
+//! [`Reader`]. Neither names a database: [`open`] picks the implementation from the
+//! [`StoreConfig`](crate::StoreConfig) (today SQLite, `storage/sqlite.rs`), so a second
+//! database plugs in here without touching the router or the handler actors.
+//!
+//! What crosses the seam is the bus's own vocabulary ([`Record`], [`DeadLetter`],
+//! [`Unit`], [`LetterChange`], [`CheckpointRow`]), never a connection. The one exception is
+//! a projection's work ([`ProjectionJob`]), which runs on the writer's connection because
+//! the public [`Projection`](crate::Projection) API hands it that connection.
+
+use std::sync::Arc;
+
+use crate::dead_letter::DeadLetter;
+use crate::error::HandlerError;
+use crate::event::Record;
+use crate::storage::models::{CheckpointRow, NewDeadLetter};
+use crate::storage::registry::{Resume, SubscriptionSpec};
+use crate::storage::{Retention, SqliteOptions, StoreError};
+
+/// One publish (or `publish_all`): all of it is stored, or none.
+#[derive(Debug)]
+pub(crate) struct Unit {
+    pub(crate) records: Vec<Record>,
+    /// The version the stream must be at before this unit (all records on one stream).
+    pub(crate) expected_version: Option<u64>,
+    /// The publisher chose the event ids: an id already stored is answered, not stored again.
+    pub(crate) check_ids: bool,
+}
+
+/// What became of one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UnitOutcome {
+    /// Stored: (position, stream version) per record.
+    Stored(Vec<(u64, u64)>),
+    /// Every id was stored before (a retried publish): where they are; nothing new stored.
+    Duplicate(Vec<(u64, u64)>),
+    /// The stream was not at the expected version; nothing was stored.
+    Conflict {
+        stream: String,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+/// What happened to dead letters since the last write, in the order it happened.
+#[derive(Debug, Clone)]
+pub(crate) enum LetterChange {
+    /// A handler gave up on an event: one letter per (subscription, event); a letter that
+    /// fails again after a redrive is updated (attempts, error, time), not repeated.
+    Keep(NewDeadLetter),
+    /// A redriven letter was handled: it goes.
+    Resolved(i64),
+}
+
+/// A projection's work in the writer's transaction: it applies its events and returns the
+/// checkpoint to store with them (`None`: nothing was applied). It catches its own panics.
+pub(crate) type ProjectionJob = Box<
+    dyn FnOnce(&mut diesel::SqliteConnection) -> Result<Option<CheckpointRow>, ProjectError> + Send,
+>;
+
+/// Why a projection's transaction was rolled back.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProjectError {
+    /// The projection failed (or panicked) on an event.
+    #[error(transparent)]
+    Handler(HandlerError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ProjectError {
+    /// The error the handler actor retries and dead-letters with.
+    pub(crate) fn into_handler_error(self) -> HandlerError {
+        match self {
+            ProjectError::Handler(e) => e,
+            ProjectError::Store(e) => Box::new(e),
+        }
+    }
+}
+
+/// The storage actor's side of a database: every write goes through it, on one thread.
+/// Each method is one transaction.
+pub(crate) trait LogWriter: Send + 'static {
+    /// Appends every unit (group commit): positions, stream versions, optimistic
+    /// concurrency and idempotent ids. Nothing of a failed call is stored.
+    fn append(&mut self, units: &[Unit]) -> Result<Vec<UnitOutcome>, StoreError>;
+
+    /// Stores dead-letter changes, then checkpoints.
+    fn save_progress(
+        &mut self,
+        checkpoints: &[CheckpointRow],
+        letters: &[LetterChange],
+    ) -> Result<(), StoreError>;
+
+    /// Brings the by-stream index up to the newest events (timer work; may do nothing).
+    fn index_tail(&mut self) -> Result<(), StoreError>;
+
+    /// Deletes the checkpoints of `subscription` of another concurrency than `partitions`
+    /// that the current layout has passed; answers whether any remain.
+    fn drop_covered_layouts(
+        &mut self,
+        subscription: &str,
+        partitions: usize,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes at most `batch` events that every subscription of `subscriptions` (name,
+    /// partitions) has processed, as `retention` allows; answers how many went.
+    fn prune(
+        &mut self,
+        retention: &Retention,
+        subscriptions: &[(String, usize)],
+        batch: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// Stores `queued` dead-letter changes, then deletes the letters of `subscription` (all
+    /// when `None`); answers how many went.
+    fn delete_dead_letters(
+        &mut self,
+        queued: &[LetterChange],
+        subscription: Option<&str>,
+    ) -> Result<usize, StoreError>;
+
+    /// Stores `queued` dead-letter changes, then runs `job` and stores the checkpoint it
+    /// returns, all in one transaction: a projection's read model commits with its
+    /// checkpoint, or neither does.
+    fn project(&mut self, queued: &[LetterChange], job: ProjectionJob) -> Result<(), ProjectError>;
+}
+
+/// The readers' side of a database: safe to share between threads, and used off the
+/// arbiters (see [`in_background`]).
+pub(crate) trait LogReader: Send + Sync + 'static {
+    /// Up to `limit` events of any of `types` after `after`, oldest first, and the head
+    /// read in the same snapshot.
+    fn events_of_types_after(
+        &self,
+        types: &[String],
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Record>, u64), StoreError>;
+
+    /// The version `stream` is at (0 for a stream never written).
+    fn stream_version(&self, stream: &str) -> Result<u64, StoreError>;
+
+    /// Up to `limit` dead letters of `subscription` (all when `None`) with ids above
+    /// `after`, oldest first, each with its event ready to be redriven.
+    fn dead_letters(
+        &self,
+        subscription: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// The dead letters an operator asked to redrive (`actorbus dlq redrive`), oldest first.
+    fn requested_redrives(&self) -> Result<Vec<DeadLetter>, StoreError>;
+}
+
+/// A shared reader.
+pub(crate) type Reader = Arc<dyn LogReader>;
+
+/// Runs `read` on the blocking pool, so that no arbiter waits for the database.
+///
+/// # Errors
+/// What `read` met; a read that panicked as [`StoreError::Database`].
+pub(crate) fn in_background<T: Send + 'static>(
+    reader: &Reader,
+    read: impl FnOnce(&dyn LogReader) -> Result<T, StoreError> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, StoreError>> + 'static {
+    let reader = Arc::clone(reader);
+    async move {
+        actix_rt::task::spawn_blocking(move || read(&*reader))
+            .await
+            .map_err(StoreError::database)?
+    }
+}
+
+/// A store opened for a bus: claimed (one bus per store), migrated, its subscriptions
+/// registered.
+pub(crate) struct Opened {
+    pub(crate) writer: Box<dyn LogWriter>,
+    pub(crate) reader: Reader,
+    /// The newest position at start.
+    pub(crate) head: u64,
+    /// Where the actors of each subscription resume, in the order given to [`open`].
+    pub(crate) resumes: Vec<Resume>,
+}
+
+/// Claims and opens the store `options` names, and registers `subscriptions` (rebuilding
+/// the projections an operator asked to).
+///
+/// # Errors
+/// [`StoreError::InUse`] when another bus runs on it; whatever opening met (see
+/// [`StoreError`]); a failed rebuild as [`StoreError::Rebuild`].
+pub(crate) fn open(
+    options: &SqliteOptions,
+    subscriptions: Vec<SubscriptionSpec>,
+) -> Result<Opened, StoreError> {
+    crate::storage::sqlite::open(options, subscriptions)
+}
