@@ -2,18 +2,16 @@
 //! the actors together (the one place that does).
 
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::actors::handler::{Factory, HandlerActor, HandlerSetup, Load, RunsEvents};
-use crate::actors::letters::DeadLetters;
-use crate::actors::router::{Durable, Group, RouterActor, Slot};
-use crate::actors::storage::{CheckpointBoard, OpenStore, StorageActor};
-use crate::actors::supervisor::SupervisorActor;
-use crate::actors::thread::ActorThread;
+use crate::actors::router::Slot;
+use crate::actors::supervisor::{
+    SpawnArgs, StorePlan, SubscriptionPlan, SupervisorActor, TreePlan,
+};
 use crate::batch::{BatchHandler, Batched};
 use crate::bus::{BusShared, EventBus};
 use crate::error::{Error, Result};
@@ -26,36 +24,9 @@ use crate::options::{
 };
 use crate::projection::{Projection, ProjectionHandler};
 use crate::stats::{BusCounters, HandlerCounters};
-use crate::storage::registry::{Kind, ResetHook, Resume, SubscriptionSpec};
+use crate::storage::backend;
+use crate::storage::registry::{Kind, ResetHook, SubscriptionSpec};
 use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig};
-
-/// What the bus needs to start the actors of one subscription.
-struct SpawnArgs {
-    counters: Arc<HandlerCounters>,
-    dead_letters: Arc<DeadLetters>,
-    supervisor: Addr<SupervisorActor>,
-    checkpoints: Option<Arc<CheckpointBoard>>,
-    storage: Option<Addr<StorageActor>>,
-    /// Where each handler actor resumes (durable bus).
-    resume: Resume,
-    /// The threads handler actors run on.
-    threads: Rc<HandlerThreads>,
-}
-
-/// The arbiters handler actors are spread over, in turn: one stream still maps to one actor,
-/// so per-stream order holds on any number of threads.
-struct HandlerThreads {
-    arbiters: Vec<actix_rt::ArbiterHandle>,
-    next: std::cell::Cell<usize>,
-}
-
-impl HandlerThreads {
-    fn next(&self) -> &actix_rt::ArbiterHandle {
-        let i = self.next.get();
-        self.next.set(i + 1);
-        &self.arbiters[i % self.arbiters.len()]
-    }
-}
 
 struct Subscription {
     name: Arc<str>,
@@ -417,10 +388,15 @@ impl BusBuilder {
         if let StoreConfig::Sqlite(options) = &mut self.store {
             self.sqlite.apply(options);
         }
-        let mut store = match &self.store {
+        let threads = match self.handler_threads {
+            Some(0) => return Err(Error::Config("handler_threads must be at least 1".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let store = match &self.store {
             StoreConfig::Memory => None,
             StoreConfig::Sqlite(options) => {
-                let specs = self
+                let specs: Vec<SubscriptionSpec> = self
                     .subscriptions
                     .iter_mut()
                     .map(|s| SubscriptionSpec {
@@ -432,139 +408,78 @@ impl BusBuilder {
                         reset: s.reset.take(),
                     })
                     .collect();
-                Some(OpenStore::start(options, specs)?)
+                let layouts = specs
+                    .iter()
+                    .map(|s| (s.name.clone(), s.partitions))
+                    .collect();
+                Some(StorePlan {
+                    opened: backend::open(options, specs)?,
+                    layouts,
+                    retention: options.retention,
+                    split_commits: options.durability == Durability::Normal,
+                })
             }
         };
-        let mut resumes = store
-            .as_mut()
-            .map(|st| std::mem::take(&mut st.resumes))
-            .unwrap_or_default()
-            .into_iter();
-        let durable_bus = store.is_some();
-        let reader = store.as_ref().map(|st| st.reader.clone());
-        let retention_every = match &self.store {
-            StoreConfig::Sqlite(o) if o.retention.is_enabled() => Some(o.retention.interval),
-            _ => None,
-        };
-        let split_commits = matches!(
-            &self.store,
-            StoreConfig::Sqlite(o) if o.durability == crate::storage::Durability::Normal
-        );
         let lifecycle = Arc::new(Lifecycle::default());
         let bus_counters = Arc::new(BusCounters::default());
-        let dead_letters = Arc::new(match &store {
-            Some(st) => {
-                DeadLetters::stored(Arc::clone(&st.board), st.storage.clone(), st.reader.clone())
-            }
-            None => DeadLetters::default(),
-        });
-        let (tx, rx) = mpsc::channel(self.intake_capacity);
         let policies = self
             .subscriptions
             .iter()
             .map(|s| (Arc::clone(&s.name), s.options.restart))
             .collect();
+        // The router takes at most this many intake items at once, so that no delivery is
+        // larger than the smallest mailbox.
+        let chunk = self
+            .subscriptions
+            .iter()
+            .map(|s| s.options.mailbox_capacity)
+            .min()
+            .unwrap_or(DEFAULT_MAILBOX_CAPACITY)
+            .min(self.intake_capacity);
         let mut handler_counters = Vec::new();
         let mut group_index = HashMap::new();
-        let mut router_addr = None;
-        let threads = match self.handler_threads {
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        if threads == 0 {
-            return Err(Error::Config("handler_threads must be at least 1".into()));
-        }
-        // One thread: the caller's arbiter, as before. More: threads with actix systems of
-        // their own, which the application's system stopping does not stop (a web server's
-        // signal handling would kill the handlers before `shutdown` drains them).
-        let mut handler_arbiters = Vec::new();
-        let mut arbiters = Vec::new();
-        if threads > 1 {
-            for i in 0..threads {
-                let (arbiter, thread) = ActorThread::spawn(&format!("actorbus-handlers-{i}"))
-                    .map_err(|e| Error::Config(format!("cannot start a handler thread: {e}")))?;
-                arbiters.push(arbiter);
-                handler_arbiters.push(thread);
-            }
-        } else {
-            arbiters.push(actix_rt::Arbiter::current());
-        }
-        let placement = Rc::new(HandlerThreads {
-            arbiters,
-            next: std::cell::Cell::new(0),
-        });
-
-        let supervisor = SupervisorActor::create(|ctx| {
-            let mut supervisor = SupervisorActor::new(policies, Arc::clone(&lifecycle));
-            let mut groups = Vec::new();
-            for (i, s) in self.subscriptions.into_iter().enumerate() {
+        let subscriptions = self
+            .subscriptions
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
                 let counters =
                     HandlerCounters::new(&s.name, &s.event_types.join(","), s.options.concurrency);
                 handler_counters.push(Arc::clone(&counters));
                 group_index.insert(s.name.to_string(), i);
-                let resume = resumes.next().unwrap_or_default();
-                let slots = (s.spawn)(SpawnArgs {
-                    counters: Arc::clone(&counters),
-                    dead_letters: Arc::clone(&dead_letters),
-                    supervisor: ctx.address(),
-                    checkpoints: store.as_ref().map(|st| Arc::clone(&st.board)),
-                    storage: store.as_ref().map(|st| st.storage.clone()),
-                    resume,
-                    threads: Rc::clone(&placement),
-                });
-                groups.push(Group {
-                    name: Arc::clone(&s.name),
+                SubscriptionPlan {
+                    name: s.name,
                     event_types: s.event_types.iter().map(|t| (*t).to_owned()).collect(),
-                    slots,
-                    capacity: s.options.mailbox_capacity,
+                    mailbox_capacity: s.options.mailbox_capacity,
                     counters,
-                });
-            }
-            // The router takes at most this many intake items at once, so that no delivery
-            // is larger than the smallest mailbox (a Many item may still be split per slot).
-            let chunk = groups
-                .iter()
-                .map(|g| g.capacity)
-                .min()
-                .unwrap_or(DEFAULT_MAILBOX_CAPACITY)
-                .min(self.intake_capacity);
-            let mut writer = None;
-            let durable = store.map(|st| {
-                writer = Some(st.thread);
-                Durable {
-                    storage: st.storage,
-                    reader: st.reader,
-                    head: st.head,
-                    retention_every,
-                    split_commits,
+                    spawn: s.spawn,
                 }
-            });
-            let router = RouterActor::new(
-                groups,
-                rx,
-                tx.clone(),
-                chunk,
-                Arc::clone(&bus_counters),
-                durable,
-            )
-            .start();
-            supervisor.own(router.clone(), writer, handler_arbiters);
-            router_addr = Some(router);
-            supervisor
-        });
-
+            })
+            .collect();
+        let durable = store.is_some();
+        let (tx, rx) = mpsc::channel(self.intake_capacity);
+        let tree = SupervisorActor::start_tree(TreePlan {
+            policies,
+            lifecycle: Arc::clone(&lifecycle),
+            counters: Arc::clone(&bus_counters),
+            intake: (tx.clone(), rx),
+            chunk,
+            handler_threads: threads,
+            store,
+            subscriptions,
+        })?;
         Ok(EventBus::from_shared(BusShared {
-            durable: durable_bus,
-            reader,
+            durable,
+            reader: tree.reader,
             intake: tx,
             intake_capacity: self.intake_capacity,
             lifecycle,
             counters: bus_counters,
             handlers: handler_counters,
             group_index,
-            dead_letters,
-            router: router_addr.expect("router started with the supervisor"),
-            supervisor,
+            dead_letters: tree.dead_letters,
+            router: tree.router,
+            supervisor: tree.supervisor,
         }))
     }
 }

@@ -11,12 +11,11 @@ use actix::prelude::*;
 
 use crate::actors::thread::ActorThread;
 use crate::storage::backend::{
-    self, LetterChange, LogWriter, ProjectError, ProjectionJob, Reader, Unit, UnitOutcome,
+    LetterChange, LogWriter, ProjectError, ProjectionJob, Unit, UnitOutcome,
 };
 use crate::storage::models::CheckpointRow;
 use crate::storage::queries::micros;
-use crate::storage::registry::{Resume, SubscriptionSpec};
-use crate::storage::SqliteOptions;
+use crate::storage::registry::Resume;
 use crate::storage::{Retention, StoreError};
 
 /// Append these units in one transaction, with the checkpoints advanced since the last commit.
@@ -309,58 +308,35 @@ impl Handler<FlushCheckpoints> for StorageActor {
     }
 }
 
-/// An opened store, its writer started.
-pub(crate) struct OpenStore {
-    /// The readers beside the writer (catch-up, dead letters, stream versions).
-    pub(crate) reader: Reader,
-    pub(crate) storage: Addr<StorageActor>,
-    /// The writer's thread (`actorbus-writer`), with an actix system of its own.
-    pub(crate) thread: ActorThread,
-    pub(crate) board: Arc<CheckpointBoard>,
-    pub(crate) head: u64,
-    /// Where the actors of each subscription resume, in the order given to [`start`](Self::start).
-    pub(crate) resumes: Vec<Resume>,
-}
-
-impl OpenStore {
-    /// Claims the store for this bus (one bus per store), opens it, registers `subscriptions`
-    /// (rebuilding the projections an operator asked to) and starts the writer.
+impl StorageActor {
+    /// Starts the writer of an opened store on a thread of its own (`actorbus-writer`),
+    /// with an actix system of its own. `layouts` are the (subscription, partitions) of this
+    /// bus, in the order of `resumes`.
     ///
     /// # Errors
-    /// As [`backend::open`]; [`StoreError::Io`] when the writer's thread cannot start.
-    pub(crate) fn start(
-        options: &SqliteOptions,
-        subscriptions: Vec<SubscriptionSpec>,
-    ) -> Result<Self, StoreError> {
-        let relayout: Vec<(String, usize)> = subscriptions
+    /// The thread cannot be started.
+    pub(crate) fn start_writer(
+        writer: Box<dyn LogWriter>,
+        layouts: Vec<(String, usize)>,
+        resumes: &[Resume],
+        retention: Retention,
+    ) -> std::io::Result<(Addr<Self>, ActorThread, Arc<CheckpointBoard>)> {
+        let relayouts = layouts
             .iter()
-            .map(|s| (s.name.clone(), s.partitions))
-            .collect();
-        let opened = backend::open(options, subscriptions)?;
-        let relayouts = relayout
-            .iter()
-            .zip(&opened.resumes)
+            .zip(resumes)
             .filter(|(_, r)| !r.older.is_empty())
             .map(|(s, _)| s.clone())
             .collect();
         let board = Arc::new(CheckpointBoard::default());
         let actor = StorageActor {
-            writer: opened.writer,
+            writer,
             board: Arc::clone(&board),
-            subscriptions: relayout,
+            subscriptions: layouts,
             relayouts,
-            retention: options.retention,
+            retention,
         };
-        let (arbiter, thread) =
-            ActorThread::spawn("actorbus-writer").map_err(|e| StoreError::io(&options.path, e))?;
+        let (arbiter, thread) = ActorThread::spawn("actorbus-writer")?;
         let storage = StorageActor::start_in_arbiter(&arbiter, move |_| actor);
-        Ok(OpenStore {
-            reader: opened.reader,
-            storage,
-            thread,
-            board,
-            head: opened.head,
-            resumes: opened.resumes,
-        })
+        Ok((storage, thread, board))
     }
 }

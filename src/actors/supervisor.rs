@@ -12,6 +12,9 @@ use crate::actors::thread::ActorThread;
 use crate::lifecycle::Lifecycle;
 use crate::policy::{Escalation, RestartPolicy};
 
+mod tree;
+pub(crate) use tree::{SpawnArgs, StorePlan, SubscriptionPlan, TreePlan};
+
 /// Sent by a handler actor whose handler panicked; answered with what to do.
 pub(crate) struct HandlerPanicked {
     pub(crate) handler: Arc<str>,
@@ -110,10 +113,7 @@ pub(crate) struct SupervisorActor {
 }
 
 impl SupervisorActor {
-    pub(crate) fn new(
-        policies: HashMap<Arc<str>, RestartPolicy>,
-        lifecycle: Arc<Lifecycle>,
-    ) -> Self {
+    fn new(policies: HashMap<Arc<str>, RestartPolicy>, lifecycle: Arc<Lifecycle>) -> Self {
         Self {
             policies,
             history: HashMap::new(),
@@ -127,7 +127,7 @@ impl SupervisorActor {
 
     /// Takes charge of the tree started in its context: the router (and through it the
     /// handler actors), the writer's thread, the handler threads.
-    pub(crate) fn own(
+    fn own(
         &mut self,
         router: Addr<RouterActor>,
         writer: Option<ActorThread>,
