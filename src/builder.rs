@@ -8,7 +8,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::actors::handler::{Factory, HandlerActor, HandlerSetup, Load, RunsEvents};
-use crate::actors::router::Slot;
+use crate::actors::router::Partition;
 use crate::actors::supervisor::{
     SpawnArgs, StorePlan, SubscriptionPlan, SupervisorActor, TreePlan,
 };
@@ -28,7 +28,7 @@ use crate::storage::backend;
 use crate::storage::registry::{Kind, ResetHook, SubscriptionSpec};
 use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig};
 
-struct Subscription {
+struct Registration {
     name: Arc<str>,
     event_types: &'static [&'static str],
     options: HandlerOptions,
@@ -36,7 +36,7 @@ struct Subscription {
     kind: Kind,
     /// A projection's read-model reset, where it has one.
     reset: Option<ResetHook>,
-    spawn: Box<dyn FnOnce(SpawnArgs) -> Vec<Slot>>,
+    spawn: Box<dyn FnOnce(SpawnArgs) -> Vec<Partition>>,
 }
 
 /// Builds an [`EventBus`]: `EventBus::builder()`, then one call per subscription, then
@@ -68,7 +68,7 @@ pub struct BusBuilder {
     /// SQLite settings given on the builder, applied to the store at `build` whatever the
     /// order of the calls (`.durability(..)` before or after `.sqlite(..)`).
     sqlite: SqliteSettings,
-    subscriptions: Vec<Subscription>,
+    subscriptions: Vec<Registration>,
 }
 
 /// The SQLite settings of [`BusBuilder`]'s own methods; `None`: the store's.
@@ -311,17 +311,17 @@ impl BusBuilder {
                 older: Arc::clone(&args.resume.older),
             };
             (0..options.concurrency)
-                .map(|index| {
-                    let seen = args.resume.own.get(index).copied().unwrap_or(0);
+                .map(|partition| {
+                    let seen = args.resume.own.get(partition).copied().unwrap_or(0);
                     let load = Arc::new(Load::default());
                     let addr = HandlerActor::<E, H>::start_on(
                         args.threads.next(),
                         setup.clone(),
-                        index,
+                        partition,
                         seen,
                         Arc::clone(&load),
                     );
-                    Slot {
+                    Partition {
                         deliver: addr.clone().recipient(),
                         control: addr.recipient(),
                         load,
@@ -330,7 +330,7 @@ impl BusBuilder {
                 })
                 .collect()
         };
-        self.subscriptions.push(Subscription {
+        self.subscriptions.push(Registration {
             name,
             event_types: E::EVENT_TYPES,
             options,
@@ -437,7 +437,7 @@ impl BusBuilder {
             .unwrap_or(DEFAULT_MAILBOX_CAPACITY)
             .min(self.intake_capacity);
         let mut handler_counters = Vec::new();
-        let mut group_index = HashMap::new();
+        let mut subscription_index = HashMap::new();
         let subscriptions = self
             .subscriptions
             .into_iter()
@@ -446,7 +446,7 @@ impl BusBuilder {
                 let counters =
                     HandlerCounters::new(&s.name, &s.event_types.join(","), s.options.concurrency);
                 handler_counters.push(Arc::clone(&counters));
-                group_index.insert(s.name.to_string(), i);
+                subscription_index.insert(s.name.to_string(), i);
                 SubscriptionPlan {
                     name: s.name,
                     event_types: s.event_types.iter().map(|t| (*t).to_owned()).collect(),
@@ -476,7 +476,7 @@ impl BusBuilder {
             lifecycle,
             counters: bus_counters,
             handlers: handler_counters,
-            group_index,
+            subscription_index,
             dead_letters: tree.dead_letters,
             router: tree.router,
             supervisor: tree.supervisor,

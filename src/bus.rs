@@ -30,7 +30,7 @@ pub(crate) struct BusShared {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) counters: Arc<BusCounters>,
     pub(crate) handlers: Vec<Arc<HandlerCounters>>,
-    pub(crate) group_index: HashMap<String, usize>,
+    pub(crate) subscription_index: HashMap<String, usize>,
     pub(crate) dead_letters: Arc<DeadLetters>,
     pub(crate) router: Addr<RouterActor>,
     pub(crate) supervisor: Addr<SupervisorActor>,
@@ -360,7 +360,7 @@ impl EventBus {
     /// # Errors
     /// [`Error::UnknownHandler`], or [`Error::Stopped`] after shutdown.
     pub async fn redrive(&self, handler: &str) -> Result<usize> {
-        let group = self
+        let subscription = self
             .check_handler(Some(handler))?
             .expect("a name was given");
         self.shared.lifecycle.check()?;
@@ -374,7 +374,10 @@ impl EventBus {
             .await;
         self.shared
             .router
-            .send(Redrive { group, records })
+            .send(Redrive {
+                subscription,
+                records,
+            })
             .await
             .map_err(|_| Error::Stopped)?;
         Ok(n)
@@ -394,7 +397,7 @@ impl EventBus {
             None => Ok(None),
             Some(name) => self
                 .shared
-                .group_index
+                .subscription_index
                 .get(name)
                 .copied()
                 .map(Some)

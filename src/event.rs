@@ -267,8 +267,9 @@ pub(crate) struct Record {
     pub(crate) encoded: Option<Arc<str>>,
     /// When `publish` accepted it: the start of the publish -> handled latency.
     pub(crate) published_at: Instant,
-    /// Stable hash of the stream id: picks the handler actor of a group.
-    pub(crate) partition: u64,
+    /// Stable hash of the stream id: `stream_hash % partitions` is the partition (handler
+    /// actor) of a subscription that receives it.
+    pub(crate) stream_hash: u64,
     /// The stored dead letter this record is a redrive of: delivered even where the
     /// checkpoint covers it, and the letter is deleted once handled.
     pub(crate) letter: Option<i64>,
@@ -301,7 +302,7 @@ impl Record {
     pub(crate) fn new<E: DomainEvent>(event: E, opts: PublishOptions) -> Self {
         let stream_id = event.stream_id();
         let event_type = event.event_type();
-        let partition = stable_hash(stream_id.as_bytes());
+        let stream_hash = stable_hash(stream_id.as_bytes());
         let occurred_at = SystemTime::now();
         let meta = Metadata {
             id: opts.event_id.unwrap_or_else(|| new_event_id(occurred_at)),
@@ -320,7 +321,7 @@ impl Record {
             payload: Payload::Typed(Arc::new(event), to_json::<E>),
             encoded: None,
             published_at: Instant::now(),
-            partition,
+            stream_hash,
             letter: None,
         }
     }
@@ -470,7 +471,7 @@ mod tests {
         assert_eq!(env.schema_version(), 3);
         assert_eq!(env.headers()["k"], "v");
         assert_eq!(env.id().get_version_num(), 7);
-        assert_eq!(r.partition, stable_hash(b"order-7"));
+        assert_eq!(r.stream_hash, stable_hash(b"order-7"));
     }
 
     #[test]

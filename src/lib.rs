@@ -3,23 +3,27 @@
 //! ```text
 //!   EventBus (cheap Clone handle: publish / try_publish / publish_all / shutdown / stats)
 //!        |  bounded intake
-//!   SupervisorActor ── owns everything below (router, handler threads, writer thread),
-//!        |            restarts panicked handlers with backoff; shutdown flows through it
+//!   SupervisorActor ── starts and owns everything below (the StorageActor on its writer
+//!        |            thread, the handler threads and actors, the router); restarts
+//!        |            panicked handlers with backoff; shutdown flows through it
 //!        |
 //!   RouterActor ── catch-up from checkpoints; each intake chunk -> StorageActor (one
-//!        |         transaction, the single SQLite writer; two in flight, answered in
-//!        |         order); event type -> subscriptions; stream hash -> handler actor
+//!        |         transaction through the store's LogWriter: the single writer; two in
+//!        |         flight, answered in order); event type -> subscriptions; stream hash
+//!        |         -> partition (handler actor)
 //!        |  Deliver batches (+ the watermark: delivered through position P). Durable bus:
 //!        |  do_send within each actor's buffer (its Load); an actor without room falls
-//!        |  behind and reads its events from the store until it is live again (lanes.rs);
-//!        |  in memory: send().await. Idle actors get the watermark alone every 200 ms
-//!   HandlerActor x concurrency per subscription ── your EventHandler or Projection,
-//!                  retries, dead letters, checkpoints (moved to P once handled)
+//!        |  behind and reads its events through the store's LogReader until it is live
+//!        |  again (lanes.rs); in memory: send().await. Idle actors get the watermark
+//!        |  alone every 200 ms
+//!   HandlerActor x concurrency (partitions) per subscription ── your EventHandler or
+//!                  Projection, retries, dead letters, checkpoints (moved to P once handled)
 //! ```
 //!
 //! On SQLite a bus holds `<store>.lock` (one bus per store) and registers its subscriptions
-//! at start (`subscriptions` table, a checkpoint row per actor and concurrency): see
-//! `storage/registry.rs` for how actors resume, also after a change of concurrency.
+//! at start (`subscriptions` table, a checkpoint row per partition and concurrency): see
+//! `storage/registry.rs` for how actors resume, also after a change of concurrency. The
+//! project's map is `ARCHITECTURE.md` at the repository root.
 //!
 //! A minimal bus, end to end:
 //!

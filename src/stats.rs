@@ -63,7 +63,7 @@ pub struct HandlerStats {
     pub name: String,
     /// The event type(s) it handles, comma-separated.
     pub event_type: String,
-    /// Handler actors in the group.
+    /// Handler actors (partitions) of the subscription.
     pub concurrency: usize,
     /// Events handed to its mailboxes.
     pub delivered: u64,

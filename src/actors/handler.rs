@@ -207,7 +207,7 @@ enum Outcome<H> {
 
 pub(crate) struct HandlerActor<E: DomainEvent, H: RunsEvents<E>> {
     setup: HandlerSetup<H>,
-    index: usize,
+    partition: usize,
     /// What the router gave this actor and it has not finished.
     load: Arc<Load>,
     /// `None` while a batch is being handled (the future owns it) or while parked. Boxed:
@@ -229,21 +229,21 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
     pub(crate) fn start_on(
         arbiter: &actix_rt::ArbiterHandle,
         setup: HandlerSetup<H>,
-        index: usize,
+        partition: usize,
         seen: u64,
         load: Arc<Load>,
     ) -> Addr<Self> {
-        Self::start_in_arbiter(arbiter, move |_| Self::new(setup, index, seen, load))
+        Self::start_in_arbiter(arbiter, move |_| Self::new(setup, partition, seen, load))
     }
 
-    fn new(setup: HandlerSetup<H>, index: usize, seen: u64, load: Arc<Load>) -> Self {
-        let (handler, start_panic) = match build_handler(&setup.factory, index) {
+    fn new(setup: HandlerSetup<H>, partition: usize, seen: u64, load: Arc<Load>) -> Self {
+        let (handler, start_panic) = match build_handler(&setup.factory, partition) {
             Ok(h) => (Some(h), None),
             Err(message) => (None, Some(message)),
         };
         Self {
             setup,
-            index,
+            partition,
             load,
             handler,
             parked: false,
@@ -292,7 +292,7 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
                 self.seen = position;
                 board.advance(
                     &self.setup.name,
-                    self.index,
+                    self.partition,
                     self.setup.partitions,
                     position,
                 );
@@ -321,12 +321,12 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
             level,
             "handler `{}` #{} panicked ({} time(s) so far; logged at the first and every 100th): {message}",
             self.setup.name,
-            self.index,
+            self.partition,
             self.panics
         );
         let ask = HandlerPanicked {
-            handler: Arc::clone(&self.setup.name),
-            index: self.index,
+            subscription: Arc::clone(&self.setup.name),
+            partition: self.partition,
         };
         ctx.wait(self.setup.supervisor.send(ask).into_actor(self).map(
             move |decision, act, ctx| match decision {
@@ -353,7 +353,7 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
                         "handler `{}` #{} panicked with its supervisor gone: stopping; its {} \
                          unhandled event(s) are handled again at the next start",
                         act.setup.name,
-                        act.index,
+                        act.partition,
                         pending.batch.len().saturating_sub(pending.at)
                     );
                     ctx.stop();
@@ -363,10 +363,14 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
     }
 
     fn restart(&mut self, pending: Pending, ctx: &mut Context<Self>) {
-        match build_handler(&self.setup.factory, self.index) {
+        match build_handler(&self.setup.factory, self.partition) {
             Ok(handler) => {
                 HandlerCounters::add(&self.setup.counters.restarts, 1);
-                log::info!("handler `{}` #{} restarted", self.setup.name, self.index);
+                log::info!(
+                    "handler `{}` #{} restarted",
+                    self.setup.name,
+                    self.partition
+                );
                 self.handler = Some(handler);
                 self.run(pending, ctx);
             }
@@ -380,7 +384,7 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
         log::error!(
             "handler `{}` #{} parked: {why}; its events go to the dead letters",
             self.setup.name,
-            self.index
+            self.partition
         );
         self.parked = true;
         self.handler = None;
@@ -440,7 +444,7 @@ impl<E: DomainEvent, H: RunsEvents<E>> Handler<Deliver> for HandlerActor<E, H> {
             r.letter.is_some()
                 || r.meta
                     .position
-                    .is_none_or(|p| !self.handled_before(r.partition, p))
+                    .is_none_or(|p| !self.handled_before(r.stream_hash, p))
         });
         HandlerCounters::add(
             &self.setup.counters.handled,

@@ -66,7 +66,7 @@ pub(crate) struct Durable {
 pub(crate) const CHECKPOINT_FLUSH: Duration = Duration::from_millis(200);
 
 /// One handler actor, as the router sees it.
-pub(crate) struct Slot {
+pub(crate) struct Partition {
     pub(crate) deliver: Recipient<Deliver>,
     pub(crate) control: Recipient<Control>,
     /// What it was given and has not finished (durable bus: at most its mailbox capacity).
@@ -76,20 +76,20 @@ pub(crate) struct Slot {
 }
 
 /// One subscription: its handler actors and its counters.
-pub(crate) struct Group {
+pub(crate) struct Subscription {
     pub(crate) name: Arc<str>,
     pub(crate) event_types: Vec<String>,
-    pub(crate) slots: Vec<Slot>,
+    pub(crate) partitions: Vec<Partition>,
     /// Most events in one delivery (so a mailbox never holds more than this waiting).
     pub(crate) capacity: usize,
     pub(crate) counters: Arc<HandlerCounters>,
 }
 
 pub(crate) struct RouterActor {
-    groups: Vec<Group>,
+    subscriptions: Vec<Subscription>,
     by_type: HashMap<String, Vec<usize>>,
-    /// Index of each group's first slot in a flat list of all slots (plus the total at the end).
-    slot_base: Vec<usize>,
+    /// Index of each subscription's first partition in a flat list of all partitions (plus the total at the end).
+    partition_base: Vec<usize>,
     counters: Arc<BusCounters>,
     intake: Option<(mpsc::Receiver<Intake>, usize)>,
     close: Option<mpsc::Sender<Intake>>,
@@ -103,7 +103,7 @@ pub(crate) struct RouterActor {
     /// Durable bus: every stored event up to here has been routed (to the live actors, or
     /// left in the store for those behind). Idle actors learn it from watermarks.
     delivered_through: u64,
-    /// Durable bus, per slot (flat index): live, or behind and reading the store.
+    /// Durable bus, per partition (flat index): live, or behind and reading the store.
     lanes: Vec<Lane>,
     /// Shutdown waits for every lane to be live again before it drains.
     drain_when_caught_up: bool,
@@ -114,7 +114,7 @@ pub(crate) struct RouterActor {
 impl RouterActor {
     /// `chunk` bounds how many intake items the router takes at once.
     pub(crate) fn new(
-        groups: Vec<Group>,
+        subscriptions: Vec<Subscription>,
         intake: mpsc::Receiver<Intake>,
         close: mpsc::Sender<Intake>,
         chunk: usize,
@@ -122,27 +122,27 @@ impl RouterActor {
         durable: Option<Durable>,
     ) -> Self {
         let mut by_type: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, g) in groups.iter().enumerate() {
+        for (i, g) in subscriptions.iter().enumerate() {
             for t in &g.event_types {
                 by_type.entry(t.clone()).or_default().push(i);
             }
         }
-        let mut slot_base = vec![0];
-        for g in &groups {
-            slot_base.push(slot_base.last().copied().unwrap_or(0) + g.slots.len());
+        let mut partition_base = vec![0];
+        for g in &subscriptions {
+            partition_base.push(partition_base.last().copied().unwrap_or(0) + g.partitions.len());
         }
         let delivered_through = durable.as_ref().map_or(0, |d| d.head);
         let lanes = match &durable {
-            Some(_) => groups
+            Some(_) => subscriptions
                 .iter()
-                .flat_map(|g| g.slots.iter().map(|s| Lane::behind(s.resume_after)))
+                .flat_map(|g| g.partitions.iter().map(|s| Lane::behind(s.resume_after)))
                 .collect(),
             None => Vec::new(),
         };
         Self {
-            groups,
+            subscriptions,
             by_type,
-            slot_base,
+            partition_base,
             counters,
             intake: Some((intake, chunk)),
             close: Some(close),
@@ -170,7 +170,7 @@ impl RouterActor {
         ctx.wait(actix::fut::wrap_future(delivery));
     }
 
-    /// Splits `records` by handler actor (flat slot index), in order, for the subscriptions
+    /// Splits `records` by handler actor (flat partition index), in order, for the subscriptions
     /// of their types (`only` one of them, if given).
     fn route(
         &mut self,
@@ -178,17 +178,17 @@ impl RouterActor {
         only: Option<usize>,
     ) -> Vec<Vec<Record>> {
         let mut batches: Vec<Vec<Record>> =
-            vec![Vec::new(); self.slot_base.last().copied().unwrap_or(0)];
+            vec![Vec::new(); self.partition_base.last().copied().unwrap_or(0)];
         let mut unrouted = 0u64;
         // Events mostly come in runs of one type: skip the map lookup for a repeat.
         let mut last: Option<(Cow<'static, str>, &[usize])> = None;
         for record in records {
-            let groups = match &last {
-                Some((t, groups)) if *t == record.meta.event_type => *groups,
+            let subscriptions = match &last {
+                Some((t, subscriptions)) if *t == record.meta.event_type => *subscriptions,
                 _ => match self.by_type.get(&*record.meta.event_type) {
-                    Some(groups) => {
-                        last = Some((record.meta.event_type.clone(), groups.as_slice()));
-                        groups.as_slice()
+                    Some(subscriptions) => {
+                        last = Some((record.meta.event_type.clone(), subscriptions.as_slice()));
+                        subscriptions.as_slice()
                     }
                     None => {
                         unrouted += 1;
@@ -196,10 +196,13 @@ impl RouterActor {
                     }
                 },
             };
-            for &g in groups.iter().filter(|g| only.is_none_or(|o| o == **g)) {
-                let slots = self.groups[g].slots.len() as u64;
-                let slot = self.slot_base[g] + (record.partition % slots) as usize;
-                batches[slot].push(record.clone());
+            for &g in subscriptions
+                .iter()
+                .filter(|g| only.is_none_or(|o| o == **g))
+            {
+                let partitions = self.subscriptions[g].partitions.len() as u64;
+                let partition = self.partition_base[g] + (record.stream_hash % partitions) as usize;
+                batches[partition].push(record.clone());
             }
         }
         if unrouted > 0 {
@@ -208,10 +211,10 @@ impl RouterActor {
         batches
     }
 
-    /// The flat slot index's (subscription, slot within it).
+    /// The flat partition index's (subscription, partition within it).
     fn locate(&self, flat: usize) -> (usize, usize) {
-        let g = self.slot_base.partition_point(|&base| base <= flat) - 1;
-        (g, flat - self.slot_base[g])
+        let g = self.partition_base.partition_point(|&base| base <= flat) - 1;
+        (g, flat - self.partition_base[g])
     }
 
     /// The future that hands `records` to the handler actors with `send().await`; done once
@@ -231,13 +234,13 @@ impl RouterActor {
             return async {}.boxed_local();
         }
         let sends = targets.into_iter().map(|(flat, records)| {
-            let (g, slot) = self.locate(flat);
-            let group = &self.groups[g];
-            HandlerCounters::add(&group.counters.delivered, records.len() as u64);
-            let recipient = group.slots[slot].deliver.clone();
-            let capacity = group.capacity;
+            let (g, partition) = self.locate(flat);
+            let subscription = &self.subscriptions[g];
+            HandlerCounters::add(&subscription.counters.delivered, records.len() as u64);
+            let recipient = subscription.partitions[partition].deliver.clone();
+            let capacity = subscription.capacity;
             async move {
-                // One slot's chunks go one after another: their order is the stream order.
+                // One partition's chunks go one after another: their order is the stream order.
                 let mut records = records;
                 while !records.is_empty() {
                     let rest = records.split_off(records.len().min(capacity));
@@ -346,17 +349,17 @@ impl RouterActor {
                     }
                 };
                 let mut deliveries = Vec::new();
-                for (g, group) in act.groups.iter().enumerate() {
+                for (g, subscription) in act.subscriptions.iter().enumerate() {
                     let records: Vec<Record> = letters
                         .iter()
-                        .filter(|letter| letter.handler_name() == &*group.name)
+                        .filter(|letter| letter.handler_name() == &*subscription.name)
                         .map(|letter| letter.record.clone())
                         .collect();
                     if !records.is_empty() {
                         log::info!(
                             "redriving {} dead letter(s) of `{}`",
                             records.len(),
-                            group.name
+                            subscription.name
                         );
                         deliveries.push((g, records));
                     }
@@ -413,9 +416,9 @@ impl RouterActor {
         // letters are written once all of them are done (so not a message earlier).
         self.watermarks(true);
         let controls: Vec<_> = self
-            .groups
+            .subscriptions
             .iter()
-            .flat_map(|g| g.slots.iter().map(|s| s.control.clone()))
+            .flat_map(|g| g.partitions.iter().map(|s| s.control.clone()))
             .collect();
         let storage = self.durable.as_ref().map(|d| d.storage.clone());
         let done = async move {
@@ -434,7 +437,7 @@ impl RouterActor {
                 for waiter in act.drain_waiters.drain(..) {
                     let _ = waiter.send(());
                 }
-                // Dropping the slots lets every handler actor stop and drop its handler.
+                // Dropping the partitions lets every handler actor stop and drop its handler.
                 ctx.stop();
             }),
         );
@@ -537,7 +540,7 @@ impl Handler<AwaitDrained> for RouterActor {
 
 /// Hand dead letters back to one subscription (after resuming its actors), in their order.
 pub(crate) struct Redrive {
-    pub(crate) group: usize,
+    pub(crate) subscription: usize,
     pub(crate) records: Vec<Record>,
 }
 
@@ -549,17 +552,17 @@ impl Handler<Redrive> for RouterActor {
     type Result = ();
 
     fn handle(&mut self, msg: Redrive, ctx: &mut Context<Self>) {
-        let Some(group) = self.groups.get(msg.group) else {
+        let Some(subscription) = self.subscriptions.get(msg.subscription) else {
             return;
         };
-        let resumes: Vec<_> = group
-            .slots
+        let resumes: Vec<_> = subscription
+            .partitions
             .iter()
             .map(|s| s.control.send(Control::Resume))
             .collect();
         ctx.wait(
             actix::fut::wrap_future(join_all(resumes)).map(move |_, act: &mut Self, ctx| {
-                act.deliver(msg.records.into_iter(), Some(msg.group), ctx)
+                act.deliver(msg.records.into_iter(), Some(msg.subscription), ctx)
             }),
         );
     }

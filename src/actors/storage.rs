@@ -60,7 +60,7 @@ impl CheckpointBoard {
 
     pub(crate) fn advance(
         &self,
-        handler: &Arc<str>,
+        subscription: &Arc<str>,
         partition: usize,
         partitions: usize,
         position: u64,
@@ -68,7 +68,7 @@ impl CheckpointBoard {
         let mut board = self.lock();
         let entry = board
             .dirty
-            .entry((Arc::clone(handler), partition as i32))
+            .entry((Arc::clone(subscription), partition as i32))
             .or_insert((partitions as i32, 0));
         entry.1 = entry.1.max(position as i64);
     }

@@ -17,8 +17,8 @@ pub(crate) use tree::{SpawnArgs, StorePlan, SubscriptionPlan, TreePlan};
 
 /// Sent by a handler actor whose handler panicked; answered with what to do.
 pub(crate) struct HandlerPanicked {
-    pub(crate) handler: Arc<str>,
-    pub(crate) index: usize,
+    pub(crate) subscription: Arc<str>,
+    pub(crate) partition: usize,
 }
 
 /// The supervisor's answer to [`HandlerPanicked`].
@@ -138,11 +138,16 @@ impl SupervisorActor {
         self.handler_threads = handler_threads;
     }
 
-    fn decide(&mut self, handler: &Arc<str>, index: usize, now: Instant) -> (Decision, u32) {
-        let policy = self.policies.get(handler).copied().unwrap_or_default();
+    fn decide(
+        &mut self,
+        subscription: &Arc<str>,
+        partition: usize,
+        now: Instant,
+    ) -> (Decision, u32) {
+        let policy = self.policies.get(subscription).copied().unwrap_or_default();
         let history = self
             .history
-            .entry((Arc::clone(handler), index))
+            .entry((Arc::clone(subscription), partition))
             .or_default();
         while history
             .front()
@@ -172,22 +177,22 @@ impl Handler<HandlerPanicked> for SupervisorActor {
     type Result = MessageResult<HandlerPanicked>;
 
     fn handle(&mut self, msg: HandlerPanicked, _ctx: &mut Context<Self>) -> Self::Result {
-        let (decision, n) = self.decide(&msg.handler, msg.index, Instant::now());
+        let (decision, n) = self.decide(&msg.subscription, msg.partition, Instant::now());
         match decision {
             Decision::Restart(delay) => log::debug!(
                 "restarting handler `{}` #{} in {delay:?} (restart {n} in window)",
-                msg.handler,
-                msg.index
+                msg.subscription,
+                msg.partition
             ),
             Decision::Park => log::error!(
                 "handler `{}` #{} spent its restart budget ({n}): parking it",
-                msg.handler,
-                msg.index
+                msg.subscription,
+                msg.partition
             ),
             Decision::StopBus => {
                 let reason = format!(
                     "handler `{}` #{} spent its restart budget ({n})",
-                    msg.handler, msg.index
+                    msg.subscription, msg.partition
                 );
                 log::error!("{reason}: stopping the bus");
                 self.lifecycle.halt(reason);
@@ -203,8 +208,8 @@ impl Handler<HandlerPanicked> for SupervisorActor {
 impl Handler<ResetBudget> for SupervisorActor {
     type Result = ();
 
-    fn handle(&mut self, ResetBudget(handler): ResetBudget, _ctx: &mut Context<Self>) {
-        self.history.retain(|(name, _), _| *name != handler);
+    fn handle(&mut self, ResetBudget(subscription): ResetBudget, _ctx: &mut Context<Self>) {
+        self.history.retain(|(name, _), _| *name != subscription);
     }
 }
 

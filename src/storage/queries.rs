@@ -173,13 +173,13 @@ impl StoredEvent {
             causation_id: uuid_at("causation_id"),
             headers,
         };
-        let partition = stable_hash(meta.stream_id.as_bytes());
+        let stream_hash = stable_hash(meta.stream_id.as_bytes());
         Record {
             meta: Arc::new(meta),
             payload,
             encoded: None,
             published_at: std::time::Instant::now(),
-            partition,
+            stream_hash,
             letter: None,
         }
     }

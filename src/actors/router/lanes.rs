@@ -89,22 +89,25 @@ impl RouterActor {
             if records.is_empty() {
                 continue;
             }
-            let (g, slot) = self.locate(flat);
-            let group = &self.groups[g];
-            let load = &group.slots[slot].load;
-            if load.queued() + records.len() > group.capacity {
+            let (g, partition) = self.locate(flat);
+            let subscription = &self.subscriptions[g];
+            let load = &subscription.partitions[partition].load;
+            if load.queued() + records.len() > subscription.capacity {
                 // No room: everything up to the previous commit was handed over; the rest
                 // it reads back from the store, at its own pace.
                 let after = before.max(skip_through).max(sent_through);
-                log::debug!("`{}` #{slot} falls behind at position {after}", group.name);
+                log::debug!(
+                    "`{}` #{partition} falls behind at position {after}",
+                    subscription.name
+                );
                 self.lanes[flat] = Lane::behind(after);
                 self.read_next_page(flat, ctx);
                 continue;
             }
-            HandlerCounters::add(&group.counters.delivered, records.len() as u64);
+            HandlerCounters::add(&subscription.counters.delivered, records.len() as u64);
             let units = records.len();
             load.add(units);
-            group.slots[slot].deliver.do_send(Deliver {
+            subscription.partitions[partition].deliver.do_send(Deliver {
                 records,
                 through: Some(through),
                 load: units,
@@ -130,8 +133,8 @@ impl RouterActor {
             else {
                 continue;
             };
-            let (g, slot) = self.locate(flat);
-            let target = &self.groups[g].slots[slot];
+            let (g, partition) = self.locate(flat);
+            let target = &self.subscriptions[g].partitions[partition];
             if sent_through >= through || (!always && target.load.queued() > 0) {
                 continue;
             }
@@ -163,11 +166,11 @@ impl RouterActor {
             after,
             reading: true,
         };
-        let (g, slot) = self.locate(flat);
-        let group = &self.groups[g];
-        let load = Arc::clone(&group.slots[slot].load);
-        let capacity = group.capacity;
-        let types = group.event_types.clone();
+        let (g, partition) = self.locate(flat);
+        let subscription = &self.subscriptions[g];
+        let load = Arc::clone(&subscription.partitions[partition].load);
+        let capacity = subscription.capacity;
+        let types = subscription.event_types.clone();
         let reader = durable.reader.clone();
         let page = async move {
             load.at_most(capacity / 2).await;
@@ -196,11 +199,11 @@ impl RouterActor {
         let (stored, head) = match read {
             Ok(page) => page,
             Err(e) => {
-                let (g, slot) = self.locate(flat);
+                let (g, partition) = self.locate(flat);
                 log::warn!(
-                    "`{}` #{slot}: reading its events after position {after} failed: {}; \
+                    "`{}` #{partition}: reading its events after position {after} failed: {}; \
                      retrying in {READ_RETRY:?}",
-                    self.groups[g].name,
+                    self.subscriptions[g].name,
                     crate::storage::error::chain(&e)
                 );
                 self.lanes[flat] = Lane::behind(after);
@@ -215,16 +218,16 @@ impl RouterActor {
             stored.last().and_then(|r| r.meta.position).unwrap_or(after)
         }
         .max(after);
-        let (g, slot) = self.locate(flat);
-        let group = &self.groups[g];
-        let slots = group.slots.len() as u64;
+        let (g, partition) = self.locate(flat);
+        let subscription = &self.subscriptions[g];
+        let partitions = subscription.partitions.len() as u64;
         let records: Vec<Record> = stored
             .into_iter()
-            .filter(|r| (r.partition % slots) as usize == slot)
+            .filter(|r| (r.stream_hash % partitions) as usize == partition)
             .collect();
-        HandlerCounters::add(&group.counters.delivered, records.len() as u64);
+        HandlerCounters::add(&subscription.counters.delivered, records.len() as u64);
         let units = records.len().max(1);
-        let target = &group.slots[slot];
+        let target = &subscription.partitions[partition];
         target.load.add(units);
         target.deliver.do_send(Deliver {
             records,

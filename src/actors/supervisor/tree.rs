@@ -10,7 +10,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::actors::letters::DeadLetters;
-use crate::actors::router::{Durable, Group, Intake, RouterActor, Slot};
+use crate::actors::router::{Durable, Intake, Partition, RouterActor, Subscription};
 use crate::actors::storage::{CheckpointBoard, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
 use crate::actors::thread::ActorThread;
@@ -54,7 +54,7 @@ pub(crate) struct SubscriptionPlan {
     pub(crate) event_types: Vec<String>,
     pub(crate) mailbox_capacity: usize,
     pub(crate) counters: Arc<HandlerCounters>,
-    pub(crate) spawn: Box<dyn FnOnce(SpawnArgs) -> Vec<Slot>>,
+    pub(crate) spawn: Box<dyn FnOnce(SpawnArgs) -> Vec<Partition>>,
 }
 
 /// What the handler actors of one subscription are started with.
@@ -149,10 +149,10 @@ impl SupervisorActor {
         let shared_letters = Arc::clone(&dead_letters);
         let supervisor = SupervisorActor::create(|ctx| {
             let mut supervisor = SupervisorActor::new(policies, lifecycle);
-            let groups: Vec<Group> = subscriptions
+            let subscriptions: Vec<Subscription> = subscriptions
                 .into_iter()
                 .map(|s| {
-                    let slots = (s.spawn)(SpawnArgs {
+                    let partitions = (s.spawn)(SpawnArgs {
                         counters: Arc::clone(&s.counters),
                         dead_letters: Arc::clone(&shared_letters),
                         supervisor: ctx.address(),
@@ -161,10 +161,10 @@ impl SupervisorActor {
                         resume: resumes.next().unwrap_or_default(),
                         threads: Rc::clone(&placement),
                     });
-                    Group {
+                    Subscription {
                         name: s.name,
                         event_types: s.event_types,
-                        slots,
+                        partitions,
                         capacity: s.mailbox_capacity,
                         counters: s.counters,
                     }
@@ -180,7 +180,7 @@ impl SupervisorActor {
                         split_commits,
                     },
                 );
-            let started = RouterActor::new(groups, rx, tx, chunk, counters, durable).start();
+            let started = RouterActor::new(subscriptions, rx, tx, chunk, counters, durable).start();
             supervisor.own(started.clone(), writer, threads);
             router = Some(started);
             supervisor
