@@ -1,17 +1,15 @@
 //! Throughput of the in-memory pipeline (publish -> router -> 4 counting handlers, timed
 //! until `shutdown` has drained) beside raw actix message passing to 4 bounded actors.
-//! The same measurement as `actorbus bench` (src/cli/bench.rs), with the same event shape.
+//! The same measurement as `actorbus bench` (src/cli/bench.rs), with the same event and
+//! handlers (`actorbus::baseline`).
 //!
 //! `cargo bench --bench pipeline`
 
-mod common;
-
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorbus::baseline::{check_all_seen, counting_bus, BenchEvent, Subscriptions};
 use actorbus::EventBus;
-use common::{counting_bus, BenchEvent};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 const EVENTS: u64 = 100_000;
@@ -22,29 +20,21 @@ const IN_FLIGHT: usize = 1024;
 
 /// Publishes `events` and waits for the drain; returns the time from first publish to drained.
 async fn actorbus_memory(events: u64) -> Duration {
-    let (bus, seen) = counting_bus(EventBus::builder(), HANDLERS);
+    let (bus, seen) =
+        counting_bus(EventBus::builder(), &Subscriptions::counting(HANDLERS)).expect("bus builds");
 
     let start = Instant::now();
     for seq in 0..events {
-        bus.publish(BenchEvent {
-            stream: seq % STREAMS,
-            seq,
-        })
-        .await
-        .expect("bus accepts events");
+        bus.publish(BenchEvent::nth(seq, STREAMS))
+            .await
+            .expect("bus accepts events");
     }
     bus.shutdown(Duration::from_secs(600))
         .await
         .expect("bus drains");
     let elapsed = start.elapsed();
 
-    for c in &seen {
-        assert_eq!(
-            c.load(Ordering::Relaxed),
-            events,
-            "every handler saw every event"
-        );
-    }
+    check_all_seen(&seen, events).expect("every handler saw every event");
     elapsed
 }
 

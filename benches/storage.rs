@@ -2,20 +2,20 @@
 //! handlers, timed until `shutdown` has drained and written the checkpoints) beside raw
 //! rusqlite writing the same rows into the same schema (`actorbus::baseline`), and the same
 //! event rows into one table whose UNIQUE (stream, version) index every insert keeps: one
-//! prepared INSERT, transactions of 1000, WAL and `synchronous=NORMAL`. The same measurement as `actorbus bench --mode sqlite`
-//! (src/cli/bench.rs), with the same event shape.
+//! prepared INSERT, transactions of 1000, WAL and `synchronous=NORMAL`. The same measurement
+//! as `actorbus bench --mode sqlite` (src/cli/bench.rs), with the same event, handlers and
+//! publishers (`actorbus::baseline`).
 //!
 //! `cargo bench --bench storage`
 
-mod common;
-
-use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actorbus::baseline::{
+    check_all_seen, counting_bus, publisher_share, BenchEvent, StreamIndex, Subscriptions,
+};
 use actorbus::{DomainEvent, EventBus};
-use common::{counting_bus, BenchEvent};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 const EVENTS: u64 = 20_000;
@@ -28,21 +28,22 @@ const BATCH: u64 = 1000;
 /// Publishes `EVENTS` from `PUBLISHERS` concurrent tasks into a fresh store at `db`; returns
 /// the time from the first publish until every event is handled and checkpointed.
 async fn actorbus_sqlite(db: &Path) -> Duration {
-    let (bus, seen) = counting_bus(EventBus::builder().sqlite(db), HANDLERS);
+    let (bus, seen) = counting_bus(
+        EventBus::builder().sqlite(db),
+        &Subscriptions::counting(HANDLERS),
+    )
+    .expect("bus builds");
 
     let start = Instant::now();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let bus = bus.clone();
-            let n = EVENTS / PUBLISHERS + u64::from(p < EVENTS % PUBLISHERS);
+            let n = publisher_share(EVENTS, PUBLISHERS, p);
             actix_rt::spawn(async move {
                 for i in 0..n {
-                    bus.publish(BenchEvent {
-                        stream: (p * 7919 + i) % STREAMS,
-                        seq: p + i * 1_000_000,
-                    })
-                    .await
-                    .expect("the store accepts the event");
+                    bus.publish(BenchEvent::of_publisher(p, i, STREAMS))
+                        .await
+                        .expect("the store accepts the event");
                 }
             })
         })
@@ -55,13 +56,7 @@ async fn actorbus_sqlite(db: &Path) -> Duration {
         .expect("bus drains");
     let elapsed = start.elapsed();
 
-    for c in &seen {
-        assert_eq!(
-            c.load(Ordering::Relaxed),
-            EVENTS,
-            "every handler saw every event"
-        );
-    }
+    check_all_seen(&seen, EVENTS).expect("every handler saw every event");
     elapsed
 }
 
@@ -79,7 +74,7 @@ fn create_schema(db: &Path) {
 /// A baseline ([`actorbus::baseline`]), `BATCH` rows per transaction: the same rows into the
 /// same schema (`Bulk`), or into one table with a per-insert stream index (`PerEvent`);
 /// returns the time to write them all.
-fn raw_rusqlite(db: &Path, index: actorbus::baseline::StreamIndex) -> Duration {
+fn raw_rusqlite(db: &Path, index: StreamIndex) -> Duration {
     let took = actorbus::baseline::raw_sqlite_inserts(
         db,
         &actorbus::baseline::RawInserts {
@@ -100,6 +95,13 @@ fn raw_rusqlite(db: &Path, index: actorbus::baseline::StreamIndex) -> Duration {
     took
 }
 
+/// A path for a new store in a fresh directory, deleted with the directory.
+fn fresh_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("bench.db");
+    (dir, db)
+}
+
 fn storage(c: &mut Criterion) {
     let mut group = c.benchmark_group("storage");
     group
@@ -116,9 +118,9 @@ fn storage(c: &mut Criterion) {
                 .map(|_| {
                     // A fresh store and a fresh system per iteration, both made outside the
                     // timed part.
-                    let dir = tempfile::tempdir().expect("temp dir");
+                    let (_dir, db) = fresh_db();
                     let system = System::new();
-                    system.block_on(actorbus_sqlite(&dir.path().join("bench.db")))
+                    system.block_on(actorbus_sqlite(&db))
                 })
                 .sum()
         })
@@ -127,10 +129,9 @@ fn storage(c: &mut Criterion) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| {
-                    let dir = tempfile::tempdir().expect("temp dir");
-                    let db = dir.path().join("bench.db");
+                    let (_dir, db) = fresh_db();
                     create_schema(&db);
-                    raw_rusqlite(&db, actorbus::baseline::StreamIndex::Bulk)
+                    raw_rusqlite(&db, StreamIndex::Bulk)
                 })
                 .sum()
         })
@@ -139,11 +140,8 @@ fn storage(c: &mut Criterion) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| {
-                    let dir = tempfile::tempdir().expect("temp dir");
-                    raw_rusqlite(
-                        &dir.path().join("bench.db"),
-                        actorbus::baseline::StreamIndex::PerEvent,
-                    )
+                    let (_dir, db) = fresh_db();
+                    raw_rusqlite(&db, StreamIndex::PerEvent)
                 })
                 .sum()
         })

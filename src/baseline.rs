@@ -1,21 +1,171 @@
-//! The baselines the benchmarks compare the bus against. [`raw_actix_send`]: plain actix
-//! message passing (`actorbus bench --mode memory`, `benches/pipeline.rs`). The raw-SQLite
-//! baselines of `actorbus bench --mode sqlite` and `benches/storage.rs`, with no actors: the rows the bus writes into the same tables,
+//! What the benchmarks measure with, and the baselines they compare the bus against. Both
+//! `actorbus bench` (src/cli/bench.rs) and benches/ use these, so that they measure the same
+//! thing: [`BenchEvent`], the counting subscriptions of [`counting_bus`], and how publishers
+//! share the events ([`publisher_share`], [`BenchEvent::of_publisher`]).
+//!
+//! [`raw_actix_send`]: plain actix message passing (`actorbus bench --mode memory`,
+//! `benches/pipeline.rs`). The raw-SQLite baselines of `actorbus bench --mode sqlite` and
+//! `benches/storage.rs`, with no actors: the rows the bus writes into the same tables,
 //! indexed the same way ([`StreamIndex::Bulk`]); or the same event rows into one table with
 //! a UNIQUE (stream, version) index, as a store built by hand would ([`StreamIndex::PerEvent`]).
 //! Not part of the API.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
 
 use crate::actors::router::CHECKPOINT_FLUSH;
 use crate::storage::queries::INDEXED_THROUGH;
 use crate::storage::writer::INDEX_TAIL_SQL;
 use crate::storage::Durability;
+use crate::{
+    BusBuilder, DomainEvent, Envelope, EventBus, EventHandler, HandlerError, HandlerOptions,
+};
+
+/// The benchmarks' event: a stream and a sequence number.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BenchEvent {
+    /// The stream, by number.
+    pub stream: u64,
+    /// Unique among the events of one run.
+    pub seq: u64,
+}
+
+impl DomainEvent for BenchEvent {
+    const EVENT_TYPE: &'static str = "bench.event";
+    fn stream_id(&self) -> String {
+        self.stream.to_string()
+    }
+}
+
+impl BenchEvent {
+    /// The `seq`-th event of a single publisher: streams in turn.
+    pub fn nth(seq: u64, streams: u64) -> Self {
+        Self {
+            stream: seq % streams,
+            seq,
+        }
+    }
+
+    /// The `i`-th event of publisher `p` of several: the publishers' streams spread apart
+    /// (a prime stride), their seqs distinct.
+    pub fn of_publisher(p: u64, i: u64, streams: u64) -> Self {
+        Self {
+            stream: (p * 7919 + i) % streams,
+            seq: p + i * 1_000_000,
+        }
+    }
+}
+
+/// How many of `events` publisher `p` of `publishers` publishes: an equal share, one more
+/// for each of the first `events % publishers`.
+pub fn publisher_share(events: u64, publishers: u64, p: u64) -> u64 {
+    events / publishers + u64::from(p < events % publishers)
+}
+
+/// The benchmarks' subscriptions: each a handler that counts the events it handled.
+#[derive(Debug, Clone, Copy)]
+pub struct Subscriptions {
+    /// How many, named `bench-0`, `bench-1`, ...
+    pub handlers: usize,
+    /// The options of each.
+    pub options: HandlerOptions,
+    /// Busy work per event in each handler.
+    pub work: Duration,
+    /// Share of attempts at which the first subscription fails (transiently: a retry may
+    /// succeed); the others never fail.
+    pub first_fail_rate: f64,
+}
+
+impl Subscriptions {
+    /// `handlers` subscriptions with default options that only count.
+    pub fn counting(handlers: usize) -> Self {
+        Self {
+            handlers,
+            options: HandlerOptions::new(),
+            work: Duration::ZERO,
+            first_fail_rate: 0.0,
+        }
+    }
+}
+
+/// A bus from `builder` with `subscriptions`; the counters tell what each handled.
+///
+/// # Errors
+/// The bus does not build.
+pub fn counting_bus(
+    mut builder: BusBuilder,
+    subscriptions: &Subscriptions,
+) -> crate::Result<(EventBus, Vec<Arc<AtomicU64>>)> {
+    let seen: Vec<Arc<AtomicU64>> = (0..subscriptions.handlers)
+        .map(|_| Arc::default())
+        .collect();
+    for (i, counter) in seen.iter().enumerate() {
+        let counter = Arc::clone(counter);
+        let work = subscriptions.work;
+        let fail_rate = if i == 0 {
+            subscriptions.first_fail_rate
+        } else {
+            0.0
+        };
+        builder = builder.handler_with(&format!("bench-{i}"), subscriptions.options, move || {
+            Counting {
+                seen: Arc::clone(&counter),
+                work,
+                fail_rate,
+            }
+        });
+    }
+    Ok((builder.build()?, seen))
+}
+
+/// Whether every counter of [`counting_bus`] reached `events`.
+///
+/// # Errors
+/// The first handler that saw fewer (or more), and how many it saw.
+pub fn check_all_seen(seen: &[Arc<AtomicU64>], events: u64) -> Result<(), String> {
+    for (i, c) in seen.iter().enumerate() {
+        let n = c.load(Ordering::Relaxed);
+        if n != events {
+            return Err(format!("handler {i} saw {n} of {events} events"));
+        }
+    }
+    Ok(())
+}
+
+/// Counts the events it handled, after `work` of busy work on each; fails `fail_rate` of
+/// its attempts.
+struct Counting {
+    seen: Arc<AtomicU64>,
+    work: Duration,
+    fail_rate: f64,
+}
+
+impl EventHandler<BenchEvent> for Counting {
+    async fn handle(&mut self, _e: &Envelope<BenchEvent>) -> Result<(), HandlerError> {
+        if !self.work.is_zero() {
+            spin(self.work);
+        }
+        if self.fail_rate > 0.0 && fastrand::f64() < self.fail_rate {
+            return Err("bench: a transient failure".into());
+        }
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Keeps the thread busy for `d`, as a handler doing real work would.
+fn spin(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
 
 /// How the baseline finds a stream's events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,8 @@
 //! load: the server stops, `bus.shutdown` drains, every checkpoint is written (lag 0), and the
 //! read model holds every stored order exactly once.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actorbus::Store;
+use common::TempStore;
 
 /// The example's binary, as `cargo build --example actix_web` makes it (in this test's
 /// profile): `cargo test --all-targets` builds examples only as tests.
@@ -57,8 +60,8 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> Option<u16> {
 
 #[test]
 fn sigterm_under_load_drains_the_bus_and_flushes_every_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("orders.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let mut child = Command::new(example())
         .args(["--db", db.to_str().unwrap(), "--addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -152,7 +155,7 @@ fn sigterm_under_load_drains_the_bus_and_flushes_every_checkpoint() {
     assert!(rest.contains("bus drained"), "{rest}\n{stderr}");
     assert!(!stderr.contains("stopped before shutdown"), "{stderr}");
 
-    let store = Store::open(&db).unwrap();
+    let store = Store::open(db).unwrap();
     let summary = store.summary().unwrap();
     let acknowledged = created.load(Ordering::SeqCst) as u64;
     assert!(

@@ -1,12 +1,16 @@
 //! An aggregate's events as one Rust enum: one subscription receives every variant, in
 //! per-stream order across variants, live and when replayed from the store.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actorbus::{handler_fn, DomainEvent, Envelope, EventBus, HandlerError, HandlerOptions};
+use common::TempStore;
 use serde::{Deserialize, Serialize};
 
+/// The aggregate under test: its events as one enum (so it stays here, not in tests/common).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Account {
     Opened { id: u32 },
@@ -104,13 +108,13 @@ async fn one_subscription_sees_every_variant_of_a_stream_in_order() {
 
 #[actix::test]
 async fn variants_are_stored_under_their_own_type_and_replayed_into_the_enum() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("accounts.db");
-    let bus = EventBus::builder().sqlite(&db).build().unwrap();
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    let bus = EventBus::builder().sqlite(db).build().unwrap();
     bus.publish_all(history(1)).await.unwrap();
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
         .prepare("SELECT event_type FROM events ORDER BY position")
         .unwrap();
@@ -131,7 +135,7 @@ async fn variants_are_stored_under_their_own_type_and_replayed_into_the_enum() {
 
     let seen: Seen = Arc::default();
     let bus = EventBus::builder()
-        .sqlite(&db)
+        .sqlite(db)
         .handler("ledger", recorder(&seen))
         .build()
         .unwrap();

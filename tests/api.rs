@@ -16,9 +16,9 @@ use common::*;
 
 #[actix::test]
 async fn store_settings_apply_whether_given_before_or_after_the_store() {
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = TempStore::new();
     for (name, before) in [("before.db", true), ("after.db", false)] {
-        let path = dir.path().join(name);
+        let path = tmp.file(name);
         let retention = Retention::max_age(Duration::ZERO).every(Duration::from_millis(10));
         let log = new_log();
         let mut builder = EventBus::builder();
@@ -52,10 +52,10 @@ async fn store_settings_apply_whether_given_before_or_after_the_store() {
 
 #[actix::test]
 async fn try_publish_with_keeps_a_chosen_id_once_and_refuses_an_expected_version() {
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = TempStore::new();
     let log = new_log();
     let bus = EventBus::builder()
-        .sqlite(dir.path().join("bus.db"))
+        .sqlite(tmp.path())
         .handler("recorder", RecordingHandler::factory(&log))
         .build()
         .unwrap();
@@ -76,10 +76,10 @@ async fn try_publish_with_keeps_a_chosen_id_once_and_refuses_an_expected_version
 
 #[actix::test]
 async fn a_streams_version_is_readable_before_publishing_against_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
-    let bus = recording_sqlite_bus(&path, &log);
+    let bus = recording_sqlite_bus(path, &log);
     assert_eq!(
         bus.stream_version("order-7").await.unwrap(),
         0,
@@ -99,7 +99,7 @@ async fn a_streams_version_is_readable_before_publishing_against_it() {
     .unwrap();
     drain(&bus).await;
     assert_eq!(
-        Store::open(&path)
+        Store::open(path)
             .unwrap()
             .stream_version("order-7")
             .unwrap(),
@@ -115,9 +115,9 @@ async fn a_streams_version_is_readable_before_publishing_against_it() {
 
 #[actix::test]
 async fn dead_letters_are_listed_in_pages_as_soon_as_they_are_counted() {
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = TempStore::new();
     let bus = EventBus::builder()
-        .sqlite(dir.path().join("bus.db"))
+        .sqlite(tmp.path())
         .handler_with("mailer", HandlerOptions::new().retry(fast_retry(1)), || {
             handler_fn(|_: &Envelope<OrderPlaced>| -> Result<(), HandlerError> {
                 Err("mail server down".into())
@@ -156,10 +156,10 @@ async fn dead_letters_are_listed_in_pages_as_soon_as_they_are_counted() {
 
 #[actix::test]
 async fn stats_and_summaries_serialize_to_the_json_an_endpoint_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
-    let bus = recording_sqlite_bus(&path, &log);
+    let bus = recording_sqlite_bus(path, &log);
     bus.publish(placed(1, 1)).await.unwrap();
     drain(&bus).await;
     let stats = serde_json::to_value(bus.stats()).unwrap();
@@ -170,9 +170,9 @@ async fn stats_and_summaries_serialize_to_the_json_an_endpoint_returns() {
         stats["handlers"][0]["latency"]["p99_us"].is_u64(),
         "{stats}"
     );
-    let summary = serde_json::to_value(Store::open(&path).unwrap().summary().unwrap()).unwrap();
+    let summary = serde_json::to_value(Store::open(path).unwrap().summary().unwrap()).unwrap();
     assert_eq!(summary["handlers"][0]["lag"], 0, "{summary}");
-    let events = Store::open(&path)
+    let events = Store::open(path)
         .unwrap()
         .events(&actorbus::EventFilter::all())
         .unwrap();
@@ -196,9 +196,9 @@ impl Projection<OrderPlaced> for Counted {
 
 #[actix::test]
 async fn a_projection_needs_no_diesel_dependency_of_its_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
-    Store::create(&path)
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    Store::create(path)
         .unwrap()
         .with_connection(|c| {
             diesel::sql_query("CREATE TABLE counted (n INTEGER NOT NULL)").execute(c)?;
@@ -206,7 +206,7 @@ async fn a_projection_needs_no_diesel_dependency_of_its_own() {
         })
         .unwrap();
     let bus = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .projection("counted", HandlerOptions::new(), || Counted)
         .build()
         .unwrap();
@@ -214,7 +214,7 @@ async fn a_projection_needs_no_diesel_dependency_of_its_own() {
         .await
         .unwrap();
     drain(&bus).await;
-    let n: i64 = Store::open(&path)
+    let n: i64 = Store::open(path)
         .unwrap()
         .with_connection(|c| {
             diesel::dsl::sql::<diesel::sql_types::BigInt>("SELECT n FROM counted").get_result(c)
@@ -308,12 +308,12 @@ impl actorbus::BatchHandler<OrderPlaced> for Bulk {
 
 #[actix::test]
 async fn a_batch_handler_gets_runs_in_order_and_its_failures_are_retried_then_dead_lettered() {
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = TempStore::new();
     let batches: std::sync::Arc<std::sync::Mutex<Vec<Vec<u64>>>> = Default::default();
     let fail_once_at = std::sync::Arc::new(std::sync::Mutex::new(Some(40)));
     let (b, f) = (batches.clone(), fail_once_at.clone());
     let bus = EventBus::builder()
-        .sqlite(dir.path().join("bus.db"))
+        .sqlite(tmp.path())
         .batch_handler_with(
             "bulk",
             HandlerOptions::new().retry(fast_retry(3)),

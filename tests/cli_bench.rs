@@ -7,8 +7,8 @@ use cli_support::*;
 
 #[test]
 fn sqlite_bench_leaves_a_consistent_store_and_reports_both_baselines() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bench.db");
+    let tmp = TempStore::named("bench.db");
+    let db = tmp.path();
     let out = ok(&[
         "bench",
         "--mode",
@@ -18,7 +18,7 @@ fn sqlite_bench_leaves_a_consistent_store_and_reports_both_baselines() {
         "--publishers",
         "16",
         "--db",
-        path(&db),
+        path(db),
         "--json",
     ]);
     let last = out.lines().last().expect("a summary");
@@ -41,15 +41,15 @@ fn sqlite_bench_leaves_a_consistent_store_and_reports_both_baselines() {
         );
     }
     // What the bench published is stored once, indexed, and checks out.
-    let stats = json(&["stats", "--db", path(&db), "--json"]);
+    let stats = json(&["stats", "--db", path(db), "--json"]);
     assert_eq!(stats["events"], 3000);
-    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+    assert_eq!(ok(&["check", "--db", path(db)]).trim(), "consistent");
 }
 
 #[test]
 fn sqlite_bench_with_a_failing_subscription_reports_its_publish_rate_beside_one_without() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bench.db");
+    let tmp = TempStore::named("bench.db");
+    let db = tmp.path();
     let out = ok(&[
         "bench",
         "--mode",
@@ -62,7 +62,7 @@ fn sqlite_bench_with_a_failing_subscription_reports_its_publish_rate_beside_one_
         "0.2",
         "--no-baseline",
         "--db",
-        path(&db),
+        path(db),
         "--json",
     ]);
     let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
@@ -75,7 +75,7 @@ fn sqlite_bench_with_a_failing_subscription_reports_its_publish_rate_beside_one_
     assert!(out.contains("failing 20% of its attempts"), "{out}");
     // The failing subscription retried until every event was handled: the store is drained
     // and consistent; the reference run left nothing behind.
-    let stats = json(&["stats", "--db", path(&db), "--json"]);
+    let stats = json(&["stats", "--db", path(db), "--json"]);
     assert_eq!(stats["events"], 2000);
     assert!(
         stats["handlers"]
@@ -85,8 +85,8 @@ fn sqlite_bench_with_a_failing_subscription_reports_its_publish_rate_beside_one_
             .all(|h| h["lag"] == 0 && h["dead_letters"] == 0),
         "{stats}"
     );
-    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
-    let mut left: Vec<_> = files(dir.path()).into_keys().collect();
+    assert_eq!(ok(&["check", "--db", path(db)]).trim(), "consistent");
+    let mut left: Vec<_> = files(tmp.dir()).into_keys().collect();
     left.sort();
     assert!(left.iter().all(|f| f.starts_with("bench.db")), "{left:?}");
 }
@@ -154,9 +154,9 @@ fn bench_caps_the_actors_and_publishers_it_starts() {
 
 #[test]
 fn bench_refuses_to_overwrite_a_baseline_file_it_did_not_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("mine.db");
-    let baseline = dir.path().join("mine.baseline.db");
+    let tmp = TempStore::named("mine.db");
+    let db = tmp.path();
+    let baseline = tmp.file("mine.baseline.db");
     std::fs::write(&baseline, "somebody's data").unwrap();
     let bench = |no_baseline: bool| {
         let mut args = vec![
@@ -166,7 +166,7 @@ fn bench_refuses_to_overwrite_a_baseline_file_it_did_not_write() {
             "--events",
             "200",
             "--db",
-            path(&db),
+            path(db),
         ];
         if no_baseline {
             args.push("--no-baseline");
@@ -176,7 +176,7 @@ fn bench_refuses_to_overwrite_a_baseline_file_it_did_not_write() {
     let msg = fails(&bench(false));
     assert!(msg.contains("mine.baseline.db"), "{msg}");
     assert_eq!(
-        files(dir.path()).keys().collect::<Vec<_>>(),
+        files(tmp.dir()).keys().collect::<Vec<_>>(),
         ["mine.baseline.db"]
     );
     assert_eq!(std::fs::read(&baseline).unwrap(), b"somebody's data");
@@ -187,7 +187,7 @@ fn bench_refuses_to_overwrite_a_baseline_file_it_did_not_write() {
     std::fs::remove_file(&baseline).unwrap();
     ok(&bench(false));
     assert!(!baseline.exists());
-    assert!(files(dir.path())
+    assert!(files(tmp.dir())
         .keys()
         .all(|name| name.starts_with("mine.db")));
     let help = help_for(&ok(&["bench", "--help"]), "--db");
@@ -196,18 +196,15 @@ fn bench_refuses_to_overwrite_a_baseline_file_it_did_not_write() {
 
 #[test]
 fn sqlite_bench_without_db_deletes_its_temporary_database() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = TempStore::new();
     for baseline in [true, false] {
         let mut args = vec!["bench", "--mode", "sqlite", "--events", "200"];
         if !baseline {
             args.push("--no-baseline");
         }
-        let run = output(command(&args).env("TMPDIR", tmp.path()));
+        let run = output(command(&args).env("TMPDIR", tmp.dir()));
         assert_eq!(run.code, Some(0), "{run:?}");
-        let left: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left = tmp.file_names();
         assert!(left.is_empty(), "{args:?} left {left:?} in the temp dir");
     }
 }

@@ -7,9 +7,9 @@ use cli_support::*;
 
 #[test]
 fn a_failing_demo_prints_one_line_unless_rust_log_asks_for_more() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("demo.db");
-    let db = path(&db);
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    let db = path(db);
     ok(&["demo", "--db", db, "--events", "300", "--quiet"]);
     // Another program makes every further append fail.
     rusqlite::Connection::open(db)

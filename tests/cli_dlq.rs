@@ -7,8 +7,9 @@ use cli_support::*;
 
 #[test]
 fn dlq_list_shows_each_handlers_dead_letters() {
-    let (_dir, db) = fixture();
-    let db = path(&db);
+    let tmp = fixture();
+    let db = tmp.path();
+    let db = path(db);
     let table = ok(&["dlq", "list", "--db", db]);
     let mut lines = table.lines();
     let header = lines.next().unwrap();
@@ -50,8 +51,9 @@ fn dlq_list_shows_each_handlers_dead_letters() {
 
 #[test]
 fn dlq_show_prints_everything_about_one_letter() {
-    let (_dir, db) = fixture();
-    let db = path(&db);
+    let tmp = fixture();
+    let db = tmp.path();
+    let db = path(db);
     let letters = json(&["dlq", "list", "--db", db, "--json"]);
     let id = letters[1]["id"].as_u64().unwrap().to_string();
 
@@ -74,13 +76,14 @@ fn dlq_show_prints_everything_about_one_letter() {
 
 #[test]
 fn dlq_redrive_hands_the_letters_back_when_a_bus_next_starts() {
-    let (_dir, db) = fixture();
-    let out = ok(&["dlq", "redrive", "--db", path(&db), "--handler", "picky"]);
+    let tmp = fixture();
+    let db = tmp.path();
+    let out = ok(&["dlq", "redrive", "--db", path(db), "--handler", "picky"]);
     assert_eq!(
         out,
         "2 dead letter(s) of picky will be redriven when the bus next starts\n"
     );
-    let letters = json(&["dlq", "list", "--db", path(&db), "--json"]);
+    let letters = json(&["dlq", "list", "--db", path(db), "--json"]);
     assert!(letters
         .as_array()
         .unwrap()
@@ -88,16 +91,16 @@ fn dlq_redrive_hands_the_letters_back_when_a_bus_next_starts() {
         .all(|l| l["redrive_requested"] == true));
 
     // "picky" is fixed now; its checkpoint is at the head, so only the letters come back.
-    let seen = run_bus_until(&db, "picky handles its two dead letters", |s| {
+    let seen = run_bus_until(db, "picky handles its two dead letters", |s| {
         s.picky().len() >= 2
     });
     assert_eq!(seen.picky(), vec![3, 7]);
     assert_eq!(seen.recorder(), Vec::<u64>::new());
     assert_eq!(
-        json(&["dlq", "list", "--db", path(&db), "--json"]),
+        json(&["dlq", "list", "--db", path(db), "--json"]),
         Value::Array(vec![])
     );
-    let stats = json(&["stats", "--db", path(&db), "--json"]);
+    let stats = json(&["stats", "--db", path(db), "--json"]);
     assert!(stats["handlers"]
         .as_array()
         .unwrap()
@@ -107,8 +110,9 @@ fn dlq_redrive_hands_the_letters_back_when_a_bus_next_starts() {
 
 #[test]
 fn dlq_redrive_without_a_handler_marks_every_handlers_letters() {
-    let (_dir, db) = fixture();
-    let out = ok(&["dlq", "redrive", "--db", path(&db)]);
+    let tmp = fixture();
+    let db = tmp.path();
+    let out = ok(&["dlq", "redrive", "--db", path(db)]);
     assert_eq!(
         out,
         "2 dead letter(s) of picky will be redriven when the bus next starts\n"
@@ -117,13 +121,14 @@ fn dlq_redrive_without_a_handler_marks_every_handlers_letters() {
 
 #[test]
 fn dlq_purge_wants_yes_then_reports_how_many_it_deleted() {
-    let (dir, db) = fixture();
-    let before = data_files(dir.path());
-    let refused = fails(&["dlq", "purge", "--db", path(&db), "--handler", "picky"]);
+    let tmp = fixture();
+    let db = tmp.path();
+    let before = data_files(tmp.dir());
+    let refused = fails(&["dlq", "purge", "--db", path(db), "--handler", "picky"]);
     assert!(refused.contains("--yes"), "{refused}");
-    assert_eq!(data_files(dir.path()), before);
+    assert_eq!(data_files(tmp.dir()), before);
     assert_eq!(
-        json(&["dlq", "list", "--db", path(&db), "--json"])
+        json(&["dlq", "list", "--db", path(db), "--json"])
             .as_array()
             .unwrap()
             .len(),
@@ -134,16 +139,16 @@ fn dlq_purge_wants_yes_then_reports_how_many_it_deleted() {
         "dlq",
         "purge",
         "--db",
-        path(&db),
+        path(db),
         "--handler",
         "picky",
         "--yes",
     ]);
     assert_eq!(out, "deleted 2 dead letter(s) of picky\n");
     assert_eq!(
-        json(&["dlq", "list", "--db", path(&db), "--json"]),
+        json(&["dlq", "list", "--db", path(db), "--json"]),
         Value::Array(vec![])
     );
-    let out = ok(&["dlq", "purge", "--db", path(&db), "--yes"]);
+    let out = ok(&["dlq", "purge", "--db", path(db), "--yes"]);
     assert_eq!(out, "deleted 0 dead letter(s) of every handler\n");
 }

@@ -7,8 +7,9 @@ use cli_support::*;
 
 #[test]
 fn events_list_prints_a_table_oldest_first_and_filters_it() {
-    let (_dir, db) = fixture();
-    let db = path(&db);
+    let tmp = fixture();
+    let db = tmp.path();
+    let db = path(db);
     let table = ok(&["events", "list", "--db", db]);
     let header = table.lines().next().unwrap();
     for column in [
@@ -45,8 +46,9 @@ fn events_list_prints_a_table_oldest_first_and_filters_it() {
 
 #[test]
 fn events_list_json_has_every_field_and_the_full_payload() {
-    let (_dir, db) = fixture();
-    let db = path(&db);
+    let tmp = fixture();
+    let db = tmp.path();
+    let db = path(db);
     let all = json(&["events", "list", "--db", db, "--json"]);
     let all = all.as_array().expect("an array of events");
     assert_eq!(all.len() as u64, EVENTS);
@@ -83,8 +85,9 @@ fn events_list_json_has_every_field_and_the_full_payload() {
 
 #[test]
 fn events_tail_prints_the_newest_events_oldest_first() {
-    let (_dir, db) = fixture();
-    let db = path(&db);
+    let tmp = fixture();
+    let db = tmp.path();
+    let db = path(db);
     let default = ok(&["events", "tail", "--db", db]);
     assert_eq!(positions(&default), (1..=EVENTS).collect::<Vec<_>>());
     let last = ok(&["events", "tail", "--db", db, "--limit", "3"]);
@@ -97,12 +100,13 @@ fn events_tail_prints_the_newest_events_oldest_first() {
 
 #[test]
 fn events_tail_follow_prints_events_stored_after_it_started() {
-    let (_dir, db) = fixture();
+    let tmp = fixture();
+    let db = tmp.path();
     let mut child = command(&[
         "events",
         "tail",
         "--db",
-        path(&db),
+        path(db),
         "--type",
         "order.placed",
         "--limit",
@@ -128,7 +132,7 @@ fn events_tail_follow_prints_events_stored_after_it_started() {
     assert_eq!(positions(&next()), vec![EVENTS]);
 
     actix::System::new().block_on(async {
-        let bus = EventBus::builder().sqlite(&db).build().unwrap();
+        let bus = EventBus::builder().sqlite(db).build().unwrap();
         bus.publish(NoteAdded {
             order: 2,
             text: "filtered out".into(),

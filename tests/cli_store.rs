@@ -7,11 +7,12 @@ use cli_support::*;
 
 #[test]
 fn replay_moves_the_checkpoint_and_the_next_bus_sees_every_event_again() {
-    let (_dir, db) = fixture();
-    let out = ok(&["replay", "--db", path(&db), "--handler", "recorder"]);
+    let tmp = fixture();
+    let db = tmp.path();
+    let out = ok(&["replay", "--db", path(db), "--handler", "recorder"]);
     assert!(out.contains(&format!("checkpoint {EVENTS} -> 0")), "{out}");
     assert!(out.contains("moved 1 checkpoint(s)"), "{out}");
-    let stats = json(&["stats", "--db", path(&db), "--json"]);
+    let stats = json(&["stats", "--db", path(db), "--json"]);
     let recorder = stats["handlers"]
         .as_array()
         .unwrap()
@@ -21,7 +22,7 @@ fn replay_moves_the_checkpoint_and_the_next_bus_sees_every_event_again() {
     assert_eq!(recorder["checkpoint"], 0);
     assert_eq!(recorder["lag"], EVENTS);
 
-    let seen = run_bus_until(&db, "recorder handles every event again", |s| {
+    let seen = run_bus_until(db, "recorder handles every event again", |s| {
         s.recorder().len() as u64 >= ORDERS
     });
     assert_eq!(seen.recorder(), (0..ORDERS).collect::<Vec<_>>());
@@ -31,7 +32,7 @@ fn replay_moves_the_checkpoint_and_the_next_bus_sees_every_event_again() {
     let out = ok(&[
         "replay",
         "--db",
-        path(&db),
+        path(db),
         "--handler",
         "recorder",
         "--from",
@@ -41,7 +42,7 @@ fn replay_moves_the_checkpoint_and_the_next_bus_sees_every_event_again() {
     let past = fails(&[
         "replay",
         "--db",
-        path(&db),
+        path(db),
         "--handler",
         "recorder",
         "--from",
@@ -52,8 +53,9 @@ fn replay_moves_the_checkpoint_and_the_next_bus_sees_every_event_again() {
 
 #[test]
 fn stats_reports_counts_checkpoints_lag_and_dead_letters() {
-    let (_dir, db) = fixture();
-    let stats = json(&["stats", "--db", path(&db), "--json"]);
+    let tmp = fixture();
+    let db = tmp.path();
+    let stats = json(&["stats", "--db", path(db), "--json"]);
     assert_eq!(stats["events"], EVENTS);
     assert_eq!(stats["streams"], 3);
     assert_eq!(stats["head"], EVENTS);
@@ -69,7 +71,7 @@ fn stats_reports_counts_checkpoints_lag_and_dead_letters() {
         assert_eq!(h["lag"], 0);
     }
 
-    let text = ok(&["stats", "--db", path(&db)]);
+    let text = ok(&["stats", "--db", path(db)]);
     assert!(text.contains(&format!("events   {EVENTS}")), "{text}");
     assert!(text.contains("streams  3"), "{text}");
     let header = text
@@ -88,15 +90,15 @@ fn stats_reports_counts_checkpoints_lag_and_dead_letters() {
 
 #[test]
 fn migrate_creates_a_store_and_is_idempotent() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("new.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let version = current_schema_version();
-    let out = ok(&["migrate", "--db", path(&db)]);
+    let out = ok(&["migrate", "--db", path(db)]);
     assert!(out.contains(&format!("schema version {version}")), "{out}");
     assert!(db.is_file());
-    let out = ok(&["migrate", "--db", path(&db)]);
+    let out = ok(&["migrate", "--db", path(db)]);
     assert!(out.contains(&format!("schema version {version}")), "{out}");
-    let stats = json(&["stats", "--db", path(&db), "--json"]);
+    let stats = json(&["stats", "--db", path(db), "--json"]);
     assert_eq!(
         (
             stats["events"].as_u64(),
@@ -105,7 +107,7 @@ fn migrate_creates_a_store_and_is_idempotent() {
         (Some(0), Some(0))
     );
 
-    let nowhere = dir.path().join("missing-dir").join("new.db");
+    let nowhere = tmp.file("missing-dir").join("new.db");
     let msg = fails(&["migrate", "--db", path(&nowhere)]);
     assert!(msg.contains("missing-dir"), "{msg}");
     assert!(!nowhere.parent().unwrap().exists());

@@ -40,9 +40,9 @@ fn every_subcommand_and_flag_has_help() {
 
 #[test]
 fn usage_errors_exit_with_code_2_and_create_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
-    let db = path(&db);
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    let db = path(db);
     usage_error(&["events", "list"]);
     usage_error(&["events", "list", "--db", db, "--limit", "many"]);
     usage_error(&["events", "tail", "--db", db, "--after", "3"]);
@@ -61,61 +61,62 @@ fn usage_errors_exit_with_code_2_and_create_nothing() {
     ]);
     usage_error(&["stats"]);
     usage_error(&["migrate"]);
-    assert!(files(dir.path()).is_empty());
+    assert!(files(tmp.dir()).is_empty());
 }
 
 #[test]
 fn a_missing_store_is_an_error_and_is_not_created() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("typo.db");
+    let tmp = TempStore::named("typo.db");
+    let db = tmp.path();
     for command in every_command() {
-        let msg = fails(&with_db(&command, path(&db)));
+        let msg = fails(&with_db(&command, path(db)));
         assert!(msg.contains("typo.db"), "{command:?}: {msg}");
-        assert!(files(dir.path()).is_empty(), "{command:?} created a file");
+        assert!(files(tmp.dir()).is_empty(), "{command:?} created a file");
     }
 }
 
 #[test]
 fn a_file_that_is_not_a_store_is_refused_and_left_as_it_was() {
-    let dir = tempfile::tempdir().unwrap();
-    let notes = dir.path().join("notes.txt");
-    std::fs::write(&notes, "these are my notes, not a database\n".repeat(200)).unwrap();
-    let empty = dir.path().join("empty.db");
+    let tmp = TempStore::named("notes.txt");
+    let notes = tmp.path();
+    std::fs::write(notes, "these are my notes, not a database\n".repeat(200)).unwrap();
+    let empty = tmp.file("empty.db");
     std::fs::write(&empty, "").unwrap();
-    let before = files(dir.path());
+    let before = files(tmp.dir());
     let mut commands = every_command();
     commands.push(vec!["migrate", "--db", "{db}"]);
     for command in &commands {
-        let msg = fails(&with_db(command, path(&notes)));
+        let msg = fails(&with_db(command, path(notes)));
         assert!(msg.contains("not a SQLite database"), "{command:?}: {msg}");
-        assert_eq!(files(dir.path()), before, "{command:?} changed a file");
+        assert_eq!(files(tmp.dir()), before, "{command:?} changed a file");
     }
     // An empty file would be taken for a new database: only `migrate` may write into it.
     for command in &commands[..commands.len() - 1] {
         let msg = fails(&with_db(command, path(&empty)));
         assert!(msg.contains("empty"), "{command:?}: {msg}");
-        assert_eq!(files(dir.path()), before, "{command:?} changed a file");
+        assert_eq!(files(tmp.dir()), before, "{command:?} changed a file");
     }
 }
 
 #[test]
 fn a_store_with_a_newer_schema_is_refused_and_left_as_it_was() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = newer_schema_store(dir.path());
-    let before = data_files(dir.path());
+    let tmp = newer_schema_store();
+    let db = tmp.path();
+    let before = data_files(tmp.dir());
     let mut commands = every_command();
     commands.push(vec!["migrate", "--db", "{db}"]);
     for command in &commands {
-        let msg = fails(&with_db(command, path(&db)));
+        let msg = fails(&with_db(command, path(db)));
         assert!(msg.contains("schema version 99"), "{command:?}: {msg}");
-        assert_eq!(data_files(dir.path()), before, "{command:?} changed a file");
+        assert_eq!(data_files(tmp.dir()), before, "{command:?} changed a file");
     }
 }
 
 #[test]
 fn an_unknown_handler_is_an_error_and_changes_nothing() {
-    let (dir, db) = fixture();
-    let before = data_files(dir.path());
+    let tmp = fixture();
+    let db = tmp.path();
+    let before = data_files(tmp.dir());
     let commands: &[&[&str]] = &[
         &["dlq", "list", "--handler", "shipper"],
         &["dlq", "list", "--handler", "shipper", "--json"],
@@ -127,14 +128,14 @@ fn an_unknown_handler_is_an_error_and_changes_nothing() {
     ];
     for command in commands {
         let mut args = command.to_vec();
-        args.extend(["--db", path(&db)]);
+        args.extend(["--db", path(db)]);
         let msg = fails(&args);
         assert!(
             msg.contains("no handler named `shipper`"),
             "{args:?}: {msg}"
         );
         assert!(msg.contains("picky, recorder"), "{args:?}: {msg}");
-        assert_eq!(data_files(dir.path()), before, "{args:?} changed a file");
+        assert_eq!(data_files(tmp.dir()), before, "{args:?} changed a file");
     }
 }
 
@@ -156,9 +157,10 @@ fn a_reader_that_closes_the_pipe_early_is_not_an_error() {
 
 #[test]
 fn positions_beyond_the_largest_sqlite_integer_are_usage_errors() {
-    let (dir, db) = fixture();
-    let db = path(&db);
-    let before = data_files(dir.path());
+    let tmp = fixture();
+    let db = tmp.path();
+    let db = path(db);
+    let before = data_files(tmp.dir());
     for position in ["9223372036854775808", "18446744073709551615"] {
         usage_error(&["events", "list", "--db", db, "--after", position]);
         usage_error(&[
@@ -171,7 +173,7 @@ fn positions_beyond_the_largest_sqlite_integer_are_usage_errors() {
             position,
         ]);
     }
-    assert_eq!(data_files(dir.path()), before);
+    assert_eq!(data_files(tmp.dir()), before);
     // The largest position there can be: nothing after it.
     let none = ok(&[
         "events",
@@ -195,9 +197,9 @@ fn positions_beyond_the_largest_sqlite_integer_are_usage_errors() {
 
 #[test]
 fn counts_and_rates_out_of_range_are_usage_errors_and_create_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bench.db");
-    let db = path(&db);
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    let db = path(db);
     for (option, value) in [
         ("--events", "0"),
         ("--handlers", "0"),
@@ -215,7 +217,7 @@ fn counts_and_rates_out_of_range_are_usage_errors_and_create_nothing() {
             assert!(msg.contains(option), "{msg}");
         }
     }
-    assert!(files(dir.path()).is_empty());
+    assert!(files(tmp.dir()).is_empty());
 
     let bench = ok(&["bench", "--help"]);
     for option in ["--events", "--streams", "--baseline-batch"] {

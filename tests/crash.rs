@@ -11,6 +11,8 @@
 //! variable), so that no extra binary is needed. `ACTORBUS_CRASH_KILLS` sets the number of
 //! kills (default 16; the campaign in the closing notes ran 150).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -24,6 +26,7 @@ use actorbus::{
     handler_fn, DomainEvent, Envelope, EventBus, HandlerError, HandlerOptions, Projection,
     Retention, Store,
 };
+use common::TempStore;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -49,6 +52,8 @@ const STREAMS: u32 = 16;
 /// Bounds a worker's progress; only reached when the test is already failing.
 const RUN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The worker's event, on one of `STREAMS` streams; `nonce` numbers the events of one worker
+/// run (specific to this campaign, so not in tests/common).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CrashEvent {
     stream: u32,
@@ -277,8 +282,8 @@ fn check_after_kill(db: &Path, run: usize, seed: u64) {
 
 #[test]
 fn acknowledged_events_survive_sigkill_and_handlers_resume_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut runs = Vec::new();
@@ -291,7 +296,7 @@ fn acknowledged_events_survive_sigkill_and_handlers_resume_in_order() {
         let lifetime = Duration::from_millis(rng.u64(10..700));
         let read_at = rng.bool().then(|| lifetime.mul_f64(rng.f64()));
         let mut readers = Vec::new();
-        let (mut child, paths) = spawn_worker(dir.path(), &db, run, false);
+        let (mut child, paths) = spawn_worker(tmp.dir(), db, run, false);
         let started = Instant::now();
         let deadline = started + RUN_DEADLINE;
         loop {
@@ -300,7 +305,7 @@ fn acknowledged_events_survive_sigkill_and_handlers_resume_in_order() {
                 break;
             }
             if read_at.is_some_and(|at| started.elapsed() >= at) && readers.is_empty() {
-                readers = operator_commands(&db);
+                readers = operator_commands(db);
                 operator_runs += 1;
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -324,11 +329,11 @@ fn acknowledged_events_survive_sigkill_and_handlers_resume_in_order() {
         for mut reader in readers {
             reader.wait().unwrap();
         }
-        check_after_kill(&db, run, seed);
+        check_after_kill(db, run, seed);
         runs.push(paths);
     }
 
-    let (mut child, paths) = spawn_worker(dir.path(), &db, killed, true);
+    let (mut child, paths) = spawn_worker(tmp.dir(), db, killed, true);
     let deadline = Instant::now() + RUN_DEADLINE;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -350,9 +355,9 @@ fn acknowledged_events_survive_sigkill_and_handlers_resume_in_order() {
         worker_output(&paths)
     );
     runs.push(paths);
-    check_after_kill(&db, killed, seed);
+    check_after_kill(db, killed, seed);
 
-    let summary = check_store(&db, &runs, seed);
+    let summary = check_store(db, &runs, seed);
     println!(
         "crash campaign (seed {seed}): {} runs ({killed} killed, {operator_runs} with stats/events/check \
          from other processes), {} events stored, {} deleted by retention, {} acked {:?}, \

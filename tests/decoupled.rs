@@ -74,10 +74,10 @@ fn per_stream(log: &Log) -> (std::collections::BTreeMap<String, Vec<u64>>, bool)
 
 #[actix::test]
 async fn a_stalled_handler_costs_publishers_and_other_subscriptions_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let permits = Arc::new(Semaphore::new(0));
-    let (bus, slow_log, fast_log) = metered_bus(&path, 16, &permits);
+    let (bus, slow_log, fast_log) = metered_bus(path, 16, &permits);
     // The slow subscription takes its first event and stalls on it.
     let mut slowest = Duration::ZERO;
     for seq in 1..=500 {
@@ -119,16 +119,16 @@ async fn a_stalled_handler_costs_publishers_and_other_subscriptions_nothing() {
         assert_eq!(seqs, &sorted, "{stream} out of order");
     }
     assert_eq!(streams.values().map(Vec::len).sum::<usize>(), 500);
-    let summary = Store::open(&path).unwrap().summary().unwrap();
+    let summary = Store::open(path).unwrap().summary().unwrap();
     assert!(summary.handlers.iter().all(|h| h.lag == 0), "{summary:?}");
 }
 
 #[actix::test]
 async fn a_handler_ten_times_slower_than_the_publishers_lags_then_catches_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let permits = Arc::new(Semaphore::new(0));
-    let (bus, slow_log, fast_log) = metered_bus(&path, 8, &permits);
+    let (bus, slow_log, fast_log) = metered_bus(path, 8, &permits);
     let mut most_behind = 0;
     for seq in 1..=2000u64 {
         bus.publish(placed(seq % 13, seq)).await.unwrap();
@@ -174,11 +174,11 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn run_steps(capacity: usize, steps: &[Step]) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     actix::System::new().block_on(async {
         let permits = Arc::new(Semaphore::new(0));
-        let (bus, slow_log, fast_log) = metered_bus(&path, capacity, &permits);
+        let (bus, slow_log, fast_log) = metered_bus(path, capacity, &permits);
         let mut seq = 0u64;
         let published: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
         for step in steps {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::stored_events;
+use common::{stored_events, TempStore};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,8 @@ fn actorbus(args: &[&str]) -> Output {
 
 #[test]
 fn the_demo_completes_with_no_ordering_violation_and_a_consistent_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("demo.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let db_arg = db.to_str().unwrap();
     let out = actorbus(&["demo", "--db", db_arg, "--events", "3000", "--quiet"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -33,7 +33,7 @@ fn the_demo_completes_with_no_ordering_violation_and_a_consistent_store() {
         stdout.contains("events in store       3000 of 3000"),
         "{stdout}"
     );
-    assert_eq!(stored_events(&db), 3000);
+    assert_eq!(stored_events(db), 3000);
 
     let check = actorbus(&["check", "--db", db_arg]);
     assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "consistent");
@@ -42,13 +42,13 @@ fn the_demo_completes_with_no_ordering_violation_and_a_consistent_store() {
     // Running it again on a complete store adds nothing.
     let again = actorbus(&["demo", "--db", db_arg, "--events", "3000", "--quiet"]);
     assert!(again.status.success());
-    assert_eq!(stored_events(&db), 3000);
+    assert_eq!(stored_events(db), 3000);
 }
 
 #[test]
 fn a_demo_killed_twice_resumes_to_exactly_the_requested_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("demo.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let db_arg = db.to_str().unwrap();
     let total = 20_000;
     for kill_after in [2_000, 9_000] {
@@ -66,7 +66,7 @@ fn a_demo_killed_twice_resumes_to_exactly_the_requested_events() {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while stored_events(&db) < kill_after {
+        while stored_events(db) < kill_after {
             assert!(Instant::now() < deadline, "the demo made no progress");
             assert!(
                 child.try_wait().unwrap().is_none(),
@@ -76,7 +76,7 @@ fn a_demo_killed_twice_resumes_to_exactly_the_requested_events() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let n = stored_events(&db);
+        let n = stored_events(db);
         assert!(n >= kill_after && n < total, "{n}");
     }
     let out = actorbus(&[
@@ -95,7 +95,7 @@ fn a_demo_killed_twice_resumes_to_exactly_the_requested_events() {
     );
     assert!(stdout.contains("resuming:"), "{stdout}");
     assert!(stdout.contains("ordering violations   0"), "{stdout}");
-    assert_eq!(stored_events(&db), total);
+    assert_eq!(stored_events(db), total);
 
     let check = actorbus(&["check", "--db", db_arg]);
     assert_eq!(
@@ -108,20 +108,20 @@ fn a_demo_killed_twice_resumes_to_exactly_the_requested_events() {
 
 #[test]
 fn the_demo_refuses_a_store_that_is_not_one_and_leaves_it_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notes.txt");
-    std::fs::write(&path, "not a database").unwrap();
+    let tmp = TempStore::named("notes.txt");
+    let path = tmp.path();
+    std::fs::write(path, "not a database").unwrap();
     let out = actorbus(&["demo", "--db", path.to_str().unwrap(), "--events", "10"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a database");
+    assert_eq!(std::fs::read_to_string(path).unwrap(), "not a database");
 }
 
 #[test]
 fn check_beside_a_running_demo_finds_the_store_consistent_every_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("demo.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let db_arg = db.to_str().unwrap();
     let mut child = Command::new(BIN)
         .args(["demo", "--db", db_arg, "--events", "2000000", "--quiet"])
@@ -136,7 +136,7 @@ fn check_beside_a_running_demo_finds_the_store_consistent_every_time() {
     while checks < 8 {
         assert!(Instant::now() < deadline, "the demo made no progress");
         assert!(child.try_wait().unwrap().is_none(), "the demo ended early");
-        let now = stored_events(&db);
+        let now = stored_events(db);
         if now <= last_seen || now < 1000 {
             std::thread::sleep(Duration::from_millis(5));
             continue;

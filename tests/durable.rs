@@ -1,27 +1,15 @@
 //! The SQLite store: acknowledged events survive a restart, handlers resume from their
 //! checkpoints, optimistic concurrency and idempotent ids, foreign files refused.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use actorbus::{
-    handler_fn, DomainEvent, Envelope, Error, EventBus, HandlerError, HandlerOptions,
-    PublishOptions, StartFrom, StoreError,
+    handler_fn, Envelope, Error, EventBus, HandlerError, HandlerOptions, PublishOptions, StartFrom,
+    StoreError,
 };
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Deposited {
-    account: u32,
-    seq: u64,
-}
-
-impl DomainEvent for Deposited {
-    const EVENT_TYPE: &'static str = "account.deposited";
-    fn stream_id(&self) -> String {
-        format!("account-{}", self.account)
-    }
-}
+use common::{Deposited, TempStore, DRAIN};
 
 type Seen = Arc<Mutex<Vec<(String, u64, Option<u64>, Option<u64>)>>>;
 
@@ -50,14 +38,12 @@ fn recording_bus(
         .expect("bus builds")
 }
 
-const T: Duration = Duration::from_secs(10);
-
 #[actix::test]
 async fn acknowledged_events_survive_a_restart_and_handlers_resume_from_their_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let first: Seen = Arc::default();
-    let bus = recording_bus(&db, "ledger", &first, HandlerOptions::new().concurrency(2));
+    let bus = recording_bus(db, "ledger", &first, HandlerOptions::new().concurrency(2));
     for seq in 0..50 {
         let receipt = bus
             .publish(Deposited {
@@ -69,27 +55,27 @@ async fn acknowledged_events_survive_a_restart_and_handlers_resume_from_their_ch
         assert_eq!(receipt.position, Some(seq + 1));
         assert_eq!(receipt.stream_version, Some(seq / 5 + 1));
     }
-    bus.shutdown(T).await.unwrap();
+    bus.shutdown(DRAIN).await.unwrap();
     assert_eq!(first.lock().unwrap().len(), 50);
 
     // Restart: the old handler has nothing to redo; new events reach it once.
     let second: Seen = Arc::default();
-    let bus = recording_bus(&db, "ledger", &second, HandlerOptions::new().concurrency(2));
+    let bus = recording_bus(db, "ledger", &second, HandlerOptions::new().concurrency(2));
     bus.publish(Deposited {
         account: 1,
         seq: 50,
     })
     .await
     .unwrap();
-    bus.shutdown(T).await.unwrap();
+    bus.shutdown(DRAIN).await.unwrap();
     let second = second.lock().unwrap().clone();
     assert_eq!(second.len(), 1, "{second:?}");
     assert_eq!(second[0].2, Some(51));
 
     // A new subscription starting from the beginning replays all 51, in per-stream order.
     let fresh: Seen = Arc::default();
-    let bus = recording_bus(&db, "audit", &fresh, HandlerOptions::new().concurrency(3));
-    bus.shutdown(T).await.unwrap();
+    let bus = recording_bus(db, "audit", &fresh, HandlerOptions::new().concurrency(3));
+    bus.shutdown(DRAIN).await.unwrap();
     let fresh = fresh.lock().unwrap().clone();
     assert_eq!(fresh.len(), 51);
     for account in 0..5 {
@@ -106,18 +92,18 @@ async fn acknowledged_events_survive_a_restart_and_handlers_resume_from_their_ch
 
 #[actix::test]
 async fn a_new_subscription_can_start_from_now() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let seen: Seen = Arc::default();
-    let bus = recording_bus(&db, "a", &seen, HandlerOptions::new());
+    let bus = recording_bus(db, "a", &seen, HandlerOptions::new());
     bus.publish_all((0..10).map(|seq| Deposited { account: 1, seq }))
         .await
         .unwrap();
-    bus.shutdown(T).await.unwrap();
+    bus.shutdown(DRAIN).await.unwrap();
 
     let late: Seen = Arc::default();
     let bus = recording_bus(
-        &db,
+        db,
         "late",
         &late,
         HandlerOptions::new().start_from(StartFrom::Now),
@@ -128,17 +114,17 @@ async fn a_new_subscription_can_start_from_now() {
     })
     .await
     .unwrap();
-    bus.shutdown(T).await.unwrap();
+    bus.shutdown(DRAIN).await.unwrap();
     let late = late.lock().unwrap().clone();
     assert_eq!(late.iter().map(|s| s.1).collect::<Vec<_>>(), vec![10]);
 }
 
 #[actix::test]
 async fn expected_version_mismatch_is_a_conflict_and_stores_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let seen: Seen = Arc::default();
-    let bus = recording_bus(&db, "a", &seen, HandlerOptions::new());
+    let bus = recording_bus(db, "a", &seen, HandlerOptions::new());
     let new_stream = PublishOptions::new().expected_version(0);
     bus.publish_with(Deposited { account: 9, seq: 0 }, new_stream.clone())
         .await
@@ -166,7 +152,7 @@ async fn expected_version_mismatch_is_a_conflict_and_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(ok.stream_version, Some(2));
-    bus.shutdown(T).await.unwrap();
+    bus.shutdown(DRAIN).await.unwrap();
     assert_eq!(
         seen.lock().unwrap().iter().map(|s| s.1).collect::<Vec<_>>(),
         vec![0, 1]
@@ -175,10 +161,10 @@ async fn expected_version_mismatch_is_a_conflict_and_stores_nothing() {
 
 #[actix::test]
 async fn publishing_an_event_id_again_does_not_store_it_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let seen: Seen = Arc::default();
-    let bus = recording_bus(&db, "a", &seen, HandlerOptions::new());
+    let bus = recording_bus(db, "a", &seen, HandlerOptions::new());
     let id = uuid::Uuid::now_v7();
     let first = bus
         .publish_with(
@@ -195,31 +181,26 @@ async fn publishing_an_event_id_again_does_not_store_it_twice() {
         .await
         .unwrap();
     assert_eq!(first, again);
-    bus.shutdown(T).await.unwrap();
+    bus.shutdown(DRAIN).await.unwrap();
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
 #[actix::test]
 async fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notes.txt");
+    let tmp = TempStore::named("notes.txt");
+    let path = tmp.path();
     let content = b"these are my notes, not a database\n".repeat(100);
-    std::fs::write(&path, &content).unwrap();
-    let err = EventBus::builder().sqlite(&path).build().unwrap_err();
+    std::fs::write(path, &content).unwrap();
+    let err = EventBus::builder().sqlite(path).build().unwrap_err();
     assert!(
         matches!(err, Error::Store(StoreError::NotADatabase { .. })),
         "{err}"
     );
     assert!(!err.to_string().contains('\n'));
-    assert_eq!(std::fs::read(&path).unwrap(), content);
-    let mut names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
+    assert_eq!(std::fs::read(path).unwrap(), content);
     assert_eq!(
-        names,
-        vec![std::ffi::OsString::from("notes.txt")],
+        tmp.file_names(),
+        vec!["notes.txt"],
         "no -wal or -shm files left"
     );
 }

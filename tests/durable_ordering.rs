@@ -11,9 +11,12 @@ use std::sync::{Arc, Mutex};
 use actorbus::{
     handler_fn, DomainEvent, Durability, Envelope, EventBus, HandlerError, HandlerOptions,
 };
+use common::{TempStore, DRAIN};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// An event that names its publisher and that publisher's seq, so that each stream's order
+/// can be checked against each publisher's (specific to this file, so not in tests/common).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Moved {
     stream: u64,
@@ -38,13 +41,13 @@ fn run_case(
     concurrency: usize,
     durability: Durability,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let seen: Seen = Arc::default();
     actix::System::new().block_on(async {
         let log = Arc::clone(&seen);
         let bus = EventBus::builder()
-            .sqlite(&db)
+            .sqlite(db)
             .durability(durability)
             .intake_capacity(16)
             .handler_with(
@@ -105,7 +108,7 @@ fn run_case(
                 "stream {stream}: versions 1..n, each once"
             );
         }
-        bus.shutdown(common::DRAIN).await.unwrap();
+        bus.shutdown(DRAIN).await.unwrap();
     });
 
     let seen = seen.lock().unwrap();

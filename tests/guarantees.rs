@@ -17,10 +17,6 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 use serde::{Deserialize, Serialize};
 
-fn store_in(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("bus.db")
-}
-
 /// Polls `cond` every few milliseconds, letting the actors run; fails after ten seconds.
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..2000 {
@@ -68,17 +64,17 @@ async fn publish_round(bus: &EventBus, streams: u64, events: u64, seq_from: u64)
 // Case 1.
 #[actix::test]
 async fn retention_never_reuses_a_position_and_the_next_event_is_handled() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
     let bus = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .retention(Retention::max_age(Duration::ZERO).every(Duration::from_millis(20)))
         .handler("recorder", RecordingHandler::factory(&log))
         .build()
         .unwrap();
     publish_round(&bus, 3, 10, 1).await;
-    let store = Store::open(&path).unwrap();
+    let store = Store::open(path).unwrap();
     wait_until("retention deleted all 10 events", || {
         store.summary().unwrap().events == 0
     })
@@ -111,37 +107,37 @@ async fn retention_never_reuses_a_position_and_the_next_event_is_handled() {
 // Case 2.
 #[actix::test]
 async fn a_restart_with_the_same_concurrency_applies_each_event_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
-    create_with_read_model(&path);
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_with_read_model(path);
     for round in 0..3 {
-        let bus = projection_bus(&path, 4);
+        let bus = projection_bus(path, 4);
         // Two streams: two of the four actors never get an event.
         publish_round(&bus, 2, 10, round * 10).await;
         drain(&bus).await;
     }
-    assert_eq!(applications(&path), (30, 30));
+    assert_eq!(applications(path), (30, 30));
 }
 
 // Case 3.
 #[actix::test]
 async fn changing_the_concurrency_applies_each_event_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
-    create_with_read_model(&path);
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_with_read_model(path);
     let mut total = 0;
     for (round, concurrency) in [4, 2, 3, 1, 4].into_iter().enumerate() {
-        let bus = projection_bus(&path, concurrency);
+        let bus = projection_bus(path, concurrency);
         publish_round(&bus, 7, 100, round as u64 * 100).await;
         total += 100;
         drain(&bus).await;
         assert_eq!(
-            applications(&path),
+            applications(path),
             (total, total),
             "after concurrency {concurrency}"
         );
     }
-    let store = Store::open(&path).unwrap();
+    let store = Store::open(path).unwrap();
     let layouts: Vec<u32> = store
         .checkpoints()
         .unwrap()
@@ -185,15 +181,15 @@ fn rare_and_busy(path: &Path, retention: Retention, log: &Log) -> EventBus {
 // Case 4.
 #[actix::test]
 async fn idle_actors_and_a_rare_subscription_do_not_hold_retention_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
     let retention = Retention::keep_last(0).every(Duration::from_millis(20));
-    let bus = rare_and_busy(&path, retention, &log);
+    let bus = rare_and_busy(path, retention, &log);
     bus.publish(StoreOpened).await.unwrap();
     // One stream: three of the busy subscription's four actors stay idle.
     publish_round(&bus, 1, 100, 1).await;
-    let store = Store::open(&path).unwrap();
+    let store = Store::open(path).unwrap();
     wait_until("retention deleted every processed event", || {
         store.summary().unwrap().events == 0
     })
@@ -205,14 +201,14 @@ async fn idle_actors_and_a_rare_subscription_do_not_hold_retention_back() {
 // Case 5.
 #[actix::test]
 async fn a_drained_bus_has_lag_zero_for_every_subscription() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
-    let bus = rare_and_busy(&path, Retention::keep_all(), &log);
+    let bus = rare_and_busy(path, Retention::keep_all(), &log);
     bus.publish(StoreOpened).await.unwrap();
     publish_round(&bus, 2, 101, 1).await;
     drain(&bus).await;
-    let summary = Store::open(&path).unwrap().summary().unwrap();
+    let summary = Store::open(path).unwrap().summary().unwrap();
     assert_eq!(summary.head, 102);
     let lags: Vec<(String, u64)> = summary
         .handlers
@@ -225,12 +221,12 @@ async fn a_drained_bus_has_lag_zero_for_every_subscription() {
 // Case 6.
 #[actix::test]
 async fn a_parked_handler_keeps_one_dead_letter_per_event_and_does_not_replay_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
     let always = panics(u32::MAX);
     let bus = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .handler_with(
             "auditor",
             HandlerOptions::new()
@@ -243,14 +239,14 @@ async fn a_parked_handler_keeps_one_dead_letter_per_event_and_does_not_replay_th
     publish_round(&bus, 5, 50, 1).await;
     drain(&bus).await;
     assert!(bus.stats().handler("auditor").unwrap().parked);
-    let store = Store::open(&path).unwrap();
+    let store = Store::open(path).unwrap();
     assert_eq!(store.dead_letters(None).unwrap().len(), 50);
 
     // Restarted with the handler fixed: its dead letters are not handled again by a replay.
     let fixed = panics(0);
     for _ in 0..2 {
         let bus = EventBus::builder()
-            .sqlite(&path)
+            .sqlite(path)
             .handler("auditor", PanickingHandler::factory(&fixed, &log))
             .build()
             .unwrap();
@@ -260,7 +256,7 @@ async fn a_parked_handler_keeps_one_dead_letter_per_event_and_does_not_replay_th
     assert_eq!(store.dead_letters(None).unwrap().len(), 50, "one per event");
 
     let bus = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .handler("auditor", PanickingHandler::factory(&fixed, &log))
         .build()
         .unwrap();
@@ -276,15 +272,15 @@ async fn a_parked_handler_keeps_one_dead_letter_per_event_and_does_not_replay_th
 // Case 6, the other half: a letter that fails again after a redrive stays one letter.
 #[actix::test]
 async fn a_redriven_letter_that_fails_again_is_updated_not_repeated() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let failing = || {
         handler_fn(|_: &Envelope<OrderPlaced>| -> Result<(), HandlerError> {
             Err("still down".into())
         })
     };
     let bus = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .handler_with(
             "mailer",
             HandlerOptions::new().retry(fast_retry(2)),
@@ -302,7 +298,7 @@ async fn a_redriven_letter_that_fails_again_is_updated_not_repeated() {
         assert_eq!(bus.redrive("mailer").await.unwrap(), 4);
     }
     drain(&bus).await;
-    let letters = Store::open(&path).unwrap().dead_letters(None).unwrap();
+    let letters = Store::open(path).unwrap().dead_letters(None).unwrap();
     let mut positions: Vec<u64> = letters.iter().map(|l| l.event.position).collect();
     positions.sort_unstable();
     assert_eq!(positions, vec![1, 2, 3, 4]);
@@ -336,7 +332,7 @@ impl DomainEvent for OrderLifecycle {
 // Case 7.
 #[actix::test]
 async fn an_event_type_shared_by_two_rust_types_is_delivered_live_in_memory_and_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = TempStore::new();
     for durable in [false, true] {
         let seen = new_log();
         let recorded = std::sync::Arc::clone(&seen);
@@ -357,7 +353,7 @@ async fn an_event_type_shared_by_two_rust_types_is_delivered_live_in_memory_and_
             )
         });
         if durable {
-            builder = builder.sqlite(store_in(&dir));
+            builder = builder.sqlite(tmp.path());
         }
         let bus = builder.build().unwrap();
         bus.publish(placed(1, 1)).await.unwrap();
@@ -385,12 +381,12 @@ fn actorbus_bin() -> Command {
 // Case 8.
 #[actix::test]
 async fn another_process_reading_the_store_leaves_the_running_bus_its_locks_and_wal() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
+    let tmp = TempStore::new();
+    let path = tmp.path();
     // As the demo does: an operator handle first, then the bus, in one process.
-    let store = Store::create(&path).unwrap();
+    let store = Store::create(path).unwrap();
     let log = new_log();
-    let bus = recording_sqlite_bus(&path, &log);
+    let bus = recording_sqlite_bus(path, &log);
     publish_round(&bus, 3, 50, 1).await;
     let wal = PathBuf::from(format!("{}-wal", path.display()));
     assert!(wal.exists());
@@ -398,7 +394,7 @@ async fn another_process_reading_the_store_leaves_the_running_bus_its_locks_and_
         let out = actorbus_bin()
             .args(command)
             .arg("--db")
-            .arg(&path)
+            .arg(path)
             .output()
             .unwrap();
         assert!(out.status.success(), "{command:?}: {out:?}");
@@ -427,12 +423,12 @@ async fn another_process_reading_the_store_leaves_the_running_bus_its_locks_and_
 // Case 9.
 #[actix::test]
 async fn a_second_bus_on_the_same_store_is_refused_while_the_first_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
     let builder = || {
         EventBus::builder()
-            .sqlite(&path)
+            .sqlite(path)
             .handler("recorder", RecordingHandler::factory(&log))
     };
     let first = builder().build().unwrap();
@@ -448,7 +444,7 @@ async fn a_second_bus_on_the_same_store_is_refused_while_the_first_runs() {
     // Another process, as a user would try it.
     let out = actorbus_bin()
         .args(["demo", "--quiet", "--events", "10", "--db"])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -482,12 +478,12 @@ impl Projection<OrderPlaced> for OddFails {
 // Case 10.
 #[actix::test]
 async fn failures_at_shutdown_are_stored_as_dead_letters_and_not_handled_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
-    create_with_read_model(&path);
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_with_read_model(path);
     let build = || {
         EventBus::builder()
-            .sqlite(&path)
+            .sqlite(path)
             .handler_with(
                 "mailer",
                 HandlerOptions::new().concurrency(4).retry(fast_retry(2)),
@@ -510,11 +506,11 @@ async fn failures_at_shutdown_are_stored_as_dead_letters_and_not_handled_again()
         .await
         .unwrap();
     drain(&bus).await;
-    let store = Store::open(&path).unwrap();
+    let store = Store::open(path).unwrap();
     let count = |handler: &str| store.dead_letters(Some(handler)).unwrap().len();
     assert_eq!(count("mailer"), 300);
     assert_eq!(count("odd-fails"), 150);
-    assert_eq!(applications(&path), (150, 150));
+    assert_eq!(applications(path), (150, 150));
     for _ in 0..2 {
         let bus = build();
         drain(&bus).await;
@@ -540,12 +536,12 @@ async fn failures_at_shutdown_are_stored_as_dead_letters_and_not_handled_again()
 // Case 11.
 #[actix::test]
 async fn replaying_a_projection_rebuilds_its_read_model_or_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
-    create_with_read_model(&path);
-    let bus = projection_bus(&path, 3);
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_with_read_model(path);
+    let bus = projection_bus(path, 3);
     publish_round(&bus, 5, 40, 1).await;
-    let store = Store::open(&path).unwrap();
+    let store = Store::open(path).unwrap();
     // While the bus runs, it would overwrite the replay: refused.
     match store.replay("applied", 0) {
         Err(Error::Store(StoreError::InUse { .. })) => {}
@@ -558,18 +554,18 @@ async fn replaying_a_projection_rebuilds_its_read_model_or_is_refused() {
         other => panic!("expected NotReplayable, got {other:?}"),
     }
     assert_eq!(store.replay("applied", 0).unwrap(), Replay::Rebuild);
-    let bus = projection_bus(&path, 2);
+    let bus = projection_bus(path, 2);
     publish_round(&bus, 5, 10, 41).await;
     drain(&bus).await;
     assert_eq!(
-        applications(&path),
+        applications(path),
         (50, 50),
         "rebuilt: every event applied once"
     );
     assert_eq!(store.check().unwrap(), Vec::<String>::new());
 
     // A projection without a reset is refused, and nothing changes.
-    let other = dir.path().join("other.db");
+    let other = tmp.file("other.db");
     create_with_read_model(&other);
     let bus = EventBus::builder()
         .sqlite(&other)
@@ -593,13 +589,13 @@ async fn replaying_a_projection_rebuilds_its_read_model_or_is_refused() {
 // Case 12.
 #[actix::test]
 async fn check_beside_a_running_bus_reads_one_consistent_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_in(&dir);
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
     // Retention deletes while check reads: a mark read before a deletion and rows read after
     // it would show gaps that are not there.
     let bus = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .retention(Retention::keep_last(500).every(Duration::from_millis(10)))
         .handler_with(
             "recorder",
@@ -619,7 +615,7 @@ async fn check_beside_a_running_bus_reads_one_consistent_snapshot() {
         })
     };
     let checker = {
-        let path = path.clone();
+        let path = path.to_path_buf();
         std::thread::spawn(move || {
             let store = Store::open(&path).unwrap();
             let mut runs = 0;
@@ -641,13 +637,13 @@ async fn check_beside_a_running_bus_reads_one_consistent_snapshot() {
 // Case 13.
 #[actix::test]
 async fn an_empty_sqlite_database_of_another_application_is_refused_untouched() {
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = TempStore::new();
     for (name, setup) in [
         ("versioned.db", "PRAGMA user_version = 7;"),
         ("app-id.db", "PRAGMA application_id = 1234;"),
         ("view.db", "CREATE VIEW answer AS SELECT 42;"),
     ] {
-        let path = dir.path().join(name);
+        let path = tmp.file(name);
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(setup).unwrap();
         drop(conn);

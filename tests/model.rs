@@ -22,7 +22,7 @@ use actorbus::{
     Store, StoreError,
 };
 use common::{
-    applications, create_with_read_model, fast_restart, fast_retry, Applied, OrderPlaced,
+    applications, create_with_read_model, fast_restart, fast_retry, Applied, OrderPlaced, TempStore,
 };
 use proptest::prelude::*;
 
@@ -438,16 +438,14 @@ proptest! {
 
     #[test]
     fn the_guarantees_hold_over_random_sequences(ops in proptest::collection::vec(op(), 1..12)) {
-        let dir = tempfile::tempdir().unwrap();
-        run_sequence(&dir.path().join("bus.db"), &ops);
+        run_sequence(TempStore::new().path(), &ops);
     }
 }
 
 #[test]
 fn a_fixed_sequence_of_every_operation() {
-    let dir = tempfile::tempdir().unwrap();
     run_sequence(
-        &dir.path().join("bus.db"),
+        TempStore::new().path(),
         &[
             Op::Publish {
                 stream: 1,

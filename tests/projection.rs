@@ -1,5 +1,7 @@
 //! Transactional projections, durable dead letters and retention on the SQLite store.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +10,13 @@ use actorbus::{
     handler_fn, DomainEvent, Envelope, Error, EventBus, HandlerError, HandlerOptions, Projection,
     Retention, RetryPolicy,
 };
+use common::TempStore;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// A quantity added to a cart, which the `CartTotals` read model sums (specific to this
+/// file's projections, so not in tests/common).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ItemAdded {
     cart: u32,
@@ -81,12 +86,12 @@ fn fast_retry() -> RetryPolicy {
 
 #[actix::test]
 async fn a_projection_applies_each_event_exactly_once_even_when_its_transactions_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("carts.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let calls = Arc::new(AtomicU32::new(0));
     let flaky = Arc::clone(&calls);
     let bus = EventBus::builder()
-        .sqlite(&db)
+        .sqlite(db)
         .projection(
             "cart-totals",
             HandlerOptions::new().concurrency(2).retry(fast_retry()),
@@ -116,11 +121,11 @@ async fn a_projection_applies_each_event_exactly_once_even_when_its_transactions
             applied: 20,
         })
         .collect();
-    assert_eq!(totals(&db), expected);
+    assert_eq!(totals(db), expected);
 
     // A restart replays nothing into the read model: its checkpoint moved with it.
     let bus = EventBus::builder()
-        .sqlite(&db)
+        .sqlite(db)
         .projection("cart-totals", HandlerOptions::new().concurrency(2), || {
             CartTotals { flaky: None }
         })
@@ -129,7 +134,7 @@ async fn a_projection_applies_each_event_exactly_once_even_when_its_transactions
     bus.publish(ItemAdded { cart: 0, qty: 1 }).await.unwrap();
     bus.shutdown(T).await.unwrap();
     assert_eq!(
-        totals(&db)[0],
+        totals(db)[0],
         Total {
             cart: "cart-0".into(),
             qty: 41,
@@ -140,9 +145,9 @@ async fn a_projection_applies_each_event_exactly_once_even_when_its_transactions
 
 #[actix::test]
 async fn a_new_projection_rebuilds_its_read_model_from_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("carts.db");
-    let bus = EventBus::builder().sqlite(&db).build().unwrap();
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    let bus = EventBus::builder().sqlite(db).build().unwrap();
     bus.publish_all((0..9).map(|i| ItemAdded {
         cart: i % 3,
         qty: 1,
@@ -152,14 +157,14 @@ async fn a_new_projection_rebuilds_its_read_model_from_the_log() {
     bus.shutdown(T).await.unwrap();
 
     let bus = EventBus::builder()
-        .sqlite(&db)
+        .sqlite(db)
         .projection("cart-totals", HandlerOptions::new(), || CartTotals {
             flaky: None,
         })
         .build()
         .unwrap();
     bus.shutdown(T).await.unwrap();
-    assert_eq!(totals(&db).iter().map(|t| t.applied).sum::<i64>(), 9);
+    assert_eq!(totals(db).iter().map(|t| t.applied).sum::<i64>(), 9);
 }
 
 #[actix::test]
@@ -184,14 +189,14 @@ async fn eventually(mut f: impl FnMut() -> bool) {
 
 #[actix::test]
 async fn dead_letters_are_stored_survive_a_restart_and_are_redriven_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("dlq.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let broken = Arc::new(AtomicBool::new(true));
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let build = |broken: &Arc<AtomicBool>, seen: &Arc<std::sync::Mutex<Vec<i64>>>| {
         let (broken, seen) = (Arc::clone(broken), Arc::clone(seen));
         EventBus::builder()
-            .sqlite(&db)
+            .sqlite(db)
             .handler_with(
                 "mailer",
                 HandlerOptions::new()
@@ -235,10 +240,10 @@ async fn dead_letters_are_stored_survive_a_restart_and_are_redriven_in_order() {
 
 #[actix::test]
 async fn purging_deletes_stored_dead_letters() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("dlq.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let bus = EventBus::builder()
-        .sqlite(&db)
+        .sqlite(db)
         .handler_with(
             "never",
             HandlerOptions::new().retry(RetryPolicy::no_retry()),
@@ -267,8 +272,8 @@ fn event_count(db: &std::path::Path) -> i64 {
 
 #[actix::test]
 async fn retention_deletes_only_what_every_subscription_processed_and_no_dead_letter() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ret.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     let counting = |name: &'static str| {
         move || {
             handler_fn(move |_: &Envelope<ItemAdded>| -> Result<(), HandlerError> {
@@ -279,7 +284,7 @@ async fn retention_deletes_only_what_every_subscription_processed_and_no_dead_le
     };
     // Two subscriptions processed 100 events; one event is a dead letter.
     let bus = EventBus::builder()
-        .sqlite(&db)
+        .sqlite(db)
         .handler("a", counting("a"))
         .handler_with(
             "picky",
@@ -304,11 +309,11 @@ async fn retention_deletes_only_what_every_subscription_processed_and_no_dead_le
         .await
         .unwrap();
     bus.shutdown(T).await.unwrap();
-    assert_eq!(event_count(&db), 105);
+    assert_eq!(event_count(db), 105);
 
     // keep_last 10: 95 processed events may go, except the dead-lettered one.
     let bus = EventBus::builder()
-        .sqlite(&db)
+        .sqlite(db)
         .retention(Retention::keep_last(10))
         .handler("a", counting("a"))
         .handler_with(
@@ -319,11 +324,11 @@ async fn retention_deletes_only_what_every_subscription_processed_and_no_dead_le
         .build()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while event_count(&db) != 11 && std::time::Instant::now() < deadline {
+    while event_count(db) != 11 && std::time::Instant::now() < deadline {
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        event_count(&db),
+        event_count(db),
         11,
         "the newest 10 and the dead-lettered event stay"
     );
@@ -332,7 +337,7 @@ async fn retention_deletes_only_what_every_subscription_processed_and_no_dead_le
     let receipt = bus.publish(ItemAdded { cart: 2, qty: 9 }).await.unwrap();
     assert_eq!(receipt.stream_version, Some(6));
     bus.shutdown(T).await.unwrap();
-    let store = actorbus::Store::open(&db).unwrap();
+    let store = actorbus::Store::open(db).unwrap();
     assert_eq!(store.check().unwrap(), Vec::<String>::new());
     let cart2 = store
         .events(&actorbus::EventFilter::all().stream("cart-2"))

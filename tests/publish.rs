@@ -63,6 +63,7 @@ async fn every_subscription_of_a_type_sees_every_event() {
     assert_eq!(bus.stats().handler("second").unwrap().handled, 30);
 }
 
+/// A type no handler subscribes to.
 #[derive(Debug, Serialize, Deserialize)]
 struct NobodyListens;
 

@@ -168,19 +168,11 @@ fn receipt_ids(receipts: &[Receipt]) -> Vec<(u64, uuid::Uuid)> {
         .collect()
 }
 
-fn dir_entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-/// Builds a bus on `path` and checks it is refused as not a database, in one line, with
-/// nothing written beside it.
-fn assert_refused_as_not_a_database(dir: &Path, path: &Path) {
-    let before = dir_entries(dir);
+/// Builds a bus on the store's path and checks it is refused as not a database, in one
+/// line, with nothing written beside it.
+fn assert_refused_as_not_a_database(tmp: &TempStore) {
+    let path = tmp.path();
+    let before = tmp.file_names();
     // A short busy timeout: a refusal that comes from SQLite itself (garbage pages behind a
     // valid header) is retried by the pool until busy_timeout + 1 s before it is reported.
     let err = EventBus::builder()
@@ -197,86 +189,86 @@ fn assert_refused_as_not_a_database(dir: &Path, path: &Path) {
     let message = err.to_string();
     assert!(!message.contains('\n'), "one line: {message:?}");
     assert!(message.contains("not a SQLite database"), "{message}");
-    assert_eq!(dir_entries(dir), before, "no -wal, -shm or journal file");
+    assert_eq!(tmp.file_names(), before, "no -wal, -shm or journal file");
 }
 
 #[actix::test]
 async fn a_text_file_is_refused_as_not_a_database_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("orders.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let content = b"order,total\n1,100\n2,250\n".repeat(200);
-    std::fs::write(&path, &content).unwrap();
+    std::fs::write(path, &content).unwrap();
 
-    assert_refused_as_not_a_database(dir.path(), &path);
+    assert_refused_as_not_a_database(&tmp);
 
-    assert_eq!(std::fs::read(&path).unwrap(), content);
+    assert_eq!(std::fs::read(path).unwrap(), content);
 }
 
 #[actix::test]
 async fn a_file_of_random_bytes_is_refused_as_not_a_database_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let mut rng = fastrand::Rng::with_seed(7);
     let content: Vec<u8> = (0..64 * 1024).map(|_| rng.u8(..)).collect();
-    std::fs::write(&path, &content).unwrap();
+    std::fs::write(path, &content).unwrap();
 
-    assert_refused_as_not_a_database(dir.path(), &path);
+    assert_refused_as_not_a_database(&tmp);
 
-    assert_eq!(std::fs::read(&path).unwrap(), content);
+    assert_eq!(std::fs::read(path).unwrap(), content);
 }
 
 #[actix::test]
 async fn a_file_shorter_than_the_sqlite_header_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
-    std::fs::write(&path, b"SQLite").unwrap();
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    std::fs::write(path, b"SQLite").unwrap();
 
-    assert_refused_as_not_a_database(dir.path(), &path);
+    assert_refused_as_not_a_database(&tmp);
 
-    assert_eq!(std::fs::read(&path).unwrap(), b"SQLite");
+    assert_eq!(std::fs::read(path).unwrap(), b"SQLite");
 }
 
 #[actix::test]
 async fn a_directory_is_refused_as_not_a_database_and_left_empty() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
-    std::fs::create_dir(&path).unwrap();
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    std::fs::create_dir(path).unwrap();
 
-    assert_refused_as_not_a_database(dir.path(), &path);
+    assert_refused_as_not_a_database(&tmp);
 
     assert!(path.is_dir());
-    assert!(dir_entries(&path).is_empty(), "nothing created inside it");
+    assert!(file_names(path).is_empty(), "nothing created inside it");
 }
 
 #[actix::test]
 async fn a_file_with_a_sqlite_header_but_garbage_pages_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let mut content = b"SQLite format 3\0".to_vec();
     let mut rng = fastrand::Rng::with_seed(11);
     content.extend((0..8192).map(|_| rng.u8(..)));
-    std::fs::write(&path, &content).unwrap();
+    std::fs::write(path, &content).unwrap();
 
-    assert_refused_as_not_a_database(dir.path(), &path);
+    assert_refused_as_not_a_database(&tmp);
 
-    assert_eq!(std::fs::read(&path).unwrap(), content);
+    assert_eq!(std::fs::read(path).unwrap(), content);
 }
 
 #[actix::test]
 async fn a_sqlite_database_of_another_application_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("crm.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     {
-        let conn = open(&path);
+        let conn = open(path);
         conn.execute_batch(
             "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
              INSERT INTO customers (name) VALUES ('Ada'), ('Grace');",
         )
         .unwrap();
     }
-    let before = std::fs::read(&path).unwrap();
+    let before = std::fs::read(path).unwrap();
 
-    let built = EventBus::builder().sqlite(&path).build();
+    let built = EventBus::builder().sqlite(path).build();
     if let Ok(bus) = &built {
         drain(bus).await;
     }
@@ -286,7 +278,7 @@ async fn a_sqlite_database_of_another_application_is_refused_and_left_untouched(
         "{built:?}"
     );
     assert_eq!(
-        std::fs::read(&path).unwrap(),
+        std::fs::read(path).unwrap(),
         before,
         "the file is unchanged"
     );
@@ -294,27 +286,27 @@ async fn a_sqlite_database_of_another_application_is_refused_and_left_untouched(
 
 #[actix::test]
 async fn a_store_of_a_newer_schema_is_refused_and_left_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
-    let bus = recording_sqlite_bus(&path, &log);
+    let bus = recording_sqlite_bus(path, &log);
     bus.publish_all((1..=20).map(|seq| placed(seq % 4, seq)))
         .await
         .unwrap();
     drain(&bus).await;
     {
-        let conn = open(&path);
+        let conn = open(path);
         conn.execute(
             "UPDATE store_meta SET value = '99' WHERE key = 'schema_version'",
             [],
         )
         .unwrap();
     } // The last connection closes: the WAL is checkpointed into the file.
-    let before = std::fs::read(&path).unwrap();
-    let files_before = dir_entries(dir.path());
+    let before = std::fs::read(path).unwrap();
+    let files_before = tmp.file_names();
 
     let err = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .handler("recorder", RecordingHandler::factory(&log))
         .build()
         .unwrap_err();
@@ -334,9 +326,9 @@ async fn a_store_of_a_newer_schema_is_refused_and_left_unchanged() {
     let message = err.to_string();
     assert!(!message.contains('\n'), "{message:?}");
     assert!(message.contains("99"), "{message}");
-    assert_eq!(std::fs::read(&path).unwrap(), before, "no byte changed");
-    assert_eq!(dir_entries(dir.path()), files_before);
-    let conn = open(&path);
+    assert_eq!(std::fs::read(path).unwrap(), before, "no byte changed");
+    assert_eq!(tmp.file_names(), files_before);
+    let conn = open(path);
     assert_eq!(count(&conn, "SELECT count(*) FROM events"), 20);
     assert_eq!(count(&conn, "SELECT count(*) FROM checkpoints"), 1);
 }
@@ -344,18 +336,18 @@ async fn a_store_of_a_newer_schema_is_refused_and_left_unchanged() {
 #[actix::test]
 async fn a_publish_blocked_by_another_connections_write_lock_fails_with_locked_and_succeeds_once_it_is_released(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
     let bus = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .busy_timeout(Duration::from_millis(100))
         .handler("recorder", RecordingHandler::factory(&log))
         .build()
         .unwrap();
     let first = bus.publish(placed(1, 1)).await.unwrap();
 
-    let other = open(&path);
+    let other = open(path);
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let err = bus.publish(placed(1, 2)).await.unwrap_err();
     assert!(matches!(err, Error::Store(StoreError::Locked)), "{err:?}");
@@ -377,24 +369,24 @@ async fn a_publish_blocked_by_another_connections_write_lock_fails_with_locked_a
         vec![1, 3],
         "the refused event was not delivered"
     );
-    assert_eq!(stored_ids(&path), receipt_ids(&[first, third]));
+    assert_eq!(stored_ids(path), receipt_ids(&[first, third]));
 }
 
 #[actix::test]
 async fn events_another_connection_committed_while_holding_the_lock_are_kept_and_publishing_continues_after_them(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let log = new_log();
     let bus = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .busy_timeout(Duration::from_millis(100))
         .handler("recorder", RecordingHandler::factory(&log))
         .build()
         .unwrap();
     bus.publish(placed(1, 1)).await.unwrap();
 
-    let other = open(&path);
+    let other = open(path);
     other.execute_batch("BEGIN EXCLUSIVE").unwrap();
     insert_row(&other, 2, "order-1", 2, "order.placed", &placed_json(1, 2));
     let err = bus.publish(placed(1, 3)).await.unwrap_err();
@@ -406,7 +398,7 @@ async fn events_another_connection_committed_while_holding_the_lock_are_kept_and
     assert_eq!(after.stream_version, Some(3), "the stream version too");
     drain(&bus).await;
 
-    let conn = open(&path);
+    let conn = open(path);
     let stored: Vec<String> = conn
         .prepare("SELECT payload FROM events ORDER BY position")
         .unwrap()
@@ -423,17 +415,17 @@ async fn events_another_connection_committed_while_holding_the_lock_are_kept_and
 #[actix::test]
 async fn a_bus_builds_on_a_store_another_connection_holds_the_write_lock_on_and_its_publish_fails_with_locked(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
-    create_store(&path).await;
-    let other = open(&path);
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_store(path).await;
+    let other = open(path);
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
 
     // A starting bus registers its subscriptions: it waits busy_timeout, then says so.
     let log = new_log();
     let builder = || {
         EventBus::builder()
-            .sqlite(&path)
+            .sqlite(path)
             .busy_timeout(Duration::from_millis(100))
             .handler("recorder", RecordingHandler::factory(&log))
     };
@@ -458,10 +450,10 @@ async fn a_bus_builds_on_a_store_another_connection_holds_the_write_lock_on_and_
 #[actix::test]
 async fn a_store_that_ran_out_of_room_keeps_every_acknowledged_event_stays_up_and_takes_more_after_a_bigger_cap(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let handled = Arc::default();
-    let bus = archive_bus(&path, 256 * 1024, &handled);
+    let bus = archive_bus(path, 256 * 1024, &handled);
 
     let mut acked = Vec::new();
     let err = loop {
@@ -489,28 +481,28 @@ async fn a_store_that_ran_out_of_room_keeps_every_acknowledged_event_stays_up_an
         "acknowledged events were handled, the refused one was not"
     );
     assert_eq!(
-        stored_ids(&path),
+        stored_ids(path),
         receipt_ids(&acked),
         "acknowledged = stored"
     );
 
     let more = Arc::default();
-    let bus = archive_bus(&path, 64 * 1024 * 1024, &more);
+    let bus = archive_bus(path, 64 * 1024 * 1024, &more);
     for seq in n..3 * n {
         let receipt = bus.publish(scan(seq, 8 * 1024)).await.unwrap();
         assert_eq!(receipt.position, Some(seq + 1));
         acked.push(receipt);
     }
     drain(&bus).await;
-    assert_eq!(stored_ids(&path), receipt_ids(&acked));
+    assert_eq!(stored_ids(path), receipt_ids(&acked));
 }
 
 #[actix::test]
 async fn an_event_too_big_for_the_cap_fails_with_full_and_smaller_events_are_still_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let path = tmp.path();
     let handled = Arc::default();
-    let bus = archive_bus(&path, 256 * 1024, &handled);
+    let bus = archive_bus(path, 256 * 1024, &handled);
     let first = bus.publish(scan(0, 100)).await.unwrap();
 
     let err = bus.publish(scan(1, 1024 * 1024)).await.unwrap_err();
@@ -529,17 +521,17 @@ async fn an_event_too_big_for_the_cap_fails_with_full_and_smaller_events_are_sti
     let mut expected = vec![0];
     expected.extend(2..12);
     assert_eq!(*handled.lock().unwrap(), expected);
-    assert_eq!(stored_ids(&path), receipt_ids(&acked));
+    assert_eq!(stored_ids(path), receipt_ids(&acked));
 }
 
 #[actix::test]
 async fn stored_payloads_that_do_not_decode_become_dead_letters_and_the_following_events_are_handled(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
-    create_store(&path).await;
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_store(path).await;
     {
-        let conn = open(&path);
+        let conn = open(path);
         insert_row(&conn, 1, "order-1", 1, "order.placed", &placed_json(1, 1));
         insert_row(
             &conn,
@@ -555,7 +547,7 @@ async fn stored_payloads_that_do_not_decode_become_dead_letters_and_the_followin
     }
 
     let log = new_log();
-    let (bus, mut handled) = signalling_bus(&path, &log);
+    let (bus, mut handled) = signalling_bus(path, &log);
     handled_up_to(&mut handled, 5).await;
     assert!(bus.is_running(), "bad payloads do not stop the bus");
     let live = bus.publish(placed(2, 6)).await.unwrap();
@@ -580,18 +572,18 @@ async fn stored_payloads_that_do_not_decode_become_dead_letters_and_the_followin
     assert_eq!(recorder.handled, 4);
     assert_eq!(recorder.dead_letters, 2);
     assert_eq!(recorder.restarts, 0, "nothing panicked");
-    let conn = open(&path);
+    let conn = open(path);
     assert_eq!(count(&conn, "SELECT count(*) FROM events"), 6, "all kept");
 }
 
 #[actix::test]
 async fn a_stored_payload_that_is_not_json_is_dead_lettered_with_the_json_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
-    create_store(&path).await;
-    insert_row(&open(&path), 1, "order-1", 1, "order.placed", "{not json");
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_store(path).await;
+    insert_row(&open(path), 1, "order-1", 1, "order.placed", "{not json");
     insert_row(
-        &open(&path),
+        &open(path),
         2,
         "order-1",
         2,
@@ -600,7 +592,7 @@ async fn a_stored_payload_that_is_not_json_is_dead_lettered_with_the_json_error(
     );
 
     let log = new_log();
-    let (bus, mut handled) = signalling_bus(&path, &log);
+    let (bus, mut handled) = signalling_bus(path, &log);
     handled_up_to(&mut handled, 2).await;
     drain(&bus).await;
 
@@ -614,11 +606,11 @@ async fn a_stored_payload_that_is_not_json_is_dead_lettered_with_the_json_error(
 
 #[actix::test]
 async fn an_event_given_up_on_while_another_process_holds_the_lock_is_still_a_dead_letter() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
-    create_store(&path).await;
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_store(path).await;
     insert_row(
-        &open(&path),
+        &open(path),
         1,
         "order-1",
         1,
@@ -626,20 +618,20 @@ async fn an_event_given_up_on_while_another_process_holds_the_lock_is_still_a_de
         r#"{"unexpected": true}"#,
     );
     insert_row(
-        &open(&path),
+        &open(path),
         2,
         "order-1",
         2,
         "order.placed",
         &placed_json(1, 2),
     );
-    let other = open(&path);
+    let other = open(path);
 
     let log = new_log();
     let (tx, mut handled) = mpsc::unbounded_channel();
     let factory_log = Arc::clone(&log);
     let bus = EventBus::builder()
-        .sqlite(&path)
+        .sqlite(path)
         .busy_timeout(Duration::from_millis(100))
         .handler("recorder", move || SignallingHandler {
             log: Arc::clone(&factory_log),
@@ -668,13 +660,13 @@ async fn an_event_given_up_on_while_another_process_holds_the_lock_is_still_a_de
 
 #[actix::test]
 async fn events_of_a_type_no_handler_knows_stay_stored_and_do_not_disturb_catch_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
-    create_store(&path).await;
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_store(path).await;
     let legacy_payload = r#"{"sku":"A-1","reason":"recalled"}"#;
     let mut known = Vec::new();
     {
-        let conn = open(&path);
+        let conn = open(path);
         conn.execute_batch("BEGIN").unwrap();
         let mut version = 0;
         // 2500 events of a retired type, with one known event every 500: more than a
@@ -709,7 +701,7 @@ async fn events_of_a_type_no_handler_knows_stay_stored_and_do_not_disturb_catch_
     assert_eq!(known.len(), 5);
 
     let log = new_log();
-    let (bus, mut handled) = signalling_bus(&path, &log);
+    let (bus, mut handled) = signalling_bus(path, &log);
     handled_up_to(&mut handled, *known.last().unwrap()).await;
     let live = bus.publish(placed(1, 9999)).await.unwrap();
     assert_eq!(
@@ -723,7 +715,7 @@ async fn events_of_a_type_no_handler_knows_stay_stored_and_do_not_disturb_catch_
     known.push(9999);
     assert_eq!(seqs(&log), known, "known events handled once, in order");
     assert!(bus.dead_letters(None).unwrap().is_empty());
-    let conn = open(&path);
+    let conn = open(path);
     let kept: i64 = conn
         .query_row(
             "SELECT count(*) FROM events WHERE event_type = 'inventory.recalled' AND payload = ?1",
@@ -815,10 +807,10 @@ fn sql_types_for(diesel_type: &str, rowid: bool) -> &'static [&'static str] {
 async fn schema_rs_declares_exactly_the_tables_and_columns_the_migrations_create() {
     let declared = parse_schema(include_str!("../src/storage/schema.rs"));
     assert!(declared.len() >= 4, "parsed {declared:?}");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bus.db");
-    create_store(&path).await;
-    let conn = open(&path);
+    let tmp = TempStore::new();
+    let path = tmp.path();
+    create_store(path).await;
+    let conn = open(path);
 
     let mut created: Vec<String> = conn
         .prepare(

@@ -1,39 +1,25 @@
 //! The stream index: per-stream reads and versions over indexed events and the newest tail,
 //! `check` catching a damaged index, and a store of an older schema migrated to it.
 
+mod common;
+
 use std::path::Path;
-use std::time::Duration;
 
 use actorbus::{DomainEvent, EventBus, EventFilter, Store};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Deposited {
-    account: u32,
-    cents: u64,
-}
-
-impl DomainEvent for Deposited {
-    const EVENT_TYPE: &'static str = "account.deposited";
-    fn stream_id(&self) -> String {
-        format!("account-{}", self.account)
-    }
-}
-
-const T: Duration = Duration::from_secs(10);
+use common::{Deposited, TempStore, DRAIN};
 
 async fn publish(db: &Path, events: &[(u32, u64)]) -> Vec<u64> {
     let bus = EventBus::builder().sqlite(db).build().expect("bus builds");
     let mut versions = Vec::new();
-    for &(account, cents) in events {
-        let receipt = bus.publish(Deposited { account, cents }).await.unwrap();
+    for &(account, seq) in events {
+        let receipt = bus.publish(Deposited { account, seq }).await.unwrap();
         versions.push(
             receipt
                 .stream_version
                 .expect("a stored event has a version"),
         );
     }
-    bus.shutdown(T).await.unwrap();
+    bus.shutdown(DRAIN).await.unwrap();
     versions
 }
 
@@ -59,7 +45,7 @@ fn insert_foreign(db: &Path, position: i64, stream: &str, version: i64) {
             stream,
             version,
             Deposited::EVENT_TYPE,
-            r#"{"account":1,"cents":1}"#,
+            r#"{"account":1,"seq":1}"#,
         ],
     )
     .unwrap();
@@ -67,35 +53,35 @@ fn insert_foreign(db: &Path, position: i64, stream: &str, version: i64) {
 
 #[actix::test]
 async fn per_stream_reads_and_versions_cover_indexed_events_and_the_unindexed_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
+    let tmp = TempStore::new();
+    let db = tmp.path();
     assert_eq!(
-        publish(&db, &[(1, 10), (2, 20), (1, 11), (1, 12), (2, 21)]).await,
+        publish(db, &[(1, 10), (2, 20), (1, 11), (1, 12), (2, 21)]).await,
         vec![1, 1, 2, 3, 2]
     );
     // Another process appended version 4 of account-1; nothing indexed it yet.
-    insert_foreign(&db, 6, "account-1", 4);
-    assert_eq!(versions_of(&db, "account-1"), vec![1, 2, 3, 4]);
-    assert_eq!(versions_of(&db, "account-2"), vec![1, 2]);
-    let store = Store::open(&db).unwrap();
+    insert_foreign(db, 6, "account-1", 4);
+    assert_eq!(versions_of(db, "account-1"), vec![1, 2, 3, 4]);
+    assert_eq!(versions_of(db, "account-2"), vec![1, 2]);
+    let store = Store::open(db).unwrap();
     assert_eq!(store.check().unwrap(), Vec::<String>::new());
     assert_eq!(store.summary().unwrap().streams, 2);
     drop(store);
 
     // The next bus indexes that tail before it appends, so versions go on from it.
-    assert_eq!(publish(&db, &[(1, 13), (3, 30)]).await, vec![5, 1]);
-    assert_eq!(versions_of(&db, "account-1"), vec![1, 2, 3, 4, 5]);
-    let store = Store::open(&db).unwrap();
+    assert_eq!(publish(db, &[(1, 13), (3, 30)]).await, vec![5, 1]);
+    assert_eq!(versions_of(db, "account-1"), vec![1, 2, 3, 4, 5]);
+    let store = Store::open(db).unwrap();
     assert_eq!(store.check().unwrap(), Vec::<String>::new());
     assert_eq!(store.summary().unwrap().streams, 3);
 }
 
 #[actix::test]
 async fn check_reports_a_damaged_stream_index_and_a_version_stored_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
-    publish(&db, &[(1, 10), (1, 11), (2, 20)]).await;
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    publish(db, &[(1, 10), (1, 11), (2, 20)]).await;
+    let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute(
         "DELETE FROM stream_events WHERE stream_id = 'account-1' AND stream_version = 2",
         [],
@@ -103,9 +89,9 @@ async fn check_reports_a_damaged_stream_index_and_a_version_stored_twice() {
     .unwrap();
     drop(conn);
     // A second version 1 of account-2, past the mark.
-    insert_foreign(&db, 4, "account-2", 1);
+    insert_foreign(db, 4, "account-2", 1);
 
-    let problems = Store::open(&db).unwrap().check().unwrap();
+    let problems = Store::open(db).unwrap().check().unwrap();
     assert!(
         problems
             .iter()
@@ -136,9 +122,9 @@ const SCHEMA_2: [(&str, &str); 3] = [
 
 #[actix::test]
 async fn a_store_of_the_previous_schema_is_migrated_with_every_event_and_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("old.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(
         "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, \
          run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);",
@@ -156,12 +142,12 @@ async fn a_store_of_the_previous_schema_is_migrated_with_every_event_and_version
         .into_iter()
         .enumerate()
     {
-        insert_foreign(&db, position as i64 + 1, stream, version);
+        insert_foreign(db, position as i64 + 1, stream, version);
     }
     drop(conn);
 
-    assert_eq!(publish(&db, &[(1, 1), (2, 2)]).await, vec![3, 2]);
-    let store = Store::open(&db).unwrap();
+    assert_eq!(publish(db, &[(1, 1), (2, 2)]).await, vec![3, 2]);
+    let store = Store::open(db).unwrap();
     let fresh = Store::create(db.with_file_name("fresh.db")).unwrap();
     assert_eq!(
         store.summary().unwrap().schema_version,
@@ -171,24 +157,21 @@ async fn a_store_of_the_previous_schema_is_migrated_with_every_event_and_version
     assert_eq!(store.head().unwrap(), 5);
     assert_eq!(store.check().unwrap(), Vec::<String>::new());
     drop(store);
-    assert_eq!(versions_of(&db, "account-1"), vec![1, 2, 3]);
-    assert_eq!(versions_of(&db, "account-2"), vec![1, 2]);
+    assert_eq!(versions_of(db, "account-1"), vec![1, 2, 3]);
+    assert_eq!(versions_of(db, "account-2"), vec![1, 2]);
 }
 
 #[actix::test]
 async fn a_version_stored_twice_by_another_process_stops_appends_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
-    publish(&db, &[(1, 10), (1, 11)]).await;
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    publish(db, &[(1, 10), (1, 11)]).await;
     // Another process wrote a second version 2 of account-1 past the mark.
-    insert_foreign(&db, 3, "account-1", 2);
+    insert_foreign(db, 3, "account-1", 2);
 
-    let bus = EventBus::builder().sqlite(&db).build().unwrap();
+    let bus = EventBus::builder().sqlite(db).build().unwrap();
     let err = bus
-        .publish(Deposited {
-            account: 2,
-            cents: 1,
-        })
+        .publish(Deposited { account: 2, seq: 1 })
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -197,22 +180,22 @@ async fn a_version_stored_twice_by_another_process_stops_appends_with_a_clear_er
         "{text}"
     );
     // Nothing was lost or added; once the duplicate is gone, publishing goes on.
-    assert_eq!(Store::open(&db).unwrap().head().unwrap(), 3);
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    assert_eq!(Store::open(db).unwrap().head().unwrap(), 3);
+    let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute("DELETE FROM events WHERE position = 3", [])
         .unwrap();
     drop(conn);
     let receipt = bus
         .publish(Deposited {
             account: 1,
-            cents: 12,
+            seq: 12,
         })
         .await
         .unwrap();
     assert_eq!(receipt.stream_version, Some(3));
-    bus.shutdown(T).await.unwrap();
+    bus.shutdown(DRAIN).await.unwrap();
     assert_eq!(
-        Store::open(&db).unwrap().check().unwrap(),
+        Store::open(db).unwrap().check().unwrap(),
         Vec::<String>::new()
     );
 }

@@ -1,15 +1,15 @@
 //! `actorbus bench`: the pipeline with K trivial handlers, timed from the first publish to the
 //! last event handled by every handler, beside a baseline measured in the same process.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actorbus::{DomainEvent, Envelope, EventBus, EventHandler, HandlerError, HandlerOptions};
+use actorbus::baseline::{publisher_share, BenchEvent, Subscriptions};
+use actorbus::{DomainEvent, EventBus, HandlerOptions};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use serde::{Deserialize, Serialize};
 
 use crate::cli::whole_number;
 
@@ -102,46 +102,6 @@ pub(crate) struct BenchArgs {
     json: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct BenchEvent {
-    stream: u64,
-    seq: u64,
-}
-
-impl DomainEvent for BenchEvent {
-    const EVENT_TYPE: &'static str = "bench.event";
-    fn stream_id(&self) -> String {
-        self.stream.to_string()
-    }
-}
-
-struct Counting {
-    seen: Arc<AtomicU64>,
-    work: Duration,
-    /// Share of attempts that fail (transiently: a retry may succeed).
-    fail_rate: f64,
-}
-
-impl EventHandler<BenchEvent> for Counting {
-    async fn handle(&mut self, _e: &Envelope<BenchEvent>) -> Result<(), HandlerError> {
-        if !self.work.is_zero() {
-            spin(self.work);
-        }
-        if self.fail_rate > 0.0 && fastrand::f64() < self.fail_rate {
-            return Err("bench: a transient failure".into());
-        }
-        self.seen.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-fn spin(d: Duration) {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        std::hint::spin_loop();
-    }
-}
-
 struct Measured {
     seconds: f64,
     p50_us: f64,
@@ -205,30 +165,21 @@ fn counting_bus(
     mut builder: actorbus::BusBuilder,
     fail_rate: f64,
 ) -> anyhow::Result<(EventBus, Vec<Arc<AtomicU64>>)> {
-    let seen: Vec<Arc<AtomicU64>> = (0..args.handlers).map(|_| Arc::default()).collect();
-    let work = Duration::from_secs_f64(args.work_us / 1e6);
-    let retry = actorbus::RetryPolicy::new(20)
-        .base_delay(Duration::from_millis(1))
-        .max_delay(Duration::from_millis(20));
-    for (i, counter) in seen.iter().enumerate() {
-        let counter = Arc::clone(counter);
-        let fail_rate = if i == 0 { fail_rate } else { 0.0 };
-        builder = builder.handler_with(
-            &format!("bench-{i}"),
-            HandlerOptions::new()
-                .concurrency(args.concurrency)
-                .retry(retry),
-            move || Counting {
-                seen: Arc::clone(&counter),
-                work,
-                fail_rate,
-            },
-        );
-    }
     if let Some(n) = args.handler_threads {
         builder = builder.handler_threads(n);
     }
-    Ok((builder.build()?, seen))
+    let retry = actorbus::RetryPolicy::new(20)
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(20));
+    let subscriptions = Subscriptions {
+        handlers: args.handlers,
+        options: HandlerOptions::new()
+            .concurrency(args.concurrency)
+            .retry(retry),
+        work: Duration::from_secs_f64(args.work_us / 1e6),
+        first_fail_rate: fail_rate,
+    };
+    Ok(actorbus::baseline::counting_bus(builder, &subscriptions)?)
 }
 
 /// p50 and p99 publish->handled of the slowest handler: an event is done when all handled it.
@@ -240,11 +191,7 @@ fn slowest_handler_latency(stats: &actorbus::Stats) -> (Duration, Duration) {
 }
 
 fn check_all_seen(seen: &[Arc<AtomicU64>], events: u64) -> anyhow::Result<()> {
-    for (i, c) in seen.iter().enumerate() {
-        let n = c.load(Ordering::Relaxed);
-        anyhow::ensure!(n == events, "handler {i} saw {n} of {events} events");
-    }
-    Ok(())
+    actorbus::baseline::check_all_seen(seen, events).map_err(anyhow::Error::msg)
 }
 
 async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
@@ -253,11 +200,7 @@ async fn run_memory(args: &BenchArgs) -> anyhow::Result<Measured> {
     let mut rss_after_warmup = 0.0;
     let start = Instant::now();
     for seq in 0..args.events {
-        bus.publish(BenchEvent {
-            stream: seq % args.streams,
-            seq,
-        })
-        .await?;
+        bus.publish(BenchEvent::nth(seq, args.streams)).await?;
         if seq + 1 == warm {
             rss_after_warmup = crate::cli::rss_mb().map_or(0.0, |(_, now)| now);
         }
@@ -439,26 +382,19 @@ fn sqlite_run(
         let builder = EventBus::builder().sqlite(db).durability(durability);
         let (bus, seen) = counting_bus(args, builder, fail_rate)?;
         let start = Instant::now();
-        let per = args.events / args.publishers as u64;
-        let extra = args.events % args.publishers as u64;
         // One histogram for all publishers (they share this thread): one each would cost
         // hundreds of KiB per publisher and blur the peak RSS.
         let acks = std::rc::Rc::new(std::cell::RefCell::new(ack_histogram()));
         let mut tasks = Vec::new();
         for p in 0..args.publishers as u64 {
             let bus = bus.clone();
-            let n = per + u64::from(p < extra);
+            let n = publisher_share(args.events, args.publishers as u64, p);
             let streams = args.streams;
             let acks = std::rc::Rc::clone(&acks);
             tasks.push(actix_rt::spawn(async move {
                 for i in 0..n {
-                    let seq = p + i * 1_000_000;
                     let t = Instant::now();
-                    bus.publish(BenchEvent {
-                        stream: (p * 7919 + i) % streams,
-                        seq,
-                    })
-                    .await?;
+                    bus.publish(BenchEvent::of_publisher(p, i, streams)).await?;
                     acks.borrow_mut()
                         .saturating_record(t.elapsed().as_nanos() as u64);
                 }

@@ -205,56 +205,42 @@ fn check_demo_snapshot(c: &mut SqliteConnection) -> QueryResult<Vec<String>> {
     Ok(problems)
 }
 
+/// Applies `event` to the fold as the demo's projection applies it to its tables (the
+/// rule is [`OrderEvent::status`] and [`OrderEvent::stock_change`]); an event of an order
+/// never placed changes nothing.
 fn fold(
     orders: &mut BTreeMap<i64, OrderRow>,
     stock: &mut BTreeMap<i64, StockRow>,
     event: &OrderEvent,
 ) {
-    let mut line = |sku: i64, reserved: i64, shipped: i64| {
-        let s = stock.entry(sku).or_insert(StockRow {
-            sku,
+    let order_id = event.order() as i64;
+    if let OrderEvent::Placed {
+        sku, qty, cents, ..
+    } = event
+    {
+        orders.insert(
+            order_id,
+            OrderRow {
+                order_id,
+                sku: *sku as i64,
+                qty: *qty,
+                cents: *cents,
+                status: String::new(),
+            },
+        );
+    }
+    let Some(o) = orders.get_mut(&order_id) else {
+        return;
+    };
+    o.status = event.status().into();
+    if let Some((reserved, shipped)) = event.stock_change() {
+        let s = stock.entry(o.sku).or_insert(StockRow {
+            sku: o.sku,
             reserved: 0,
             shipped: 0,
         });
-        s.reserved += reserved;
-        s.shipped += shipped;
-    };
-    match event {
-        OrderEvent::Placed {
-            order,
-            sku,
-            qty,
-            cents,
-        } => {
-            orders.insert(
-                *order as i64,
-                OrderRow {
-                    order_id: *order as i64,
-                    sku: *sku as i64,
-                    qty: *qty,
-                    cents: *cents,
-                    status: "placed".into(),
-                },
-            );
-            line(*sku as i64, *qty, 0);
-        }
-        OrderEvent::Paid { order, .. } => {
-            if let Some(o) = orders.get_mut(&(*order as i64)) {
-                o.status = "paid".into();
-            }
-        }
-        OrderEvent::Shipped { order } => {
-            if let Some(o) = orders.get_mut(&(*order as i64)) {
-                o.status = "shipped".into();
-                line(o.sku, -o.qty, o.qty);
-            }
-        }
-        OrderEvent::Cancelled { order, .. } => {
-            if let Some(o) = orders.get_mut(&(*order as i64)) {
-                o.status = "cancelled".into();
-                line(o.sku, -o.qty, 0);
-            }
-        }
+        s.reserved += reserved * o.qty;
+        s.shipped += shipped * o.qty;
     }
 }
 

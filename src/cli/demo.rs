@@ -115,12 +115,36 @@ impl DomainEvent for OrderEvent {
 }
 
 impl OrderEvent {
-    fn order(&self) -> u64 {
+    pub(crate) fn order(&self) -> u64 {
         match self {
             OrderEvent::Placed { order, .. }
             | OrderEvent::Paid { order, .. }
             | OrderEvent::Shipped { order }
             | OrderEvent::Cancelled { order, .. } => *order,
+        }
+    }
+
+    /// The order's status in the read model after this event. With [`Self::stock_change`],
+    /// the one rule of the read model: the projection applies it, `actorbus check` folds the
+    /// log with it and compares.
+    pub(crate) fn status(&self) -> &'static str {
+        match self {
+            OrderEvent::Placed { .. } => "placed",
+            OrderEvent::Paid { .. } => "paid",
+            OrderEvent::Shipped { .. } => "shipped",
+            OrderEvent::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    /// How this event changes the stock of the order's product, per unit the order holds:
+    /// (reserved, shipped). Placing reserves, shipping turns reserved into shipped,
+    /// cancelling releases; paying leaves stock alone (`None`).
+    pub(crate) fn stock_change(&self) -> Option<(i64, i64)> {
+        match self {
+            OrderEvent::Placed { .. } => Some((1, 0)),
+            OrderEvent::Paid { .. } => None,
+            OrderEvent::Shipped { .. } => Some((-1, 1)),
+            OrderEvent::Cancelled { .. } => Some((-1, 0)),
         }
     }
 }
@@ -211,36 +235,35 @@ impl Projection<OrderEvent> for Inventory {
                 .bind::<BigInt, _>(order as i64)
                 .get_result::<OrderRow>(conn)
         };
-        match e.event() {
-            OrderEvent::Placed {
-                order,
-                sku,
-                qty,
-                cents,
-            } => {
-                diesel::sql_query(
-                    "INSERT INTO demo_orders (order_id, sku, qty, cents, status) VALUES (?, ?, ?, ?, 'placed')",
-                )
-                .bind::<BigInt, _>(*order as i64)
-                .bind::<BigInt, _>(*sku as i64)
-                .bind::<BigInt, _>(*qty)
-                .bind::<BigInt, _>(*cents)
-                .execute(conn)?;
-                stock(conn, *sku as i64, *qty, 0)?;
-            }
-            OrderEvent::Paid { order, .. } => {
-                set_status(conn, *order, "paid")?;
-            }
-            OrderEvent::Shipped { order } => {
-                let row = order_row(conn, *order)?;
-                set_status(conn, *order, "shipped")?;
-                stock(conn, row.sku, -row.qty, row.qty)?;
-            }
-            OrderEvent::Cancelled { order, .. } => {
-                let row = order_row(conn, *order)?;
-                set_status(conn, *order, "cancelled")?;
-                stock(conn, row.sku, -row.qty, 0)?;
-            }
+        let event = e.event();
+        if let OrderEvent::Placed {
+            order,
+            sku,
+            qty,
+            cents,
+        } = event
+        {
+            diesel::sql_query(
+                "INSERT INTO demo_orders (order_id, sku, qty, cents, status) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind::<BigInt, _>(*order as i64)
+            .bind::<BigInt, _>(*sku as i64)
+            .bind::<BigInt, _>(*qty)
+            .bind::<BigInt, _>(*cents)
+            .bind::<Text, _>(event.status())
+            .execute(conn)?;
+        } else {
+            set_status(conn, event.order(), event.status())?;
+        }
+        if let Some((reserved, shipped)) = event.stock_change() {
+            let row = match event {
+                OrderEvent::Placed { sku, qty, .. } => OrderRow {
+                    sku: *sku as i64,
+                    qty: *qty,
+                },
+                _ => order_row(conn, event.order())?,
+            };
+            stock(conn, row.sku, reserved * row.qty, shipped * row.qty)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unused_imports)]
 
-pub use crate::common::stored_events;
+pub use crate::common::{stored_events, TempStore};
 pub use actorbus::{
     handler_fn, Backoff, DomainEvent, Envelope, EventBus, HandlerError, HandlerOptions, RetryPolicy,
 };
@@ -108,12 +108,12 @@ pub const EVENTS: u64 = 11;
 pub const ORDERS: u64 = 10;
 
 /// A store in a fresh directory, written by a bus that ran to completion and shut down.
-pub fn fixture() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bus.db");
+pub fn fixture() -> TempStore {
+    let tmp = TempStore::new();
+    let db = tmp.path();
     actix::System::new().block_on(async {
         let seen = Seen::default();
-        let bus = bus_on(&db, true, &seen);
+        let bus = bus_on(db, true, &seen);
         bus.publish(NoteAdded {
             order: 1,
             text: long_note(),
@@ -131,8 +131,8 @@ pub fn fixture() -> (tempfile::TempDir, PathBuf) {
         bus.shutdown(PATIENCE).await.expect("the bus drains");
         assert_eq!(seen.recorder(), (0..ORDERS).collect::<Vec<_>>());
     });
-    settle(&db);
-    (dir, db)
+    settle(db);
+    tmp
 }
 
 /// Copies the WAL into the database file, so that a later byte comparison of the file sees
@@ -268,25 +268,25 @@ pub fn data_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// A copy of the fixture whose `store_meta` claims a schema newer than this binary knows.
-pub fn newer_schema_store(dir: &Path) -> PathBuf {
-    let (_fixture_dir, db) = fixture();
-    let newer = dir.join("newer.db");
-    std::fs::copy(&db, &newer).unwrap();
-    let conn = rusqlite::Connection::open(&newer).unwrap();
+/// A copy of the fixture, alone in its directory, whose `store_meta` claims a schema newer
+/// than this binary knows.
+pub fn newer_schema_store() -> TempStore {
+    let fixture = fixture();
+    let newer = TempStore::named("newer.db");
+    std::fs::copy(fixture.path(), newer.path()).unwrap();
+    let conn = rusqlite::Connection::open(newer.path()).unwrap();
     conn.execute(
         "UPDATE store_meta SET value = '99' WHERE key = 'schema_version'",
         [],
     )
     .unwrap();
     drop(conn);
-    settle(&newer);
+    settle(newer.path());
     newer
 }
 
 pub fn current_schema_version() -> i64 {
-    let dir = tempfile::tempdir().unwrap();
-    actorbus::Store::create(dir.path().join("fresh.db"))
+    actorbus::Store::create(TempStore::new().path())
         .and_then(|s| s.schema_version())
         .unwrap()
 }
@@ -346,15 +346,15 @@ pub fn help_for(help: &str, option: &str) -> String {
 /// its summary and how to resume, and exit with `code`; then a second run resumes and
 /// completes, and the store checks out.
 pub fn interrupt_the_demo(signal: &str, code: i32) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("demo.db");
-    let child = command(&["demo", "--db", path(&db), "--events", "10000000", "--quiet"])
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    let child = command(&["demo", "--db", path(db), "--events", "10000000", "--quiet"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     actix::System::new().block_on(poll_until("the demo stores events", || {
-        stored_events(&db) > 0
+        stored_events(db) > 0
     }));
     let kill = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -368,7 +368,7 @@ pub fn interrupt_the_demo(signal: &str, code: i32) {
     );
     assert_eq!(out.status.code(), Some(code), "{stdout}\n{stderr}");
     assert_eq!(stderr, "");
-    let interrupted_at = stored_events(&db);
+    let interrupted_at = stored_events(db);
     assert!(
         stdout.contains(&format!(
             "events in store       {interrupted_at} of 10000000 ({interrupted_at} published now, 0 before)"
@@ -380,10 +380,10 @@ pub fn interrupt_the_demo(signal: &str, code: i32) {
         "{stdout}"
     );
     // What was stored was handled: the drain ran, so the read model is complete.
-    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+    assert_eq!(ok(&["check", "--db", path(db)]).trim(), "consistent");
 
     let target = (interrupted_at + 500).to_string();
-    let resumed = ok(&["demo", "--db", path(&db), "--events", &target, "--quiet"]);
+    let resumed = ok(&["demo", "--db", path(db), "--events", &target, "--quiet"]);
     assert!(resumed.contains("resuming: "), "{resumed}");
     assert!(
         resumed.contains(&format!(
@@ -392,5 +392,5 @@ pub fn interrupt_the_demo(signal: &str, code: i32) {
         "{resumed}"
     );
     assert!(!resumed.contains("interrupted"), "{resumed}");
-    assert_eq!(ok(&["check", "--db", path(&db)]).trim(), "consistent");
+    assert_eq!(ok(&["check", "--db", path(db)]).trim(), "consistent");
 }

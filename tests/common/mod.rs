@@ -1,9 +1,10 @@
-//! Shared fixtures of the integration tests: two domain events, handlers that record, fail,
-//! panic or wait at a gate, and fast retry and restart policies.
+//! Shared fixtures of the integration tests: a store in a temporary directory, the domain
+//! events more than one test file publishes, handlers that record, fail, panic or wait at a
+//! gate, and fast retry and restart policies.
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +18,65 @@ use tokio::sync::{mpsc, watch};
 
 /// Generous bound for a drain: only reached when the test is already failing.
 pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// A store's path in a fresh temporary directory; dropping it deletes the directory and
+/// everything in it. The store itself is not created: the path is where a test, a bus or
+/// the command creates it. [`TempStore::path`] borrows from the value, so the directory
+/// outlives every use of the path.
+pub struct TempStore {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl TempStore {
+    /// `bus.db` in a new directory.
+    pub fn new() -> Self {
+        Self::named("bus.db")
+    }
+
+    /// `file` in a new directory: for a test whose store name shows (in output, or in the
+    /// names of files derived from it), or whose "store" is some other file.
+    pub fn named(file: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join(file);
+        Self { dir, path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory, for tests that look at every file in it.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Another file in the same directory (not created).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The names of the files in the directory, sorted.
+    pub fn file_names(&self) -> Vec<String> {
+        file_names(self.dir())
+    }
+}
+
+/// The names of the files in `dir`, sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+impl Default for TempStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// An order was placed: the stream is the order, `seq` orders the events of one test.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +104,21 @@ impl DomainEvent for PaymentCaptured {
     const SCHEMA_VERSION: u32 = 2;
     fn stream_id(&self) -> String {
         format!("order-{}", self.order)
+    }
+}
+
+/// Money was deposited into an account: the stream is the account, `seq` orders the
+/// deposits of one test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deposited {
+    pub account: u32,
+    pub seq: u64,
+}
+
+impl DomainEvent for Deposited {
+    const EVENT_TYPE: &'static str = "account.deposited";
+    fn stream_id(&self) -> String {
+        format!("account-{}", self.account)
     }
 }
 
