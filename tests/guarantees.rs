@@ -17,17 +17,6 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 use serde::{Deserialize, Serialize};
 
-/// Polls `cond` every few milliseconds, letting the actors run; fails after ten seconds.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if cond() {
-            return;
-        }
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 /// The same projection without a reset: it cannot be replayed.
 struct AppliedForGood;
 
@@ -75,7 +64,7 @@ async fn retention_never_reuses_a_position_and_the_next_event_is_handled() {
         .unwrap();
     publish_round(&bus, 3, 10, 1).await;
     let store = Store::open(path).unwrap();
-    wait_until("retention deleted all 10 events", || {
+    poll_until("retention deleted all 10 events", || {
         store.summary().unwrap().events == 0
     })
     .await;
@@ -190,7 +179,7 @@ async fn idle_actors_and_a_rare_subscription_do_not_hold_retention_back() {
     // One stream: three of the busy subscription's four actors stay idle.
     publish_round(&bus, 1, 100, 1).await;
     let store = Store::open(path).unwrap();
-    wait_until("retention deleted every processed event", || {
+    poll_until("retention deleted every processed event", || {
         store.summary().unwrap().events == 0
     })
     .await;
@@ -290,7 +279,7 @@ async fn a_redriven_letter_that_fails_again_is_updated_not_repeated() {
         .unwrap();
     publish_round(&bus, 2, 4, 1).await;
     for _ in 0..3 {
-        wait_until("every event is a dead letter", || {
+        poll_until("every event is a dead letter", || {
             bus.dead_letters(None).unwrap().len() == 4
                 && bus.stats().handler("mailer").unwrap().in_flight == 0
         })

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unused_imports)]
 
-pub use crate::common::{stored_events, TempStore};
+pub use crate::common::{poll_until, stored_events, TempStore};
 pub use actorbus::{
     handler_fn, Backoff, DomainEvent, Envelope, EventBus, HandlerError, HandlerOptions, RetryPolicy,
 };
@@ -153,18 +153,6 @@ pub fn run_bus_until(db: &Path, what: &str, done: impl Fn(&Seen) -> bool) -> See
         bus.shutdown(PATIENCE).await.expect("the bus drains");
     });
     seen
-}
-
-/// Polls `cond` every 10 ms; fails the test if it does not hold within `PATIENCE`.
-pub async fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let step = Duration::from_millis(10);
-    for _ in 0..PATIENCE.as_millis() / step.as_millis() {
-        if cond() {
-            return;
-        }
-        actix_rt::time::sleep(step).await;
-    }
-    panic!("never happened: {what}");
 }
 
 /// What one run of the binary did.

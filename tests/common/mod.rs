@@ -293,6 +293,19 @@ impl EventHandler<OrderPlaced> for GateHandler {
     }
 }
 
+/// Polls `cond` every 5 ms, letting the actors and other threads (the writer, another
+/// process) run; fails the test if it does not hold within 30 s.
+pub async fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let step = Duration::from_millis(5);
+    for _ in 0..30_000 / step.as_millis() {
+        if cond() {
+            return;
+        }
+        actix_rt::time::sleep(step).await;
+    }
+    panic!("never happened: {what}");
+}
+
 /// Yields to the actors until `cond` holds; fails the test after a bounded number of turns.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..1_000_000 {
