@@ -9,6 +9,7 @@ pub(crate) mod models;
 pub(crate) mod pool;
 pub(crate) mod queries;
 pub(crate) mod registry;
+pub(crate) mod repair;
 pub(crate) mod retention;
 pub(crate) mod schema;
 pub(crate) mod sqlite;

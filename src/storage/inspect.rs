@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use crate::storage::models::StoredEvent;
+use crate::storage::models::{CheckpointRow, StoredEvent};
 use crate::storage::queries;
 use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, subscriptions};
 
@@ -175,4 +175,56 @@ pub(crate) fn handler_names(conn: &mut SqliteConnection) -> QueryResult<Vec<Stri
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+/// Every checkpoint, by subscription and partition.
+pub(crate) fn checkpoints(conn: &mut SqliteConnection) -> QueryResult<Vec<CheckpointRow>> {
+    checkpoints::table
+        .select(CheckpointRow::as_select())
+        .order((checkpoints::handler.asc(), checkpoints::partition.asc()))
+        .load(conn)
+}
+
+/// What a summary of the store is made of, read in one snapshot when called inside a
+/// transaction.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    pub(crate) events: i64,
+    /// Streams ever written (the index keeps each stream's newest entry after retention).
+    pub(crate) streams: i64,
+    pub(crate) head: i64,
+    pub(crate) schema_version: i64,
+    pub(crate) checkpoints: Vec<CheckpointRow>,
+    /// (subscription, partitions) of the registered subscriptions.
+    pub(crate) layouts: Vec<(String, i32)>,
+    /// (subscription, dead letters).
+    pub(crate) letters: Vec<(String, i64)>,
+    /// Every subscription name the store knows, sorted.
+    pub(crate) names: Vec<String>,
+}
+
+/// Counts what a summary reports.
+pub(crate) fn tally(conn: &mut SqliteConnection) -> QueryResult<Tally> {
+    let indexed = queries::indexed_through(conn)?;
+    Ok(Tally {
+        events: events::table.count().get_result(conn)?,
+        streams: diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "SELECT count(*) FROM (SELECT stream_id FROM stream_events \
+             UNION SELECT stream_id FROM events WHERE position > ",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(indexed)
+        .sql(")")
+        .get_result(conn)?,
+        head: queries::head(conn)?,
+        schema_version: schema_version(conn)?,
+        checkpoints: queries::load_all_checkpoints(conn)?,
+        layouts: subscriptions::table
+            .select((subscriptions::name, subscriptions::partitions))
+            .load(conn)?,
+        letters: dead_letters::table
+            .group_by(dead_letters::handler)
+            .select((dead_letters::handler, diesel::dsl::count_star()))
+            .load(conn)?,
+        names: handler_names(conn)?,
+    })
 }
