@@ -2,6 +2,7 @@
 
 pub(crate) mod handler;
 pub(crate) mod letters;
+pub(crate) mod panics;
 pub(crate) mod pipeline;
 pub(crate) mod router;
 pub(crate) mod storage;

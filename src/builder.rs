@@ -365,7 +365,7 @@ impl BusBuilder {
         {
             return Err(Error::NoSystem);
         }
-        crate::actors::handler::quiet_caught_panics();
+        crate::actors::panics::quiet_caught_panics();
         if self.intake_capacity == 0 || self.intake_capacity > MAX_INTAKE_CAPACITY {
             return Err(Error::Config(format!(
                 "intake capacity must be between 1 and {MAX_INTAKE_CAPACITY}"

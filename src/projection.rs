@@ -126,11 +126,11 @@ impl<E, P> ProjectionHandler<E, P> {
 
 /// Runs user code on the writer's thread: a panic becomes an error, not a dead writer.
 fn guarded(apply: impl FnOnce() -> Result<(), HandlerError>) -> Result<(), HandlerError> {
-    crate::actors::handler::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(apply)))
+    crate::actors::panics::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(apply)))
         .unwrap_or_else(|panic| {
             Err(format!(
                 "projection panicked: {}",
-                crate::actors::handler::panic_message(&*panic)
+                crate::actors::panics::panic_message(&*panic)
             )
             .into())
         })
