@@ -25,8 +25,13 @@ use crate::stats::{BusCounters, HandlerCounters};
 use crate::storage::backend::Unit;
 use crate::storage::backend::{in_background, Reader};
 
+mod commit;
+mod drain;
 mod lanes;
+mod redrive;
+pub(crate) use drain::{AwaitDrained, CloseIntake};
 use lanes::Lane;
+pub(crate) use redrive::Redrive;
 
 /// Where a durable publish learns its fate: receipts once committed, or the error.
 pub(crate) type Ack = oneshot::Sender<Result<Vec<Receipt>>>;
@@ -259,125 +264,6 @@ impl RouterActor {
         join_all(sends).map(|_| ()).boxed_local()
     }
 
-    /// Stores one intake chunk (group commit), answers each publisher, then delivers what was
-    /// stored. A failed commit fails every publisher of the chunk and delivers nothing.
-    fn commit_and_deliver(
-        &mut self,
-        items: Vec<Intake>,
-        storage: Addr<StorageActor>,
-        ctx: &mut Context<Self>,
-    ) {
-        let mut units = Vec::with_capacity(items.len());
-        let mut acks = Vec::with_capacity(items.len());
-        for item in items {
-            match item {
-                Intake::One(record, ack) => {
-                    units.push(Unit {
-                        records: vec![record],
-                        expected_version: None,
-                        check_ids: false,
-                    });
-                    acks.push(ack);
-                }
-                Intake::Many {
-                    records,
-                    expected_version,
-                    check_ids,
-                    ack,
-                } => {
-                    units.push(Unit {
-                        records,
-                        expected_version,
-                        check_ids,
-                    });
-                    acks.push(ack);
-                }
-                Intake::Close => {}
-            }
-        }
-        if units.is_empty() {
-            return;
-        }
-        log::trace!("group commit of {} publish(es)", units.len());
-        let ticket = self.committed.ticket();
-        self.gate.enter(acks.len());
-        let committed = storage.send(Append(units));
-        // Spawned, not waited for: the router gathers the next chunk meanwhile (the gate
-        // bounds how many are outstanding), and handles results in the order sent.
-        ctx.spawn(
-            actix::fut::wrap_future(committed).map(move |reply, act: &mut Self, ctx| {
-                act.commit_done(ticket, (reply, acks), ctx);
-            }),
-        );
-    }
-
-    /// A chunk's commit came back: answer the publishers and deliver, in the order the
-    /// chunks were sent. Nothing here waits for a handler: a live actor with room gets its
-    /// part at once, one without room falls behind and reads it from the store later.
-    fn commit_done(&mut self, ticket: u64, result: Committed, ctx: &mut Context<Self>) {
-        for (reply, acks) in self.committed.arrived(ticket, result) {
-            self.gate.leave(acks.len());
-            let stored = acknowledge(reply, acks);
-            // Positions grow with every commit: the newest of this one covers all before.
-            let through = stored.iter().filter_map(|r| r.meta.position).max();
-            self.deliver_live(stored, through, ctx);
-        }
-        if self.drain_when_committed && self.gate.is_idle() {
-            self.drain_when_committed = false;
-            self.finish_drain(ctx);
-        }
-    }
-
-    /// Hands back the dead letters an operator asked to redrive while no bus ran (`actorbus
-    /// dlq redrive`), before anything else; then every actor catches up from the store on
-    /// its own, and intake starts at once.
-    fn redrive_requested(&mut self, ctx: &mut Context<Self>) {
-        let Some(durable) = &self.durable else {
-            return;
-        };
-        let read = in_background(&durable.reader, |reader| reader.requested_redrives());
-        ctx.wait(
-            actix::fut::wrap_future(read).map(move |letters, act: &mut Self, ctx| {
-                let letters = match letters {
-                    Ok(letters) => letters,
-                    Err(e) => {
-                        log::error!(
-                            "reading requested redrives failed: {}; they wait for the next start",
-                            crate::storage::error::chain(&e)
-                        );
-                        Vec::new()
-                    }
-                };
-                let mut deliveries = Vec::new();
-                for (g, subscription) in act.subscriptions.iter().enumerate() {
-                    let records: Vec<Record> = letters
-                        .iter()
-                        .filter(|letter| letter.handler_name() == &*subscription.name)
-                        .map(|letter| letter.record.clone())
-                        .collect();
-                    if !records.is_empty() {
-                        log::info!(
-                            "redriving {} dead letter(s) of `{}`",
-                            records.len(),
-                            subscription.name
-                        );
-                        deliveries.push((g, records));
-                    }
-                }
-                let mut futures = Vec::new();
-                for (g, records) in deliveries {
-                    futures.push(act.delivery(records.into_iter(), Some(g)));
-                }
-                ctx.wait(actix::fut::wrap_future(join_all(futures)).map(
-                    |_, act: &mut Self, ctx| {
-                        act.start_lanes(ctx);
-                        act.start_intake(ctx);
-                    },
-                ));
-            }),
-        );
-    }
-
     fn start_intake(&mut self, ctx: &mut Context<Self>) {
         let Some((mut rx, chunk)) = self.intake.take() else {
             return;
@@ -404,43 +290,6 @@ impl RouterActor {
                 Poll::Pending => Poll::Pending,
             }
         }));
-    }
-
-    fn finish_drain(&mut self, ctx: &mut Context<Self>) {
-        if !self.lanes.iter().all(Lane::is_live) {
-            // An actor still reads its events from the store: drain once all are live.
-            self.drain_when_caught_up = true;
-            return;
-        }
-        // Every actor learns the final watermark first, then drains; the checkpoints and dead
-        // letters are written once all of them are done (so not a message earlier).
-        self.watermarks(true);
-        let controls: Vec<_> = self
-            .subscriptions
-            .iter()
-            .flat_map(|g| g.partitions.iter().map(|s| s.control.clone()))
-            .collect();
-        let storage = self.durable.as_ref().map(|d| d.storage.clone());
-        let done = async move {
-            join_all(controls.iter().map(|c| c.send(Control::Drain))).await;
-            if let Some(storage) = storage {
-                match storage.send(FlushCheckpoints).await {
-                    Ok(Err(e)) => log::error!("writing checkpoints at shutdown failed: {e}"),
-                    Err(_) => log::error!("the storage actor stopped before shutdown"),
-                    Ok(Ok(())) => {}
-                }
-            }
-        };
-        ctx.wait(
-            actix::fut::wrap_future(done).map(|(), act: &mut Self, ctx| {
-                act.drained = true;
-                for waiter in act.drain_waiters.drain(..) {
-                    let _ = waiter.send(());
-                }
-                // Dropping the partitions lets every handler actor stop and drop its handler.
-                ctx.stop();
-            }),
-        );
     }
 }
 
@@ -493,77 +342,5 @@ impl StreamHandler<Vec<Intake>> for RouterActor {
         } else {
             self.drain_when_committed = true;
         }
-    }
-}
-
-/// Close the intake (shutdown or escalation); buffered events are still routed.
-pub(crate) struct CloseIntake;
-
-impl Message for CloseIntake {
-    type Result = ();
-}
-
-impl Handler<CloseIntake> for RouterActor {
-    type Result = ();
-
-    fn handle(&mut self, _: CloseIntake, ctx: &mut Context<Self>) {
-        if let Some(tx) = self.close.take() {
-            // Spawned, not awaited: the intake may be full, and the router is what empties it.
-            ctx.spawn(actix::fut::wrap_future(async move {
-                let _ = tx.send(Intake::Close).await;
-            }));
-        }
-    }
-}
-
-/// Resolves once the intake is closed and every handler mailbox drained.
-pub(crate) struct AwaitDrained;
-
-impl Message for AwaitDrained {
-    type Result = ();
-}
-
-impl Handler<AwaitDrained> for RouterActor {
-    type Result = ResponseFuture<()>;
-
-    fn handle(&mut self, _: AwaitDrained, _ctx: &mut Context<Self>) -> Self::Result {
-        if self.drained {
-            return Box::pin(async {});
-        }
-        let (tx, rx) = oneshot::channel();
-        self.drain_waiters.push(tx);
-        Box::pin(async move {
-            let _ = rx.await;
-        })
-    }
-}
-
-/// Hand dead letters back to one subscription (after resuming its actors), in their order.
-pub(crate) struct Redrive {
-    pub(crate) subscription: usize,
-    pub(crate) records: Vec<Record>,
-}
-
-impl Message for Redrive {
-    type Result = ();
-}
-
-impl Handler<Redrive> for RouterActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Redrive, ctx: &mut Context<Self>) {
-        let Some(subscription) = self.subscriptions.get(msg.subscription) else {
-            return;
-        };
-        let resumes: Vec<_> = subscription
-            .partitions
-            .iter()
-            .map(|s| s.control.send(Control::Resume))
-            .collect();
-        ctx.wait(
-            actix::fut::wrap_future(join_all(resumes)).map(move |_, act: &mut Self, ctx| {
-                act.deliver(msg.records.into_iter(), Some(msg.subscription), ctx)
-            }),
-        );
     }
 }

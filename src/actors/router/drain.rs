@@ -1,0 +1,86 @@
+//! Draining the router at shutdown (or escalation): [`CloseIntake`] closes the intake,
+//! [`AwaitDrained`] answers once every handler actor handled what it was given and the last
+//! checkpoints are written.
+
+use super::*;
+
+impl RouterActor {
+    pub(super) fn finish_drain(&mut self, ctx: &mut Context<Self>) {
+        if !self.lanes.iter().all(Lane::is_live) {
+            // An actor still reads its events from the store: drain once all are live.
+            self.drain_when_caught_up = true;
+            return;
+        }
+        // Every actor learns the final watermark first, then drains; the checkpoints and dead
+        // letters are written once all of them are done (so not a message earlier).
+        self.watermarks(true);
+        let controls: Vec<_> = self
+            .subscriptions
+            .iter()
+            .flat_map(|g| g.partitions.iter().map(|s| s.control.clone()))
+            .collect();
+        let storage = self.durable.as_ref().map(|d| d.storage.clone());
+        let done = async move {
+            join_all(controls.iter().map(|c| c.send(Control::Drain))).await;
+            if let Some(storage) = storage {
+                match storage.send(FlushCheckpoints).await {
+                    Ok(Err(e)) => log::error!("writing checkpoints at shutdown failed: {e}"),
+                    Err(_) => log::error!("the storage actor stopped before shutdown"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
+        ctx.wait(
+            actix::fut::wrap_future(done).map(|(), act: &mut Self, ctx| {
+                act.drained = true;
+                for waiter in act.drain_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+                // Dropping the partitions lets every handler actor stop and drop its handler.
+                ctx.stop();
+            }),
+        );
+    }
+}
+
+/// Close the intake (shutdown or escalation); buffered events are still routed.
+pub(crate) struct CloseIntake;
+
+impl Message for CloseIntake {
+    type Result = ();
+}
+
+impl Handler<CloseIntake> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseIntake, ctx: &mut Context<Self>) {
+        if let Some(tx) = self.close.take() {
+            // Spawned, not awaited: the intake may be full, and the router is what empties it.
+            ctx.spawn(actix::fut::wrap_future(async move {
+                let _ = tx.send(Intake::Close).await;
+            }));
+        }
+    }
+}
+
+/// Resolves once the intake is closed and every handler mailbox drained.
+pub(crate) struct AwaitDrained;
+
+impl Message for AwaitDrained {
+    type Result = ();
+}
+
+impl Handler<AwaitDrained> for RouterActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: AwaitDrained, _ctx: &mut Context<Self>) -> Self::Result {
+        if self.drained {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = oneshot::channel();
+        self.drain_waiters.push(tx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
