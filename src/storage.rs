@@ -7,6 +7,7 @@ pub(crate) mod inspect;
 pub(crate) mod lock;
 pub(crate) mod models;
 pub(crate) mod pool;
+pub(crate) mod progress;
 pub(crate) mod queries;
 pub(crate) mod registry;
 pub(crate) mod repair;

@@ -17,9 +17,10 @@ use crate::storage::error::{classify, classify_connection};
 use crate::storage::lock::BusLock;
 use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
 use crate::storage::pool::{self, SqlitePool, WalCheckpointer};
+use crate::storage::progress;
 use crate::storage::queries::{self, micros};
 use crate::storage::registry::{self, RegisterError, SubscriptionSpec};
-use crate::storage::writer::{self, Writer};
+use crate::storage::writer::Writer;
 use crate::storage::{retention, Retention, SqliteOptions, StoreError};
 
 /// The single writer of a SQLite store. Dropping it stops the WAL checkpointer and releases
@@ -102,7 +103,7 @@ impl SqliteWriter {
         f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
     ) -> Result<T, StoreError> {
         self.writer.transaction(|conn| {
-            writer::save_dead_letters(conn, queued)?;
+            progress::save_dead_letters(conn, queued)?;
             f(conn)
         })
     }
@@ -132,7 +133,7 @@ impl LogWriter for SqliteWriter {
     ) -> Result<bool, StoreError> {
         let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
         self.writer
-            .transaction(|conn| writer::drop_covered_layouts(conn, subscription, partitions))
+            .transaction(|conn| progress::drop_covered_layouts(conn, subscription, partitions))
     }
 
     fn prune(
@@ -180,7 +181,7 @@ impl LogWriter for SqliteWriter {
     fn project(&mut self, queued: &[LetterChange], job: ProjectionJob) -> Result<(), ProjectError> {
         let mut failure = None;
         let result = self.after_letters(queued, |conn| match job(conn) {
-            Ok(checkpoint) => writer::save_checkpoints(conn, checkpoint.as_slice()),
+            Ok(checkpoint) => progress::save_checkpoints(conn, checkpoint.as_slice()),
             Err(e) => {
                 failure = Some(e);
                 Err(diesel::result::Error::RollbackTransaction)

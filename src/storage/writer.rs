@@ -11,8 +11,9 @@ use crate::event::{Metadata, Record};
 use crate::storage::backend::{LetterChange, Unit, UnitOutcome};
 use crate::storage::error::classify;
 use crate::storage::models::{CheckpointRow, NewStoredEvent};
+use crate::storage::progress::{save_checkpoints, save_dead_letters};
 use crate::storage::queries::{head, indexed_through, micros, set_meta_number, INDEXED_THROUGH};
-use crate::storage::schema::{checkpoints, dead_letters, events, stream_events};
+use crate::storage::schema::{events, stream_events};
 use crate::storage::StoreError;
 
 /// Streams whose last version the writer remembers; past this the cache starts over at the
@@ -288,34 +289,6 @@ fn in_transaction<T>(
     });
     result.map_err(|e| classify(path, first.unwrap_or(e)))
 }
-/// Stores dead-letter changes in order.
-pub(crate) fn save_dead_letters(
-    conn: &mut SqliteConnection,
-    changes: &[LetterChange],
-) -> QueryResult<()> {
-    use diesel::upsert::excluded;
-    for change in changes {
-        match change {
-            LetterChange::Keep(letter) => {
-                diesel::insert_into(dead_letters::table)
-                    .values(letter)
-                    .on_conflict((dead_letters::handler, dead_letters::position))
-                    .do_update()
-                    .set((
-                        dead_letters::attempts.eq(excluded(dead_letters::attempts)),
-                        dead_letters::last_error.eq(excluded(dead_letters::last_error)),
-                        dead_letters::failed_at.eq(excluded(dead_letters::failed_at)),
-                        dead_letters::redrive_requested.eq(0),
-                    ))
-                    .execute(conn)?;
-            }
-            LetterChange::Resolved(id) => {
-                diesel::delete(dead_letters::table.find(id)).execute(conn)?;
-            }
-        }
-    }
-    Ok(())
-}
 /// The stream's version: cached, or else in the index (a stream not cached has no event in
 /// the tail, by the writer's invariant).
 fn indexed_version(
@@ -366,57 +339,6 @@ fn already_stored(
         }
     }
     Ok(Some(found))
-}
-/// Upserts checkpoints; a checkpoint only moves forward here (`replay` moves it back on purpose,
-/// elsewhere), so a late batched write never undoes a projection's in-transaction one.
-pub(crate) fn save_checkpoints(
-    conn: &mut SqliteConnection,
-    rows: &[CheckpointRow],
-) -> QueryResult<()> {
-    use diesel::upsert::excluded;
-    for row in rows {
-        diesel::insert_into(checkpoints::table)
-            .values(row)
-            .on_conflict((
-                checkpoints::handler,
-                checkpoints::partitions,
-                checkpoints::partition,
-            ))
-            .do_update()
-            .set((
-                checkpoints::position.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                    "max(checkpoints.position, excluded.position)",
-                )),
-                checkpoints::updated_at.eq(excluded(checkpoints::updated_at)),
-            ))
-            .execute(conn)?;
-    }
-    Ok(())
-}
-/// Deletes the checkpoints of `handler` written with another concurrency that no longer
-/// matter: an old row at or below the lowest checkpoint of the current layout (all of its
-/// `partitions` rows present) cannot make any actor skip an event. Returns whether rows of
-/// another layout remain.
-pub(crate) fn drop_covered_layouts(
-    conn: &mut SqliteConnection,
-    handler: &str,
-    partitions: i32,
-) -> QueryResult<bool> {
-    use diesel::sql_types::{Integer, Text};
-    diesel::sql_query(
-        "DELETE FROM checkpoints WHERE handler = ?1 AND partitions != ?2 AND position <= \
-         (SELECT CASE WHEN count(*) = ?2 THEN min(position) END FROM checkpoints \
-          WHERE handler = ?1 AND partitions = ?2)",
-    )
-    .bind::<Text, _>(handler)
-    .bind::<Integer, _>(partitions)
-    .execute(conn)?;
-    let left: i64 = checkpoints::table
-        .filter(checkpoints::handler.eq(handler))
-        .filter(checkpoints::partitions.ne(partitions))
-        .count()
-        .get_result(conn)?;
-    Ok(left > 0)
 }
 /// Metadata beside the payload: only what is set, `None` when nothing is.
 fn encode_metadata(meta: &Metadata) -> Option<String> {
