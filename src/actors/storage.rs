@@ -1,5 +1,5 @@
 //! StorageActor: the single writer of the store, alone on an arbiter thread of its own (so
-//! its blocking diesel calls stall nothing else, and shutdown can join the thread). The
+//! its blocking database calls stall nothing else, and shutdown can join the thread). The
 //! router sends it each intake chunk as one [`Append`] (group commit, two outstanding at
 //! most); checkpoints, dead letters and the stream index of the newest events are written
 //! on the router's 200 ms timer ([`FlushCheckpoints`]).
