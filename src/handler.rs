@@ -12,7 +12,7 @@ use crate::event::{DomainEvent, Envelope};
 /// User code that reacts to events of type `E`. It owns its state (`&mut self`): one
 /// handler instance per handler actor, so no locking is needed inside.
 ///
-/// Return `Err` to have the event retried with the subscription's [`RetryPolicy`]; after the
+/// Return `Err` to have the event retried with the subscription's [`RetryPolicy`](crate::RetryPolicy); after the
 /// last attempt it becomes a dead letter and the handler moves on. A panic is caught, counts
 /// as an attempt, and the handler is rebuilt from its factory after the restart backoff.
 ///

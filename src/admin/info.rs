@@ -70,7 +70,7 @@ pub struct DeadLetterInfo {
     pub event: StoredEventInfo,
 }
 
-/// Which events [`Store::events`] returns.
+/// Which events [`Store::events`](crate::Store::events) returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EventFilter {
@@ -134,7 +134,7 @@ pub struct StoreSummary {
     pub handlers: Vec<HandlerSummary>,
 }
 
-/// What [`Store::replay`] did.
+/// What [`Store::replay`](crate::Store::replay) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Replay {
