@@ -75,3 +75,42 @@ pub enum Error {
     #[error("event could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
 }
+
+/// One line for a log or a dead letter: the error and its sources, `: `-separated (a
+/// source whose text the line already ends with is not repeated).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("saving the order failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_names_every_cause_once() {
+        let io = || std::io::Error::other("disk on fire");
+        assert_eq!(chain(&Outer(io())), "saving the order failed: disk on fire");
+        // A cause the message already ends with is not said twice.
+        assert_eq!(chain(&Repeats(io())), "cannot read: disk on fire");
+        let store = Error::Store(StoreError::database(io()));
+        assert_eq!(chain(&store), "database error: disk on fire");
+    }
+}

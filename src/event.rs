@@ -13,7 +13,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 mod record;
-pub(crate) use record::{new_event_id, Payload, Record};
+/// The raw-SQLite baseline (`baseline.rs`) gives its rows the ids the bus gives events.
+#[cfg(feature = "cli")]
+pub(crate) use record::new_event_id;
+pub(crate) use record::{Payload, Record};
 
 /// A domain event: a fact that happened to one aggregate (its *stream*), named in the past
 /// tense (`OrderPlaced`).

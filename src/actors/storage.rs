@@ -148,7 +148,10 @@ impl Drop for StorageActor {
                 checkpoints.len(),
                 letters.len()
             ),
-            Err(e) => log::error!("writing the last checkpoints as the writer stopped failed: {e}"),
+            Err(e) => log::error!(
+                "writing the last checkpoints as the writer stopped failed: {}",
+                crate::error::chain(&e)
+            ),
         }
     }
 }
@@ -208,10 +211,7 @@ impl StorageActor {
         {
             Ok(0) => {}
             Ok(n) => log::info!("retention deleted {n} processed event(s)"),
-            Err(e) => log::warn!(
-                "retention pass failed: {}",
-                crate::storage::error::chain(&e)
-            ),
+            Err(e) => log::warn!("retention pass failed: {}", crate::error::chain(&e)),
         }
     }
 }
@@ -264,7 +264,7 @@ impl Handler<Append> for StorageActor {
             log::error!(
                 "append of {} unit(s) failed: {}",
                 units.len(),
-                crate::storage::error::chain(e)
+                crate::error::chain(e)
             );
         }
         MessageResult((units, result))
@@ -285,7 +285,7 @@ impl Handler<FlushCheckpoints> for StorageActor {
         if let Err(e) = self.writer.index_tail() {
             log::warn!(
                 "indexing the newest events by stream failed (retried later): {}",
-                crate::storage::error::chain(&e)
+                crate::error::chain(&e)
             );
         }
         let relayouts = std::mem::take(&mut self.relayouts);
@@ -298,7 +298,7 @@ impl Handler<FlushCheckpoints> for StorageActor {
                 Err(e) => {
                     log::warn!(
                         "could not drop checkpoints of an earlier concurrency: {}",
-                        crate::storage::error::chain(&e)
+                        crate::error::chain(&e)
                     );
                     self.relayouts.push((handler, partitions));
                 }

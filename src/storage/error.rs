@@ -208,24 +208,10 @@ fn known_code(path: &Path, text: &str) -> Option<StoreError> {
     }
 }
 
-/// One line for a log: the error and its sources, `: `-separated.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let part = cause.to_string();
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        next = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::chain;
     use diesel::RunQueryDsl;
 
     #[test]

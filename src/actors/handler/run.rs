@@ -131,12 +131,16 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
                             setup.dead_letter(
                                 batch[i].clone(),
                                 1,
-                                error.to_string(),
+                                crate::error::chain(&*error),
                                 &mut refailed,
                             );
                             i += 1;
                         } else {
-                            log::debug!("handler `{}` failed in a run: {error}", setup.name);
+                            log::debug!(
+                                "handler `{}` failed in a run: {}",
+                                setup.name,
+                                crate::error::chain(&*error)
+                            );
                             actix::clock::sleep(retry.backoff_policy().delay_for(1)).await;
                             first_attempt = 2;
                         }
@@ -192,15 +196,16 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
                         setup.dead_letter(
                             record.clone(),
                             attempt,
-                            error.to_string(),
+                            crate::error::chain(&*error),
                             &mut refailed,
                         );
                         break;
                     }
                     log::debug!(
-                        "handler `{}` failed on {} (attempt {attempt}): {error}",
+                        "handler `{}` failed on {} (attempt {attempt}): {}",
                         setup.name,
-                        record.meta.id
+                        record.meta.id,
+                        crate::error::chain(&*error)
                     );
                     actix::clock::sleep(retry.backoff_policy().delay_for(attempt)).await;
                     attempt += 1;

@@ -24,7 +24,10 @@ impl RouterActor {
             join_all(controls.iter().map(|c| c.send(Control::Drain))).await;
             if let Some(storage) = storage {
                 match storage.send(FlushCheckpoints).await {
-                    Ok(Err(e)) => log::error!("writing checkpoints at shutdown failed: {e}"),
+                    Ok(Err(e)) => log::error!(
+                        "writing checkpoints at shutdown failed: {}",
+                        crate::error::chain(&e)
+                    ),
                     Err(_) => log::error!("the storage actor stopped before shutdown"),
                     Ok(Ok(())) => {}
                 }

@@ -204,7 +204,7 @@ impl RouterActor {
                     "`{}` #{partition}: reading its events after position {after} failed: {}; \
                      retrying in {READ_RETRY:?}",
                     self.subscriptions[g].name,
-                    crate::storage::error::chain(&e)
+                    crate::error::chain(&e)
                 );
                 self.lanes[flat] = Lane::behind(after);
                 ctx.run_later(READ_RETRY, move |act, ctx| act.read_next_page(flat, ctx));

@@ -20,7 +20,7 @@ impl RouterActor {
                     Err(e) => {
                         log::error!(
                             "reading requested redrives failed: {}; they wait for the next start",
-                            crate::storage::error::chain(&e)
+                            crate::error::chain(&e)
                         );
                         Vec::new()
                     }
