@@ -113,9 +113,9 @@ impl SupervisorActor {
             subscriptions,
         } = plan;
         let mut resumes = Vec::new();
-        let reader = store.as_ref().map(|s| s.opened.reader.clone());
         let mut writer = None;
         let mut durable = None;
+        // The storage actor and its board, which handler actors write their progress to.
         let mut started_store = None;
         if let Some(store) = store {
             let (storage, thread, board) = StorageActor::start_writer(
@@ -127,21 +127,24 @@ impl SupervisorActor {
             .map_err(|e| StoreError::io("actorbus-writer", e))?;
             resumes = store.opened.resumes;
             writer = Some(thread);
-            started_store = Some((storage.clone(), Arc::clone(&board)));
-            durable = Some((
+            started_store = Some((storage.clone(), board));
+            durable = Some(Durable {
                 storage,
-                board,
-                store.opened.reader,
-                store.opened.head,
-                store.retention,
-                store.split_commits,
-            ));
+                reader: store.opened.reader,
+                head: store.opened.head,
+                retention_every: store
+                    .retention
+                    .is_enabled()
+                    .then_some(store.retention.interval),
+                split_commits: store.split_commits,
+            });
         }
-        let dead_letters = Arc::new(match &durable {
-            Some((storage, board, reader, ..)) => {
+        let reader = durable.as_ref().map(|d| d.reader.clone());
+        let dead_letters = Arc::new(match (&started_store, &reader) {
+            (Some((storage, board)), Some(reader)) => {
                 DeadLetters::stored(Arc::clone(board), storage.clone(), reader.clone())
             }
-            None => DeadLetters::default(),
+            _ => DeadLetters::default(),
         });
         let (threads, placement) = start_handler_threads(handler_threads)?;
         let mut resumes = resumes.into_iter();
@@ -170,16 +173,6 @@ impl SupervisorActor {
                     }
                 })
                 .collect();
-            let durable =
-                durable.map(
-                    |(storage, _, reader, head, retention, split_commits)| Durable {
-                        storage,
-                        reader,
-                        head,
-                        retention_every: retention.is_enabled().then_some(retention.interval),
-                        split_commits,
-                    },
-                );
             let started = RouterActor::new(subscriptions, rx, tx, chunk, counters, durable).start();
             supervisor.own(started.clone(), writer, threads);
             router = Some(started);
