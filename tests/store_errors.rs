@@ -1,6 +1,7 @@
 //! Bad input against the SQLite store: foreign files, a newer schema, another process's
-//! lock, a full disk, stored payloads this binary cannot decode, and schema.rs drifting
-//! from the migrations. Each failure is a typed `StoreError` and loses no acknowledged event.
+//! lock, a full disk, stored payloads this binary cannot decode. Each failure is a typed
+//! `StoreError` and loses no acknowledged event. (schema.rs against the migrations:
+//! tests/schema.rs.)
 
 mod common;
 
@@ -95,21 +96,6 @@ async fn handled_up_to(rx: &mut mpsc::UnboundedReceiver<u64>, seq: u64) {
     while rx.recv().await.expect("the handler is alive") != seq {}
 }
 
-/// Creates an empty store (schema only) at `path` and shuts its bus down.
-async fn create_store(path: &Path) {
-    let bus = EventBus::builder()
-        .sqlite(path)
-        .build()
-        .expect("store opens");
-    drain(&bus).await;
-}
-
-fn open(path: &Path) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(path).expect("rusqlite opens the store");
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn
-}
-
 fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
@@ -145,7 +131,7 @@ fn placed_json(order: u64, seq: u64) -> String {
 
 /// (position, event id) of every stored event, in order.
 fn stored_ids(path: &Path) -> Vec<(u64, uuid::Uuid)> {
-    let conn = open(path);
+    let conn = raw_sqlite(path);
     let mut stmt = conn
         .prepare("SELECT position, event_id FROM events ORDER BY position")
         .unwrap();
@@ -259,7 +245,7 @@ async fn a_sqlite_database_of_another_application_is_refused_and_left_untouched(
     let tmp = TempStore::new();
     let path = tmp.path();
     {
-        let conn = open(path);
+        let conn = raw_sqlite(path);
         conn.execute_batch(
             "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
              INSERT INTO customers (name) VALUES ('Ada'), ('Grace');",
@@ -295,7 +281,7 @@ async fn a_store_of_a_newer_schema_is_refused_and_left_unchanged() {
         .unwrap();
     drain(&bus).await;
     {
-        let conn = open(path);
+        let conn = raw_sqlite(path);
         conn.execute(
             "UPDATE store_meta SET value = '99' WHERE key = 'schema_version'",
             [],
@@ -328,7 +314,7 @@ async fn a_store_of_a_newer_schema_is_refused_and_left_unchanged() {
     assert!(message.contains("99"), "{message}");
     assert_eq!(std::fs::read(path).unwrap(), before, "no byte changed");
     assert_eq!(tmp.file_names(), files_before);
-    let conn = open(path);
+    let conn = raw_sqlite(path);
     assert_eq!(count(&conn, "SELECT count(*) FROM events"), 20);
     assert_eq!(count(&conn, "SELECT count(*) FROM checkpoints"), 1);
 }
@@ -347,7 +333,7 @@ async fn a_publish_blocked_by_another_connections_write_lock_fails_with_locked_a
         .unwrap();
     let first = bus.publish(placed(1, 1)).await.unwrap();
 
-    let other = open(path);
+    let other = raw_sqlite(path);
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let err = bus.publish(placed(1, 2)).await.unwrap_err();
     assert!(matches!(err, Error::Store(StoreError::Locked)), "{err:?}");
@@ -386,7 +372,7 @@ async fn events_another_connection_committed_while_holding_the_lock_are_kept_and
         .unwrap();
     bus.publish(placed(1, 1)).await.unwrap();
 
-    let other = open(path);
+    let other = raw_sqlite(path);
     other.execute_batch("BEGIN EXCLUSIVE").unwrap();
     insert_row(&other, 2, "order-1", 2, "order.placed", &placed_json(1, 2));
     let err = bus.publish(placed(1, 3)).await.unwrap_err();
@@ -398,7 +384,7 @@ async fn events_another_connection_committed_while_holding_the_lock_are_kept_and
     assert_eq!(after.stream_version, Some(3), "the stream version too");
     drain(&bus).await;
 
-    let conn = open(path);
+    let conn = raw_sqlite(path);
     let stored: Vec<String> = conn
         .prepare("SELECT payload FROM events ORDER BY position")
         .unwrap()
@@ -418,7 +404,7 @@ async fn a_bus_builds_on_a_store_another_connection_holds_the_write_lock_on_and_
     let tmp = TempStore::new();
     let path = tmp.path();
     create_store(path).await;
-    let other = open(path);
+    let other = raw_sqlite(path);
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
 
     // A starting bus registers its subscriptions: it waits busy_timeout, then says so.
@@ -531,7 +517,7 @@ async fn stored_payloads_that_do_not_decode_become_dead_letters_and_the_followin
     let path = tmp.path();
     create_store(path).await;
     {
-        let conn = open(path);
+        let conn = raw_sqlite(path);
         insert_row(&conn, 1, "order-1", 1, "order.placed", &placed_json(1, 1));
         insert_row(
             &conn,
@@ -572,7 +558,7 @@ async fn stored_payloads_that_do_not_decode_become_dead_letters_and_the_followin
     assert_eq!(recorder.handled, 4);
     assert_eq!(recorder.dead_letters, 2);
     assert_eq!(recorder.restarts, 0, "nothing panicked");
-    let conn = open(path);
+    let conn = raw_sqlite(path);
     assert_eq!(count(&conn, "SELECT count(*) FROM events"), 6, "all kept");
 }
 
@@ -581,9 +567,16 @@ async fn a_stored_payload_that_is_not_json_is_dead_lettered_with_the_json_error(
     let tmp = TempStore::new();
     let path = tmp.path();
     create_store(path).await;
-    insert_row(&open(path), 1, "order-1", 1, "order.placed", "{not json");
     insert_row(
-        &open(path),
+        &raw_sqlite(path),
+        1,
+        "order-1",
+        1,
+        "order.placed",
+        "{not json",
+    );
+    insert_row(
+        &raw_sqlite(path),
         2,
         "order-1",
         2,
@@ -610,7 +603,7 @@ async fn an_event_given_up_on_while_another_process_holds_the_lock_is_still_a_de
     let path = tmp.path();
     create_store(path).await;
     insert_row(
-        &open(path),
+        &raw_sqlite(path),
         1,
         "order-1",
         1,
@@ -618,14 +611,14 @@ async fn an_event_given_up_on_while_another_process_holds_the_lock_is_still_a_de
         r#"{"unexpected": true}"#,
     );
     insert_row(
-        &open(path),
+        &raw_sqlite(path),
         2,
         "order-1",
         2,
         "order.placed",
         &placed_json(1, 2),
     );
-    let other = open(path);
+    let other = raw_sqlite(path);
 
     let log = new_log();
     let (tx, mut handled) = mpsc::unbounded_channel();
@@ -666,7 +659,7 @@ async fn events_of_a_type_no_handler_knows_stay_stored_and_do_not_disturb_catch_
     let legacy_payload = r#"{"sku":"A-1","reason":"recalled"}"#;
     let mut known = Vec::new();
     {
-        let conn = open(path);
+        let conn = raw_sqlite(path);
         conn.execute_batch("BEGIN").unwrap();
         let mut version = 0;
         // 2500 events of a retired type, with one known event every 500: more than a
@@ -715,7 +708,7 @@ async fn events_of_a_type_no_handler_knows_stay_stored_and_do_not_disturb_catch_
     known.push(9999);
     assert_eq!(seqs(&log), known, "known events handled once, in order");
     assert!(bus.dead_letters(None).unwrap().is_empty());
-    let conn = open(path);
+    let conn = raw_sqlite(path);
     let kept: i64 = conn
         .query_row(
             "SELECT count(*) FROM events WHERE event_type = 'inventory.recalled' AND payload = ?1",
@@ -724,166 +717,4 @@ async fn events_of_a_type_no_handler_knows_stay_stored_and_do_not_disturb_catch_
         )
         .unwrap();
     assert_eq!(kept, 2500, "unknown events are kept as they were");
-}
-
-/// One column as `diesel::table!` declares it.
-#[derive(Debug, PartialEq, Eq)]
-struct DeclaredColumn {
-    name: String,
-    sql_type: String,
-    nullable: bool,
-}
-
-/// One table of `schema.rs`: its name, primary key and columns in order.
-#[derive(Debug)]
-struct DeclaredTable {
-    name: String,
-    primary_key: Vec<String>,
-    columns: Vec<DeclaredColumn>,
-}
-
-/// Reads the `diesel::table!` blocks of a schema.rs as `diesel print-schema` writes them.
-fn parse_schema(source: &str) -> Vec<DeclaredTable> {
-    let mut tables = Vec::new();
-    let mut lines = source.lines().map(str::trim);
-    while let Some(line) = lines.next() {
-        if line != "diesel::table! {" {
-            continue;
-        }
-        let header = lines
-            .by_ref()
-            .find(|l| !l.is_empty() && !l.starts_with("//") && !l.starts_with("#["))
-            .expect("a table header");
-        let (name, rest) = header.split_once(" (").expect("`name (key) {`");
-        let (key, _) = rest.split_once(')').expect("`name (key) {`");
-        let mut table = DeclaredTable {
-            name: name.trim().to_owned(),
-            primary_key: key.split(',').map(|k| k.trim().to_owned()).collect(),
-            columns: Vec::new(),
-        };
-        for line in lines.by_ref() {
-            if line == "}" {
-                break;
-            }
-            if line.is_empty() || line.starts_with("//") || line.starts_with("#[") {
-                continue;
-            }
-            let (column, ty) = line
-                .trim_end_matches(',')
-                .split_once("->")
-                .unwrap_or_else(|| panic!("unparsed schema.rs line: {line}"));
-            let ty = ty.trim();
-            let (nullable, ty) = match ty.strip_prefix("Nullable<") {
-                Some(inner) => (true, inner.trim_end_matches('>')),
-                None => (false, ty),
-            };
-            table.columns.push(DeclaredColumn {
-                name: column.trim().to_owned(),
-                sql_type: ty.to_owned(),
-                nullable,
-            });
-        }
-        tables.push(table);
-    }
-    tables
-}
-
-/// The SQL types SQLite may declare for a diesel type (`INTEGER PRIMARY KEY` is the rowid,
-/// a 64-bit integer, so it stands for `BigInt` too).
-fn sql_types_for(diesel_type: &str, rowid: bool) -> &'static [&'static str] {
-    match (diesel_type, rowid) {
-        ("Integer", _) => &["INTEGER"],
-        ("BigInt", true) => &["BIGINT", "INTEGER"],
-        ("BigInt", false) => &["BIGINT"],
-        ("Text", _) => &["TEXT"],
-        ("Binary", _) => &["BLOB"],
-        ("Double", _) => &["DOUBLE", "REAL"],
-        ("Bool", _) => &["BOOLEAN"],
-        (other, _) => panic!("no SQLite type mapped for diesel's {other}: extend this test"),
-    }
-}
-
-#[actix::test]
-async fn schema_rs_declares_exactly_the_tables_and_columns_the_migrations_create() {
-    let declared = parse_schema(include_str!("../src/storage/schema.rs"));
-    assert!(declared.len() >= 4, "parsed {declared:?}");
-    let tmp = TempStore::new();
-    let path = tmp.path();
-    create_store(path).await;
-    let conn = open(path);
-
-    let mut created: Vec<String> = conn
-        .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'table' \
-             AND name NOT LIKE 'sqlite_%' AND name != '__diesel_schema_migrations' ORDER BY name",
-        )
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    created.sort();
-    let mut names: Vec<String> = declared.iter().map(|t| t.name.clone()).collect();
-    names.sort();
-    assert_eq!(names, created, "tables in schema.rs vs the migrated store");
-
-    for table in &declared {
-        // (name, declared type, notnull, pk index)
-        let actual: Vec<(String, String, bool, i64)> = conn
-            .prepare(&format!("PRAGMA table_info({})", table.name))
-            .unwrap()
-            .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(5)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let actual_names: Vec<&str> = actual.iter().map(|c| c.0.as_str()).collect();
-        let declared_names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(declared_names, actual_names, "columns of `{}`", table.name);
-
-        let actual_key: Vec<String> = {
-            let mut key: Vec<_> = actual.iter().filter(|c| c.3 > 0).collect();
-            key.sort_by_key(|c| c.3);
-            key.into_iter().map(|c| c.0.clone()).collect()
-        };
-        assert_eq!(
-            table.primary_key, actual_key,
-            "primary key of `{}`",
-            table.name
-        );
-
-        let rowid = table.primary_key.len() == 1;
-        for (column, (name, sql_type, notnull, pk)) in table.columns.iter().zip(&actual) {
-            let allowed = sql_types_for(&column.sql_type, rowid && *pk == 1);
-            assert!(
-                allowed.contains(&sql_type.to_uppercase().as_str()),
-                "`{}.{name}` is {sql_type} in the migrations but {} in schema.rs",
-                table.name,
-                column.sql_type
-            );
-            assert_eq!(
-                column.nullable, !notnull,
-                "nullability of `{}.{name}`: schema.rs says Nullable = {}, the migrations NOT NULL = {notnull}",
-                table.name, column.nullable
-            );
-        }
-    }
-}
-
-#[test]
-fn the_schema_parser_reads_keys_types_and_nullability() {
-    let tables = parse_schema(
-        "diesel::table! {\n    pairs (a, b) {\n        a -> Text,\n        b -> Integer,\n        \
-         c -> Nullable<Binary>,\n    }\n}\n",
-    );
-    assert_eq!(tables.len(), 1);
-    assert_eq!(tables[0].name, "pairs");
-    assert_eq!(tables[0].primary_key, vec!["a", "b"]);
-    assert_eq!(
-        tables[0].columns[2],
-        DeclaredColumn {
-            name: "c".into(),
-            sql_type: "Binary".into(),
-            nullable: true
-        }
-    );
 }

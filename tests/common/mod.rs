@@ -403,6 +403,23 @@ pub fn applications(path: &Path) -> (i64, i64) {
     (c.rows, c.events)
 }
 
+/// A plain SQLite connection to the store at `db`, as another program would open it; it
+/// waits up to 10 s for another connection's lock.
+pub fn raw_sqlite(db: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(db).expect("rusqlite opens the store");
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
+
+/// Creates an empty store (schema only) at `path` and shuts its bus down.
+pub async fn create_store(path: &Path) {
+    let bus = EventBus::builder()
+        .sqlite(path)
+        .build()
+        .expect("store opens");
+    drain(&bus).await;
+}
+
 /// The number of events in the store at `db` (read by plain SQLite, as another program
 /// would), 0 while it cannot be read.
 pub fn stored_events(db: &Path) -> u64 {
