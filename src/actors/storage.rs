@@ -18,7 +18,7 @@ use crate::storage::queries::micros;
 use crate::storage::registry::Resume;
 use crate::storage::{Retention, StoreError};
 
-/// Append these units in one transaction, with the checkpoints advanced since the last commit.
+/// Append these units in one transaction (group commit); checkpoints go with [`FlushCheckpoints`].
 pub(crate) struct Append(pub(crate) Vec<Unit>);
 
 impl Message for Append {

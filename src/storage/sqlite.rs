@@ -111,7 +111,7 @@ impl SqliteWriter {
 
 impl LogWriter for SqliteWriter {
     fn append(&mut self, units: &[Unit]) -> Result<Vec<UnitOutcome>, StoreError> {
-        self.writer.append(units, &[], &[])
+        self.writer.append(units)
     }
 
     fn save_progress(

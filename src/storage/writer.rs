@@ -60,16 +60,12 @@ impl Writer {
         }
     }
 
-    /// Appends every unit and upserts `checkpoints` in one transaction.
+    /// Appends every unit in one transaction (checkpoints and dead letters are written on the
+    /// storage actor's timer, by `save_checkpoints`).
     ///
     /// # Errors
     /// A database error (disk full, lock timeout ...): nothing of this call was stored.
-    pub(crate) fn append(
-        &mut self,
-        units: &[Unit],
-        checkpoints: &[CheckpointRow],
-        letters: &[LetterChange],
-    ) -> Result<Vec<UnitOutcome>, StoreError> {
+    pub(crate) fn append(&mut self, units: &[Unit]) -> Result<Vec<UnitOutcome>, StoreError> {
         let mut versions = std::mem::take(&mut self.versions);
         let cached_head = self.head;
         let mut indexed = self.indexed;
@@ -160,8 +156,6 @@ impl Writer {
                     .values(row)
                     .execute(conn)?;
             }
-            save_checkpoints(conn, checkpoints)?;
-            save_dead_letters(conn, letters)?;
             let mut reindexed = false;
             if next_position - indexed > INDEX_TAIL_LIMIT
                 || versions.len() + changed.len() > VERSION_CACHE_LIMIT
