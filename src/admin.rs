@@ -15,9 +15,10 @@ pub use info::{
 use crate::error::{Error, Result};
 use crate::storage::error::{classify, classify_connection};
 use crate::storage::pool::{self, SqlitePool};
+use crate::storage::queries::time_of;
 use crate::storage::{inspect, lock, queries, registry, repair};
 use crate::storage::{SqliteOptions, StoreError};
-use info::{letter_info, time};
+use info::letter_info;
 
 /// An operator's handle on a SQLite store file. Safe beside a running bus on the same file,
 /// in this process or another (SQLite locks; writes wait `busy_timeout`; every report reads
@@ -148,7 +149,7 @@ impl Store {
                 partition: r.partition.max(0) as u32,
                 partitions: r.partitions.max(0) as u32,
                 position: r.position.max(0) as u64,
-                updated_at: time(r.updated_at),
+                updated_at: time_of(r.updated_at),
             })
             .collect())
     }

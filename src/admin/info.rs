@@ -1,11 +1,12 @@
 //! What the operator's [`Store`](crate::Store) reports: stored events, checkpoints, dead
 //! letters, summaries, and the filter and outcome types of its calls.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use uuid::Uuid;
 
 use crate::storage::models::{DeadLetterRow, StoredEvent};
+use crate::storage::queries::time_of;
 
 /// One stored event, as an operator sees it (serializes with `recorded_at` in Unix µs).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -161,10 +162,6 @@ pub struct HandlerSummary {
     pub dead_letters: u64,
 }
 
-pub(super) fn time(micros: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64)
-}
-
 impl From<StoredEvent> for StoredEventInfo {
     fn from(e: StoredEvent) -> Self {
         Self {
@@ -176,7 +173,7 @@ impl From<StoredEvent> for StoredEventInfo {
             schema_version: e.schema_version as u32,
             payload: e.payload,
             metadata: e.metadata,
-            recorded_at: time(e.recorded_at),
+            recorded_at: time_of(e.recorded_at),
         }
     }
 }
@@ -187,7 +184,7 @@ pub(super) fn letter_info((row, event): (DeadLetterRow, StoredEvent)) -> DeadLet
         handler: row.handler,
         attempts: row.attempts.max(0) as u32,
         last_error: row.last_error,
-        failed_at: time(row.failed_at),
+        failed_at: time_of(row.failed_at),
         redrive_requested: row.redrive_requested != 0,
         event: event.into(),
     }

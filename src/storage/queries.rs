@@ -128,9 +128,14 @@ pub(crate) fn read_types_after(
         .select(StoredEvent::as_select())
         .load(conn)
 }
+/// A time as the store keeps it: Unix microseconds.
 pub(crate) fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
+}
+/// The time of stored Unix microseconds (the inverse of [`micros`]; negative is the epoch).
+pub(crate) fn time_of(micros: i64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64)
 }
 impl StoredEvent {
     /// The row as a record for delivery. A payload or metadata that is not JSON still makes a
@@ -167,8 +172,7 @@ impl StoredEvent {
             position: Some(self.position as u64),
             event_type: self.event_type.into(),
             schema_version: self.schema_version as u32,
-            occurred_at: UNIX_EPOCH
-                + std::time::Duration::from_micros(self.recorded_at.max(0) as u64),
+            occurred_at: time_of(self.recorded_at),
             correlation_id: uuid_at("correlation_id"),
             causation_id: uuid_at("causation_id"),
             headers,

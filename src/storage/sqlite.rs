@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use diesel::prelude::*;
 
@@ -18,7 +18,7 @@ use crate::storage::lock::BusLock;
 use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
 use crate::storage::pool::{self, SqlitePool, WalCheckpointer};
 use crate::storage::progress;
-use crate::storage::queries::{self, micros};
+use crate::storage::queries::{self, micros, time_of};
 use crate::storage::registry::{self, RegisterError, SubscriptionSpec};
 use crate::storage::writer::Writer;
 use crate::storage::{retention, Retention, SqliteOptions, StoreError};
@@ -253,7 +253,7 @@ fn stored_letter((row, event): (DeadLetterRow, StoredEvent)) -> DeadLetter {
         row.handler,
         row.attempts.max(0) as u32,
         row.last_error,
-        UNIX_EPOCH + Duration::from_micros(row.failed_at.max(0) as u64),
+        time_of(row.failed_at),
         record,
     )
 }
