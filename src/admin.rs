@@ -13,10 +13,11 @@ pub use info::{
 };
 
 use crate::error::{Error, Result};
+use crate::storage::convert::time_of;
 use crate::storage::error::{classify, classify_connection};
 use crate::storage::pool::{self, SqlitePool};
-use crate::storage::queries::time_of;
-use crate::storage::{inspect, lock, queries, registry, repair};
+use crate::storage::sql::sqlite::{queries, registry as stored};
+use crate::storage::{inspect, lock, registry, repair};
 use crate::storage::{SqliteOptions, StoreError};
 use info::letter_info;
 
@@ -301,7 +302,7 @@ impl Store {
             reason,
         };
         let mut conn = self.conn()?;
-        let kind = registry::kind_of(&mut conn, handler).map_err(|e| self.failed(e))?;
+        let kind = stored::kind_of(&mut conn, handler).map_err(|e| self.failed(e))?;
         if let Some((registry::Kind::Projection, resettable)) = kind {
             if !resettable {
                 return Err(not(
@@ -324,7 +325,7 @@ impl Store {
                      be rebuilt from the log"
                 )));
             }
-            registry::request_rebuild(&mut conn, handler).map_err(|e| self.failed(e))?;
+            stored::request_rebuild(&mut conn, handler).map_err(|e| self.failed(e))?;
             return Ok(Replay::Rebuild);
         }
         drop(conn);

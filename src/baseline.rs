@@ -20,8 +20,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::router::CHECKPOINT_FLUSH;
-use crate::storage::queries::INDEXED_THROUGH;
-use crate::storage::writer::INDEX_TAIL_SQL;
+use crate::storage::sql::sqlite::queries::INDEXED_THROUGH;
+use crate::storage::sql::sqlite::writer::INDEX_TAIL_SQL;
 use crate::storage::Durability;
 use crate::{
     BusBuilder, DomainEvent, Envelope, EventBus, EventHandler, HandlerError, HandlerOptions,

@@ -22,7 +22,7 @@ use crate::options::{
 use crate::stats::{BusCounters, HandlerCounters};
 use crate::storage::backend;
 use crate::storage::registry::{Kind, ResetHook, SubscriptionSpec};
-use crate::storage::{Durability, Retention, SqliteOptions, StoreConfig};
+use crate::storage::{Durability, PostgresOptions, Retention, SqliteOptions, StoreConfig};
 
 struct Registration {
     name: Arc<str>,
@@ -32,6 +32,8 @@ struct Registration {
     kind: Kind,
     /// A projection's read-model reset, where it has one.
     reset: Option<ResetHook>,
+    /// It can run on PostgreSQL (every handler; a projection with a PostgreSQL side).
+    on_postgres: bool,
     spawn: Box<dyn FnOnce(SpawnArgs) -> Vec<Partition>>,
 }
 
@@ -145,6 +147,13 @@ impl BusBuilder {
         self.store(StoreConfig::Sqlite(SqliteOptions::new(path)))
     }
 
+    /// Keeps events in the PostgreSQL database at `url` (`postgres://user@host/db`), migrated
+    /// when needed. Needs the crate's `postgres` feature: without it `build` answers
+    /// [`Error::Config`]. `publish` returns once the event is committed.
+    pub fn postgres(self, url: &str) -> Self {
+        self.store(StoreConfig::Postgres(PostgresOptions::new(url)))
+    }
+
     /// Sets the durability of a SQLite store (no effect in memory). Like the other store
     /// settings below, it may come before or after `.sqlite(..)`, `.url(..)` or
     /// `.from_env()`, and wins over the store's own settings.
@@ -165,7 +174,7 @@ impl BusBuilder {
         self
     }
 
-    /// Deletes processed events by age or count (off by default).
+    /// Deletes processed events by age or count (off by default; SQLite and PostgreSQL).
     pub fn retention(mut self, retention: Retention) -> Self {
         self.sqlite.retention = Some(retention);
         self
@@ -182,7 +191,7 @@ impl BusBuilder {
         self
     }
 
-    /// The store from a URL: `sqlite://PATH` or `memory://`.
+    /// The store from a URL: `sqlite://PATH`, `postgres://…` or `memory://`.
     ///
     /// # Errors
     /// [`Error::Config`] for another scheme.
@@ -224,7 +233,17 @@ impl BusBuilder {
             s.options.validate(&s.name)?;
             if s.kind == Kind::Projection && matches!(self.store, StoreConfig::Memory) {
                 return Err(Error::Config(format!(
-                    "projection `{}` needs a durable store (sqlite://)",
+                    "projection `{}` needs a durable store (sqlite:// or postgres://)",
+                    s.name
+                )));
+            }
+            if s.kind == Kind::Projection
+                && matches!(self.store, StoreConfig::Postgres(_))
+                && !s.on_postgres
+            {
+                return Err(Error::Config(format!(
+                    "projection `{}` has no PostgreSQL side: implement \
+                     Projection::apply_postgres and set Projection::POSTGRES",
                     s.name
                 )));
             }
@@ -233,8 +252,18 @@ impl BusBuilder {
             }
         }
 
-        if let StoreConfig::Sqlite(options) = &mut self.store {
-            self.sqlite.apply(options);
+        #[cfg(not(feature = "postgres"))]
+        if matches!(self.store, StoreConfig::Postgres(_)) {
+            return Err(Error::Config(backend::NO_POSTGRES.into()));
+        }
+        match &mut self.store {
+            StoreConfig::Sqlite(options) => self.sqlite.apply(options),
+            StoreConfig::Postgres(options) => {
+                if let Some(r) = self.sqlite.retention {
+                    options.retention = r;
+                }
+            }
+            StoreConfig::Memory => {}
         }
         let threads = match self.handler_threads {
             Some(0) => return Err(Error::Config("handler_threads must be at least 1".into())),
@@ -243,7 +272,7 @@ impl BusBuilder {
         };
         let store = match &self.store {
             StoreConfig::Memory => None,
-            StoreConfig::Sqlite(options) => {
+            durable => {
                 let specs: Vec<SubscriptionSpec> = self
                     .subscriptions
                     .iter_mut()
@@ -260,11 +289,16 @@ impl BusBuilder {
                     .iter()
                     .map(|s| (s.name.clone(), s.partitions))
                     .collect();
-                Some(StorePlan {
-                    opened: backend::open(options, specs)?,
+                let (retention, split_commits) = match durable {
+                    StoreConfig::Sqlite(o) => (o.retention, o.durability == Durability::Normal),
+                    StoreConfig::Postgres(o) => (o.retention, false),
+                    StoreConfig::Memory => (Retention::default(), false),
+                };
+                backend::open(durable, specs)?.map(|opened| StorePlan {
+                    opened,
                     layouts,
-                    retention: options.retention,
-                    split_commits: options.durability == Durability::Normal,
+                    retention,
+                    split_commits,
                 })
             }
         };

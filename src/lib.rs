@@ -68,7 +68,8 @@
 //!   handle events.
 //! - [`RetryPolicy`], [`RestartPolicy`], [`Backoff`], [`Escalation`]: failure policies.
 //! - [`Projection`]: a read model written in the store's transaction with its checkpoint.
-//! - [`StoreConfig`], [`SqliteOptions`], [`Durability`], [`Retention`]: where events are kept.
+//! - [`StoreConfig`], [`SqliteOptions`], [`PostgresOptions`], [`Durability`], [`Retention`]:
+//!   where events are kept.
 //! - [`Store`], [`Replay`]: an operator's view of a store (what the `actorbus` command uses).
 //! - [`Stats`], [`DeadLetter`], [`Error`], [`StoreError`]: what the bus reports.
 
@@ -119,7 +120,9 @@ pub use crate::options::{
 pub use crate::policy::{Backoff, Escalation, RestartPolicy, RetryPolicy};
 pub use crate::projection::Projection;
 pub use crate::stats::{HandlerStats, Latency, Stats};
-pub use crate::storage::{Durability, Retention, Source, SqliteOptions, StoreConfig, StoreError};
+pub use crate::storage::{
+    Durability, PostgresOptions, Retention, Source, SqliteOptions, StoreConfig, StoreError,
+};
 
 /// The diesel this crate is built with: [`Projection::apply`] takes its `SqliteConnection`,
 /// so `actorbus::diesel::...` writes a read model without a diesel dependency of the

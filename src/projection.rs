@@ -6,15 +6,15 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use actix::Addr;
-use diesel::{Connection, SqliteConnection};
+use diesel::SqliteConnection;
 
 use crate::actors::handler::{ManyHandled, RunsEvents};
 use crate::actors::storage::{Project, StorageActor};
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
-use crate::storage::backend::{ProjectError, ProjectionJob};
+use crate::storage::backend::{ProjectError, ProjectionJob, Tx};
+use crate::storage::convert::micros;
 use crate::storage::models::CheckpointRow;
-use crate::storage::queries::micros;
 use crate::storage::StoreError;
 
 /// A read model kept in the bus's SQLite store. `apply` runs on the storage actor's thread,
@@ -77,6 +77,61 @@ pub trait Projection<E: DomainEvent>: Send + 'static {
     fn reset(&mut self, conn: &mut SqliteConnection) -> Result<(), HandlerError> {
         let _ = conn;
         Err("this projection has no reset".into())
+    }
+
+    /// Whether [`apply_postgres`](Self::apply_postgres) is defined: a bus on PostgreSQL
+    /// refuses to start (`Error::Config`) with a projection that has no PostgreSQL side.
+    #[cfg(feature = "postgres")]
+    const POSTGRES: bool = false;
+
+    /// [`apply`](Self::apply) on a PostgreSQL store: the same work in PostgreSQL's SQL, in
+    /// the transaction that moves the checkpoint (and checks this process still owns it).
+    ///
+    /// # Errors
+    /// Any error: the transaction is rolled back and the event retried.
+    #[cfg(feature = "postgres")]
+    fn apply_postgres(
+        &mut self,
+        event: &Envelope<E>,
+        conn: &mut diesel::PgConnection,
+    ) -> Result<(), HandlerError> {
+        let _ = (event, conn);
+        Err("this projection has no PostgreSQL side (Projection::POSTGRES)".into())
+    }
+
+    /// [`reset`](Self::reset) on a PostgreSQL store.
+    ///
+    /// # Errors
+    /// Any error: the bus does not start (nothing is changed), and says why.
+    #[cfg(feature = "postgres")]
+    fn reset_postgres(&mut self, conn: &mut diesel::PgConnection) -> Result<(), HandlerError> {
+        let _ = conn;
+        Err("this projection has no reset on PostgreSQL".into())
+    }
+}
+
+/// Applies `event` on whichever database the writer runs.
+fn apply_on<E: DomainEvent, P: Projection<E>>(
+    projection: &mut P,
+    event: &Envelope<E>,
+    tx: Tx<'_>,
+) -> Result<(), HandlerError> {
+    match tx {
+        Tx::Sqlite(conn) => projection.apply(event, conn),
+        #[cfg(feature = "postgres")]
+        Tx::Postgres(conn) => projection.apply_postgres(event, conn),
+    }
+}
+
+/// Resets the read model on whichever database the writer runs.
+pub(crate) fn reset_on<E: DomainEvent, P: Projection<E>>(
+    projection: &mut P,
+    tx: Tx<'_>,
+) -> Result<(), HandlerError> {
+    match tx {
+        Tx::Sqlite(conn) => projection.reset(conn),
+        #[cfg(feature = "postgres")]
+        Tx::Postgres(conn) => projection.reset_postgres(conn),
     }
 }
 
@@ -149,14 +204,14 @@ impl<E: DomainEvent, P: Projection<E>> RunsEvents<E> for ProjectionHandler<E, P>
         let at = self.checkpoint();
         let outcome = Arc::new(Mutex::new((0usize, None::<HandlerError>)));
         let report = Arc::clone(&outcome);
-        let job: ProjectionJob = Box::new(move |conn: &mut SqliteConnection| {
+        let job: ProjectionJob = Box::new(move |mut tx: Tx<'_>| {
             let mut projection = projection.lock().unwrap_or_else(|p| p.into_inner());
             let mut applied = 0;
             let mut failure = None;
             for event in &events {
                 let mut error = None;
-                let saved = conn.transaction(|c| {
-                    guarded(|| projection.apply(event, c)).map_err(|e| {
+                let saved = tx.savepoint(|tx| {
+                    guarded(|| apply_on(&mut *projection, event, tx)).map_err(|e| {
                         error = Some(e);
                         diesel::result::Error::RollbackTransaction
                     })
@@ -189,9 +244,10 @@ impl<E: DomainEvent, P: Projection<E>> RunsEvents<E> for ProjectionHandler<E, P>
         let checkpoint = self.checkpoint()(event.position());
         let storage = self.storage.clone();
         async move {
-            let job: ProjectionJob = Box::new(move |conn: &mut SqliteConnection| {
+            let job: ProjectionJob = Box::new(move |tx: Tx<'_>| {
                 let mut projection = projection.lock().unwrap_or_else(|p| p.into_inner());
-                guarded(|| projection.apply(&event, conn)).map_err(ProjectError::Handler)?;
+                guarded(|| apply_on(&mut *projection, &event, tx))
+                    .map_err(ProjectError::Handler)?;
                 Ok(Some(checkpoint))
             });
             match storage.send(Project(job)).await {

@@ -2,19 +2,19 @@
 //! (catch-up, the CLI) go through an r2d2 pool beside it, which WAL mode allows.
 
 pub(crate) mod backend;
+pub(crate) mod convert;
 pub(crate) mod error;
 pub(crate) mod inspect;
 pub(crate) mod lock;
 pub(crate) mod models;
 pub(crate) mod pool;
-pub(crate) mod progress;
-pub(crate) mod queries;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 pub(crate) mod registry;
 pub(crate) mod repair;
-pub(crate) mod retention;
 pub(crate) mod schema;
+pub(crate) mod sql;
 pub(crate) mod sqlite;
-pub(crate) mod writer;
 
 use std::path::PathBuf;
 
@@ -52,6 +52,72 @@ pub enum StoreConfig {
     Memory,
     /// An embedded SQLite database file.
     Sqlite(SqliteOptions),
+    /// A PostgreSQL database (needs the crate's `postgres` feature; without it `build`
+    /// answers [`Error::Config`](crate::Error::Config)).
+    Postgres(PostgresOptions),
+}
+
+/// Settings of a PostgreSQL store.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/database` (libpq's URL or key=value form).
+    pub url: String,
+    /// Connections the bus opens: one writer, the rest for catch-up and redrive reads.
+    pub pool_size: u32,
+    /// How long opening a connection may take.
+    pub connect_timeout: std::time::Duration,
+    /// Optional clean-up of events every subscription has processed.
+    pub retention: Retention,
+}
+
+impl PostgresOptions {
+    /// Defaults for the database at `url`: 4 connections, 10 s to connect, keep everything.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 4,
+            connect_timeout: std::time::Duration::from_secs(10),
+            retention: Retention::default(),
+        }
+    }
+
+    /// The URL without its password, as logs and errors show it.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+/// Never shows the password.
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &self.redacted_url())
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retention", &self.retention)
+            .finish()
+    }
+}
+
+/// `url` with the password of its `user:password@` part (or a `password=` key) replaced.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if let Some((userinfo, host)) = authority.rsplit_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}{tail}");
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Settings of a SQLite store.
@@ -151,12 +217,14 @@ impl Retention {
 }
 
 impl StoreConfig {
-    /// Parses `sqlite://PATH` (also `sqlite:PATH`) or `memory://`.
+    /// Parses `sqlite://PATH` (also `sqlite:PATH`), `postgres://…` (also `postgresql://…`)
+    /// or `memory://`.
     ///
     /// ```
     /// use actorbus::StoreConfig;
     /// assert_eq!(StoreConfig::from_url("memory://").unwrap(), StoreConfig::Memory);
     /// assert!(matches!(StoreConfig::from_url("sqlite://data/bus.db").unwrap(), StoreConfig::Sqlite { .. }));
+    /// assert!(matches!(StoreConfig::from_url("postgres://127.0.0.1/app").unwrap(), StoreConfig::Postgres { .. }));
     /// assert!(StoreConfig::from_url("mysql://x").is_err());
     /// ```
     ///
@@ -166,12 +234,16 @@ impl StoreConfig {
         if url == "memory://" || url == "memory:" {
             return Ok(Self::Memory);
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(PostgresOptions::new(url)));
+        }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .ok_or_else(|| {
                 crate::Error::Config(format!(
-                    "unsupported store URL `{url}`: expected sqlite://PATH or memory://"
+                    "unsupported store URL `{}`: expected sqlite://PATH, postgres://… or memory://",
+                    redact(url)
                 ))
             })?;
         if path.is_empty() {

@@ -207,7 +207,15 @@ async fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
 
 #[test]
 fn the_store_url_selects_the_backend() {
-    assert!(EventBus::builder().url("postgres://x").is_err());
+    assert!(EventBus::builder().url("mysql://x").is_err());
     assert!(EventBus::builder().url("sqlite://bus.db").is_ok());
+    assert!(EventBus::builder().url("postgres://127.0.0.1/app").is_ok());
+    assert!(EventBus::builder()
+        .url("postgresql://127.0.0.1/app")
+        .is_ok());
     assert!(EventBus::builder().url("memory://").is_ok());
+    let err = EventBus::builder()
+        .url("mysql://me:secret@db/x")
+        .unwrap_err();
+    assert!(!err.to_string().contains("secret"), "{err}");
 }

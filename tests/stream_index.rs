@@ -108,15 +108,15 @@ async fn check_reports_a_damaged_stream_index_and_a_version_stored_twice() {
 const SCHEMA_2: [(&str, &str); 3] = [
     (
         "20261125000001",
-        include_str!("../migrations/2026-11-25-000001_create_store/up.sql"),
+        include_str!("../migrations/sqlite/2026-11-25-000001_create_store/up.sql"),
     ),
     (
         "20261125000002",
-        include_str!("../migrations/2026-11-25-000002_redrive_requests/up.sql"),
+        include_str!("../migrations/sqlite/2026-11-25-000002_redrive_requests/up.sql"),
     ),
     (
         "20261125000003",
-        include_str!("../migrations/2026-11-25-000003_drop_type_index/up.sql"),
+        include_str!("../migrations/sqlite/2026-11-25-000003_drop_type_index/up.sql"),
     ),
 ];
 

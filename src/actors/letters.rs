@@ -14,8 +14,8 @@ use crate::dead_letter::DeadLetter;
 use crate::event::Record;
 use crate::storage::backend::LetterChange;
 use crate::storage::backend::{in_background, Reader};
+use crate::storage::convert::micros;
 use crate::storage::models::NewDeadLetter;
-use crate::storage::queries::micros;
 use crate::storage::StoreError;
 
 /// The dead letters of a bus: a list in memory, or the `dead_letters` table of the store.

@@ -13,8 +13,8 @@ use crate::actors::thread::ActorThread;
 use crate::storage::backend::{
     LetterChange, LogWriter, ProjectError, ProjectionJob, Unit, UnitOutcome,
 };
+use crate::storage::convert::micros;
 use crate::storage::models::CheckpointRow;
-use crate::storage::queries::micros;
 use crate::storage::registry::Resume;
 use crate::storage::{Retention, StoreError};
 

@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
+use crate::storage::convert::time_of;
 use crate::storage::models::{DeadLetterRow, StoredEvent};
-use crate::storage::queries::time_of;
 
 /// One stored event, as an operator sees it (serializes with `recorded_at` in Unix µs).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

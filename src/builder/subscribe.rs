@@ -13,7 +13,8 @@ use crate::batch::{BatchHandler, Batched};
 use crate::event::DomainEvent;
 use crate::handler::{EventHandler, Handle, Plain, RecipientHandler};
 use crate::options::HandlerOptions;
-use crate::projection::{Projection, ProjectionHandler};
+use crate::projection::{reset_on, Projection, ProjectionHandler};
+use crate::storage::backend::Tx;
 use crate::storage::registry::{Kind, ResetHook};
 
 impl BusBuilder {
@@ -61,7 +62,8 @@ impl BusBuilder {
     }
 
     /// Subscribes a [`Projection`]: its read model is written in the store's transaction
-    /// together with its checkpoint (exactly-once effects). Needs a SQLite store.
+    /// together with its checkpoint (exactly-once effects). Needs a durable store; on
+    /// PostgreSQL, a projection with a PostgreSQL side ([`Projection::POSTGRES`]).
     pub fn projection<E, P>(
         self,
         name: &str,
@@ -77,24 +79,33 @@ impl BusBuilder {
         let factory = Arc::new(factory);
         let reset: Option<ResetHook> = P::RESETTABLE.then(|| {
             let factory = Arc::clone(&factory);
-            Box::new(move |conn: &mut diesel::SqliteConnection| factory().reset(conn)) as ResetHook
+            Box::new(move |tx: Tx<'_>| reset_on(&mut factory(), tx)) as ResetHook
         });
         let kind = Kind::Projection;
-        self.subscribe::<E, ProjectionHandler<E, P>>(name, options, kind, reset, move |args| {
-            let storage = args
-                .storage
-                .clone()
-                .expect("checked in build: projections need a store");
-            Arc::new(move |partition| {
-                ProjectionHandler::new(
-                    factory(),
-                    storage.clone(),
-                    Arc::clone(&projection_name),
-                    partition,
-                    partitions,
-                )
-            })
-        })
+        let mut builder =
+            self.subscribe::<E, ProjectionHandler<E, P>>(name, options, kind, reset, move |args| {
+                let storage = args
+                    .storage
+                    .clone()
+                    .expect("checked in build: projections need a store");
+                Arc::new(move |partition| {
+                    ProjectionHandler::new(
+                        factory(),
+                        storage.clone(),
+                        Arc::clone(&projection_name),
+                        partition,
+                        partitions,
+                    )
+                })
+            });
+        if let Some(registered) = builder.subscriptions.last_mut() {
+            #[cfg(feature = "postgres")]
+            let on_postgres = P::POSTGRES;
+            #[cfg(not(feature = "postgres"))]
+            let on_postgres = false;
+            registered.on_postgres = on_postgres;
+        }
+        builder
     }
 
     /// Registers a subscription; `factory` is made once the bus's actors exist.
@@ -151,6 +162,7 @@ impl BusBuilder {
             options,
             kind,
             reset,
+            on_postgres: true,
             spawn: Box::new(spawn),
         });
         self

@@ -16,7 +16,7 @@ use crate::error::HandlerError;
 use crate::event::Record;
 use crate::storage::models::{CheckpointRow, NewDeadLetter};
 use crate::storage::registry::{Resume, SubscriptionSpec};
-use crate::storage::{Retention, SqliteOptions, StoreError};
+use crate::storage::{Retention, StoreConfig, StoreError};
 
 /// One publish (or `publish_all`): all of it is stored, or none.
 #[derive(Debug)]
@@ -53,11 +53,34 @@ pub(crate) enum LetterChange {
     Resolved(i64),
 }
 
+/// The writer's connection inside a transaction, whichever database it is: what a
+/// projection's work (and its reset) runs on.
+pub(crate) enum Tx<'a> {
+    Sqlite(&'a mut diesel::SqliteConnection),
+    #[cfg(feature = "postgres")]
+    Postgres(&'a mut diesel::PgConnection),
+}
+
+impl Tx<'_> {
+    /// Runs `f` in a savepoint of its own (a nested transaction): what `f` wrote is rolled
+    /// back alone when it fails, and the rest of the transaction goes on.
+    pub(crate) fn savepoint<T, E: From<diesel::result::Error>>(
+        &mut self,
+        f: impl FnOnce(Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        use diesel::Connection;
+        match self {
+            Tx::Sqlite(c) => c.transaction(|c| f(Tx::Sqlite(c))),
+            #[cfg(feature = "postgres")]
+            Tx::Postgres(c) => c.transaction(|c| f(Tx::Postgres(c))),
+        }
+    }
+}
+
 /// A projection's work in the writer's transaction: it applies its events and returns the
 /// checkpoint to store with them (`None`: nothing was applied). It catches its own panics.
-pub(crate) type ProjectionJob = Box<
-    dyn FnOnce(&mut diesel::SqliteConnection) -> Result<Option<CheckpointRow>, ProjectError> + Send,
->;
+pub(crate) type ProjectionJob =
+    Box<dyn FnOnce(Tx<'_>) -> Result<Option<CheckpointRow>, ProjectError> + Send>;
 
 /// Why a projection's transaction was rolled back.
 #[derive(Debug, thiserror::Error)]
@@ -186,15 +209,32 @@ pub(crate) struct Opened {
     pub(crate) resumes: Vec<Resume>,
 }
 
-/// Claims and opens the store `options` names, and registers `subscriptions` (rebuilding
-/// the projections an operator asked to).
+/// Why a build without the `postgres` feature cannot open a PostgreSQL store.
+#[cfg(not(feature = "postgres"))]
+pub(crate) const NO_POSTGRES: &str =
+    "this build has no PostgreSQL support: enable actorbus's `postgres` feature";
+
+/// Claims and opens the store `config` names, and registers `subscriptions` (rebuilding
+/// the projections an operator asked to); `None` for a bus in memory.
 ///
 /// # Errors
 /// [`StoreError::InUse`] when another bus runs on it; whatever opening met (see
-/// [`StoreError`]); a failed rebuild as [`StoreError::Rebuild`].
+/// [`StoreError`]); a failed rebuild as [`StoreError::Rebuild`]; a PostgreSQL URL in a
+/// build without the `postgres` feature as a connection error ([`NO_POSTGRES`]).
 pub(crate) fn open(
-    options: &SqliteOptions,
+    config: &StoreConfig,
     subscriptions: Vec<SubscriptionSpec>,
-) -> Result<Opened, StoreError> {
-    crate::storage::sqlite::open(options, subscriptions)
+) -> Result<Option<Opened>, StoreError> {
+    match config {
+        StoreConfig::Memory => Ok(None),
+        StoreConfig::Sqlite(options) => {
+            crate::storage::sqlite::open(options, subscriptions).map(Some)
+        }
+        #[cfg(feature = "postgres")]
+        StoreConfig::Postgres(options) => {
+            crate::storage::postgres::open(options, subscriptions).map(Some)
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreConfig::Postgres(_) => Err(StoreError::connection(std::io::Error::other(NO_POSTGRES))),
+    }
 }

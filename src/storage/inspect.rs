@@ -4,8 +4,8 @@
 use diesel::prelude::*;
 
 use crate::storage::models::{CheckpointRow, StoredEvent};
-use crate::storage::queries;
 use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, subscriptions};
+use crate::storage::sql::sqlite::queries;
 
 /// Which events [`events`] reads.
 #[derive(Debug, Default)]

@@ -11,7 +11,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use crate::storage::error::{classify, classify_connection};
 use crate::storage::{Durability, SqliteOptions, StoreError};
 
-pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 /// The newest `store_meta.schema_version` this binary understands.
 pub(crate) const SCHEMA_VERSION: i64 = 4;
 /// SQLite's default page size, which the store keeps.

@@ -10,10 +10,8 @@
 
 use std::sync::Arc;
 
-use diesel::prelude::*;
-
+use crate::storage::backend::Tx;
 use crate::storage::models::CheckpointRow;
-use crate::storage::schema::{checkpoints, subscriptions};
 
 /// What a subscription is, as the store records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +33,7 @@ impl Kind {
 
 /// Clears a projection's read model before it is rebuilt from the log (`actorbus replay`).
 pub(crate) type ResetHook =
-    Box<dyn FnOnce(&mut SqliteConnection) -> Result<(), crate::error::HandlerError> + Send>;
+    Box<dyn FnOnce(Tx<'_>) -> Result<(), crate::error::HandlerError> + Send>;
 
 /// One subscription of a starting bus.
 pub(crate) struct SubscriptionSpec {
@@ -94,101 +92,15 @@ impl From<diesel::result::Error> for RegisterError {
     }
 }
 
-/// Registers `specs` and returns where each one's actors resume, in their order. Runs the
-/// reset of every projection an operator asked to rebuild (`actorbus replay`), in the same
-/// transaction that moves its checkpoints back to the beginning. Call it inside a transaction.
-pub(crate) fn register(
-    conn: &mut SqliteConnection,
-    specs: &mut [SubscriptionSpec],
-    head: i64,
-    now: i64,
-) -> Result<Vec<Resume>, RegisterError> {
-    let mut resumes = Vec::with_capacity(specs.len());
-    for spec in specs.iter_mut() {
-        let resettable = spec.reset.is_some();
-        let requested: bool = subscriptions::table
-            .find(&spec.name)
-            .select(subscriptions::rebuild_requested)
-            .first::<i32>(conn)
-            .optional()?
-            .is_some_and(|r| r != 0);
-        if requested {
-            match (spec.kind, spec.reset.take()) {
-                (Kind::Projection, Some(reset)) => {
-                    reset(conn).map_err(|source| RegisterError::Rebuild {
-                        subscription: spec.name.clone(),
-                        source,
-                    })?;
-                    log::info!(
-                        "projection `{}`: read model reset, replaying the log",
-                        spec.name
-                    );
-                }
-                (Kind::Projection, None) => {
-                    return Err(RegisterError::Rebuild {
-                        subscription: spec.name.clone(),
-                        source: "it was asked to rebuild its read model, but it has no reset \
-                                 (Projection::RESETTABLE); `actorbus replay` cannot be done for it"
-                            .into(),
-                    })
-                }
-                (Kind::Handler, _) => {}
-            }
-            diesel::delete(checkpoints::table.filter(checkpoints::handler.eq(&spec.name)))
-                .execute(conn)?;
-        }
-        let n = spec.partitions as i32;
-        diesel::replace_into(subscriptions::table)
-            .values((
-                subscriptions::name.eq(&spec.name),
-                subscriptions::kind.eq(spec.kind.as_str()),
-                subscriptions::event_types.eq(spec.event_types.join(",")),
-                subscriptions::partitions.eq(n),
-                subscriptions::resettable.eq(i32::from(resettable)),
-                subscriptions::rebuild_requested.eq(0),
-                subscriptions::updated_at.eq(now),
-            ))
-            .execute(conn)?;
-        let rows: Vec<CheckpointRow> = checkpoints::table
-            .filter(checkpoints::handler.eq(&spec.name))
-            .select(CheckpointRow::as_select())
-            .load(conn)?;
-        let resume = resume_points(&rows, spec.partitions, || {
-            if spec.start_at_head && !requested {
-                head.max(0) as u64
-            } else {
-                0
-            }
-        });
-        let missing: Vec<CheckpointRow> = (0..spec.partitions)
-            .filter(|&i| {
-                !rows
-                    .iter()
-                    .any(|r| r.partitions == n && r.partition == i as i32)
-            })
-            .map(|i| CheckpointRow {
-                handler: spec.name.clone(),
-                partition: i as i32,
-                partitions: n,
-                position: resume.own[i] as i64,
-                updated_at: now,
-            })
-            .collect();
-        if !missing.is_empty() {
-            diesel::insert_into(checkpoints::table)
-                .values(&missing)
-                .execute(conn)?;
-        }
-        resumes.push(resume);
-    }
-    Ok(resumes)
-}
-
 /// Where each of `partitions` actors resumes, given the subscription's checkpoint rows.
 /// `fresh` is the start of a subscription with no rows at all. An actor of a new layout
 /// without a row starts at the lowest checkpoint of the earlier layouts (every stream it owns
 /// was handled at least that far), and skips what those layouts passed.
-fn resume_points(rows: &[CheckpointRow], partitions: usize, fresh: impl FnOnce() -> u64) -> Resume {
+pub(crate) fn resume_points(
+    rows: &[CheckpointRow],
+    partitions: usize,
+    fresh: impl FnOnce() -> u64,
+) -> Resume {
     if rows.is_empty() {
         return Resume {
             own: vec![fresh(); partitions],
@@ -224,34 +136,6 @@ fn resume_points(rows: &[CheckpointRow], partitions: usize, fresh: impl FnOnce()
         own,
         older: Arc::new(older),
     }
-}
-
-/// The kind and whether it can be rebuilt, of the subscription `name`, if registered (a
-/// kind this binary does not know counts as a plain handler).
-pub(crate) fn kind_of(
-    conn: &mut SqliteConnection,
-    name: &str,
-) -> QueryResult<Option<(Kind, bool)>> {
-    let row = subscriptions::table
-        .find(name)
-        .select((subscriptions::kind, subscriptions::resettable))
-        .first::<(String, i32)>(conn)
-        .optional()?;
-    Ok(row.map(|(kind, resettable)| {
-        let kind = if kind == Kind::Projection.as_str() {
-            Kind::Projection
-        } else {
-            Kind::Handler
-        };
-        (kind, resettable != 0)
-    }))
-}
-
-/// Asks the next bus that starts to reset the projection `name` and replay the whole log.
-pub(crate) fn request_rebuild(conn: &mut SqliteConnection, name: &str) -> QueryResult<usize> {
-    diesel::update(subscriptions::table.find(name))
-        .set(subscriptions::rebuild_requested.eq(1))
-        .execute(conn)
 }
 
 #[cfg(test)]

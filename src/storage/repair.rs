@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use crate::storage::queries::micros;
+use crate::storage::convert::micros;
 use crate::storage::schema::{checkpoints, dead_letters};
 
 /// Marks the dead letters of `subscription` (all when `None`) to be redriven at the next

@@ -16,6 +16,9 @@ use actorbus::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 /// Generous bound for a drain: only reached when the test is already failing.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
@@ -365,6 +368,32 @@ impl actorbus::Projection<OrderPlaced> for Applied {
     const RESETTABLE: bool = true;
 
     fn reset(&mut self, conn: &mut diesel::SqliteConnection) -> Result<(), HandlerError> {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute("DELETE FROM applied")?;
+        Ok(())
+    }
+
+    #[cfg(feature = "postgres")]
+    const POSTGRES: bool = true;
+
+    #[cfg(feature = "postgres")]
+    fn apply_postgres(
+        &mut self,
+        e: &Envelope<OrderPlaced>,
+        conn: &mut diesel::PgConnection,
+    ) -> Result<(), HandlerError> {
+        use diesel::prelude::*;
+        use diesel::sql_types::{BigInt, Text};
+        diesel::sql_query("INSERT INTO applied (position, stream, seq) VALUES ($1, $2, $3)")
+            .bind::<BigInt, _>(e.position().unwrap_or(0) as i64)
+            .bind::<Text, _>(e.stream_id())
+            .bind::<BigInt, _>(e.seq as i64)
+            .execute(conn)?;
+        Ok(())
+    }
+
+    #[cfg(feature = "postgres")]
+    fn reset_postgres(&mut self, conn: &mut diesel::PgConnection) -> Result<(), HandlerError> {
         use diesel::connection::SimpleConnection;
         conn.batch_execute("DELETE FROM applied")?;
         Ok(())

@@ -1,13 +1,9 @@
 //! The store's reads: the head, the stream index's mark, checkpoints, dead letters, pages
 //! of events by type (catch-up), a stream's version; and rows back into records.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use diesel::prelude::*;
-use uuid::Uuid;
 
-use crate::event::{stable_hash, Metadata, Payload, Record};
+use super::Conn;
 use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
 use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, stream_events};
 
@@ -18,7 +14,7 @@ pub(crate) const PRUNED_THROUGH: &str = "pruned_through";
 /// The last position ever assigned: the newest event's, or the newest retention deleted if
 /// that is later (it deleted everything after it too). Positions are never given out twice,
 /// whatever was deleted: a checkpoint past a reused position would skip the new event.
-pub(crate) fn head(conn: &mut SqliteConnection) -> QueryResult<i64> {
+pub(crate) fn head(conn: &mut Conn) -> QueryResult<i64> {
     let newest = events::table
         .select(diesel::dsl::max(events::position))
         .first::<Option<i64>>(conn)?
@@ -26,14 +22,14 @@ pub(crate) fn head(conn: &mut SqliteConnection) -> QueryResult<i64> {
     Ok(newest.max(pruned_through(conn)?))
 }
 /// The last position `stream_events` covers (0 for a store with nothing indexed).
-pub(crate) fn indexed_through(conn: &mut SqliteConnection) -> QueryResult<i64> {
+pub(crate) fn indexed_through(conn: &mut Conn) -> QueryResult<i64> {
     meta_number(conn, INDEXED_THROUGH)
 }
 /// The newest position retention deleted (0 if it never ran).
-pub(crate) fn pruned_through(conn: &mut SqliteConnection) -> QueryResult<i64> {
+pub(crate) fn pruned_through(conn: &mut Conn) -> QueryResult<i64> {
     meta_number(conn, PRUNED_THROUGH)
 }
-pub(crate) fn meta_number(conn: &mut SqliteConnection, key: &str) -> QueryResult<i64> {
+pub(crate) fn meta_number(conn: &mut Conn, key: &str) -> QueryResult<i64> {
     let value = store_meta::table
         .filter(store_meta::key.eq(key))
         .select(store_meta::value)
@@ -41,22 +37,21 @@ pub(crate) fn meta_number(conn: &mut SqliteConnection, key: &str) -> QueryResult
         .optional()?;
     Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
-pub(crate) fn set_meta_number(
-    conn: &mut SqliteConnection,
-    key: &str,
-    value: i64,
-) -> QueryResult<()> {
-    diesel::replace_into(store_meta::table)
+pub(crate) fn set_meta_number(conn: &mut Conn, key: &str, value: i64) -> QueryResult<()> {
+    diesel::insert_into(store_meta::table)
         .values((
             store_meta::key.eq(key),
             store_meta::value.eq(value.to_string()),
         ))
+        .on_conflict(store_meta::key)
+        .do_update()
+        .set(store_meta::value.eq(value.to_string()))
         .execute(conn)
         .map(drop)
 }
 /// Dead letters an operator asked to redrive, with their events, oldest first.
 pub(crate) fn load_requested_redrives(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
 ) -> QueryResult<Vec<(DeadLetterRow, StoredEvent)>> {
     dead_letters::table
         .inner_join(events::table.on(events::position.eq(dead_letters::position)))
@@ -67,7 +62,7 @@ pub(crate) fn load_requested_redrives(
 }
 /// Dead letters of `handler` (all when `None`) with their events, oldest first.
 pub(crate) fn load_dead_letters(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     handler: Option<&str>,
 ) -> QueryResult<Vec<(DeadLetterRow, StoredEvent)>> {
     load_dead_letter_page(conn, handler, 0, i64::MAX)
@@ -75,7 +70,7 @@ pub(crate) fn load_dead_letters(
 /// Up to `limit` dead letters of `handler` (all when `None`) with ids above `after`, oldest
 /// first.
 pub(crate) fn load_dead_letter_page(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     handler: Option<&str>,
     after: i64,
     limit: i64,
@@ -94,7 +89,7 @@ pub(crate) fn load_dead_letter_page(
 }
 /// The stream's current version (0 for a stream never written): the index, and the short
 /// tail past its mark.
-pub(crate) fn stream_version(conn: &mut SqliteConnection, stream: &str) -> QueryResult<i64> {
+pub(crate) fn stream_version(conn: &mut Conn, stream: &str) -> QueryResult<i64> {
     let indexed = indexed_through(conn)?;
     let in_index = stream_events::table
         .filter(stream_events::stream_id.eq(stream))
@@ -108,14 +103,14 @@ pub(crate) fn stream_version(conn: &mut SqliteConnection, stream: &str) -> Query
     Ok(in_index.max(in_tail).unwrap_or(0))
 }
 /// Every checkpoint in the store.
-pub(crate) fn load_all_checkpoints(conn: &mut SqliteConnection) -> QueryResult<Vec<CheckpointRow>> {
+pub(crate) fn load_all_checkpoints(conn: &mut Conn) -> QueryResult<Vec<CheckpointRow>> {
     checkpoints::table
         .select(CheckpointRow::as_select())
         .load(conn)
 }
 /// Up to `limit` events of any of `types` after `after`, oldest first.
 pub(crate) fn read_types_after(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     types: &[String],
     after: i64,
     limit: i64,
@@ -127,64 +122,4 @@ pub(crate) fn read_types_after(
         .limit(limit)
         .select(StoredEvent::as_select())
         .load(conn)
-}
-/// A time as the store keeps it: Unix microseconds.
-pub(crate) fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-/// The time of stored Unix microseconds (the inverse of [`micros`]; negative is the epoch).
-pub(crate) fn time_of(micros: i64) -> SystemTime {
-    UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64)
-}
-impl StoredEvent {
-    /// The row as a record for delivery. A payload or metadata that is not JSON still makes a
-    /// record (the handler dead-letters it with the reason), never a failed read.
-    pub(crate) fn into_record(self) -> Record {
-        let payload = match serde_json::from_str(&self.payload) {
-            Ok(value) => Payload::Json(Arc::new(value)),
-            Err(e) => Payload::Invalid(Arc::from(format!("it is not JSON: {e}"))),
-        };
-        let extra: serde_json::Value = self
-            .metadata
-            .as_deref()
-            .and_then(|m| serde_json::from_str(m).ok())
-            .unwrap_or(serde_json::Value::Null);
-        let uuid_at = |key: &str| {
-            extra
-                .get(key)
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.parse().ok())
-        };
-        let headers = extra
-            .get("headers")
-            .and_then(|h| h.as_object())
-            .map(|h| {
-                h.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let meta = Metadata {
-            id: Uuid::from_slice(&self.event_id).unwrap_or_default(),
-            stream_id: self.stream_id,
-            stream_version: Some(self.stream_version as u64),
-            position: Some(self.position as u64),
-            event_type: self.event_type.into(),
-            schema_version: self.schema_version as u32,
-            occurred_at: time_of(self.recorded_at),
-            correlation_id: uuid_at("correlation_id"),
-            causation_id: uuid_at("causation_id"),
-            headers,
-        };
-        let stream_hash = stable_hash(meta.stream_id.as_bytes());
-        Record {
-            meta: Arc::new(meta),
-            payload,
-            encoded: None,
-            published_at: std::time::Instant::now(),
-            stream_hash,
-            letter: None,
-        }
-    }
 }

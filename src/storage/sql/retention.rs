@@ -3,9 +3,9 @@
 
 use diesel::prelude::*;
 
-use crate::storage::queries::{
-    head, indexed_through, meta_number, set_meta_number, PRUNED_THROUGH,
-};
+use super::Conn;
+
+use super::queries::{head, indexed_through, meta_number, set_meta_number, PRUNED_THROUGH};
 use crate::storage::schema::{dead_letters, events, stream_events};
 use crate::storage::Retention;
 
@@ -13,7 +13,7 @@ use crate::storage::Retention;
 /// checkpoint of every subscription), never one a dead letter refers to. At most `limit` per
 /// call, so the writer's transaction stays short. Returns how many were deleted.
 pub(crate) fn prune(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     retention: &Retention,
     safe: i64,
     now_micros: i64,

@@ -4,15 +4,14 @@
 
 use diesel::prelude::*;
 
+use super::{Conn, Dialect};
+
 use crate::storage::backend::LetterChange;
 use crate::storage::models::CheckpointRow;
 use crate::storage::schema::{checkpoints, dead_letters};
 
 /// Stores dead-letter changes in order.
-pub(crate) fn save_dead_letters(
-    conn: &mut SqliteConnection,
-    changes: &[LetterChange],
-) -> QueryResult<()> {
+pub(crate) fn save_dead_letters(conn: &mut Conn, changes: &[LetterChange]) -> QueryResult<()> {
     use diesel::upsert::excluded;
     for change in changes {
         match change {
@@ -38,10 +37,7 @@ pub(crate) fn save_dead_letters(
 }
 /// Upserts checkpoints; a checkpoint only moves forward here (`replay` moves it back on purpose,
 /// elsewhere), so a late batched write never undoes a projection's in-transaction one.
-pub(crate) fn save_checkpoints(
-    conn: &mut SqliteConnection,
-    rows: &[CheckpointRow],
-) -> QueryResult<()> {
+pub(crate) fn save_checkpoints(conn: &mut Conn, rows: &[CheckpointRow]) -> QueryResult<()> {
     use diesel::upsert::excluded;
     for row in rows {
         diesel::insert_into(checkpoints::table)
@@ -53,9 +49,10 @@ pub(crate) fn save_checkpoints(
             ))
             .do_update()
             .set((
-                checkpoints::position.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                    "max(checkpoints.position, excluded.position)",
-                )),
+                checkpoints::position.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+                    "{}(checkpoints.position, excluded.position)",
+                    Conn::GREATEST
+                ))),
                 checkpoints::updated_at.eq(excluded(checkpoints::updated_at)),
             ))
             .execute(conn)?;
@@ -67,15 +64,15 @@ pub(crate) fn save_checkpoints(
 /// `partitions` rows present) cannot make any actor skip an event. Returns whether rows of
 /// another layout remain.
 pub(crate) fn drop_covered_layouts(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     handler: &str,
     partitions: i32,
 ) -> QueryResult<bool> {
     use diesel::sql_types::{Integer, Text};
     diesel::sql_query(
-        "DELETE FROM checkpoints WHERE handler = ?1 AND partitions != ?2 AND position <= \
-         (SELECT CASE WHEN count(*) = ?2 THEN min(position) END FROM checkpoints \
-          WHERE handler = ?1 AND partitions = ?2)",
+        "DELETE FROM checkpoints WHERE handler = $1 AND partitions != $2 AND position <= \
+         (SELECT CASE WHEN count(*) = $2 THEN min(position) END FROM checkpoints \
+          WHERE handler = $1 AND partitions = $2)",
     )
     .bind::<Text, _>(handler)
     .bind::<Integer, _>(partitions)

@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
 
-use crate::event::{Metadata, Record};
+use super::progress::{save_checkpoints, save_dead_letters};
+use super::queries::{head, indexed_through, set_meta_number, INDEXED_THROUGH};
+use super::{Conn, Dialect};
+use crate::event::Record;
 use crate::storage::backend::{LetterChange, Unit, UnitOutcome};
+use crate::storage::convert::{encode_metadata, micros};
 use crate::storage::error::classify;
 use crate::storage::models::{CheckpointRow, NewStoredEvent};
-use crate::storage::progress::{save_checkpoints, save_dead_letters};
-use crate::storage::queries::{head, indexed_through, micros, set_meta_number, INDEXED_THROUGH};
 use crate::storage::schema::{events, stream_events};
 use crate::storage::StoreError;
 
@@ -22,14 +24,14 @@ const VERSION_CACHE_LIMIT: usize = 100_000;
 /// An append that leaves more events than this past `indexed_through` indexes the tail in its
 /// own transaction. The storage actor's timer normally indexes it long before (every 200 ms).
 const INDEX_TAIL_LIMIT: i64 = 65_536;
-/// Indexes the events in `(?1, ?2]` by stream, sorted so each stream's entries go in together.
+/// Indexes the events in `($1, $2]` by stream, sorted so each stream's entries go in together.
 pub(crate) const INDEX_TAIL_SQL: &str =
     "INSERT INTO stream_events (stream_id, stream_version, position) \
      SELECT stream_id, stream_version, position FROM events \
-     WHERE position > ?1 AND position <= ?2 ORDER BY stream_id, stream_version";
+     WHERE position > $1 AND position <= $2 ORDER BY stream_id, stream_version";
 /// The single writer's connection and what it remembers between commits.
 pub(crate) struct Writer {
-    conn: PooledConnection<ConnectionManager<SqliteConnection>>,
+    conn: PooledConnection<ConnectionManager<Conn>>,
     path: PathBuf,
     head: i64,
     /// The last position `stream_events` covers (-1: not known, read it at the next commit).
@@ -47,10 +49,7 @@ impl std::fmt::Debug for Writer {
     }
 }
 impl Writer {
-    pub(crate) fn new(
-        conn: PooledConnection<ConnectionManager<SqliteConnection>>,
-        path: PathBuf,
-    ) -> Self {
+    pub(crate) fn new(conn: PooledConnection<ConnectionManager<Conn>>, path: PathBuf) -> Self {
         Self {
             conn,
             path,
@@ -69,7 +68,7 @@ impl Writer {
         let mut versions = std::mem::take(&mut self.versions);
         let cached_head = self.head;
         let mut indexed = self.indexed;
-        let result = in_transaction(&mut self.conn, &self.path, |conn| {
+        let result = in_transaction(&mut self.conn, &self.path, Kind::Append, |conn| {
             let head = head(conn)?;
             if head != cached_head || indexed < 0 {
                 // Someone else wrote (or this is the first commit): cached versions may be
@@ -149,13 +148,7 @@ impl Writer {
                     }
                 })
                 .collect();
-            // One cached prepared statement, executed per row: a multi-row VALUES list differs
-            // in length from commit to commit, so SQLite would parse it again every time.
-            for row in &new_rows {
-                diesel::insert_into(events::table)
-                    .values(row)
-                    .execute(conn)?;
-            }
+            conn.insert_events(&new_rows)?;
             let mut reindexed = false;
             if next_position - indexed > INDEX_TAIL_LIMIT
                 || versions.len() + changed.len() > VERSION_CACHE_LIMIT
@@ -198,7 +191,7 @@ impl Writer {
             return Ok(());
         }
         let (from, to) = (self.indexed, self.head);
-        let result = in_transaction(&mut self.conn, &self.path, |conn| {
+        let result = in_transaction(&mut self.conn, &self.path, Kind::Append, |conn| {
             if head(conn)? != to {
                 return Ok(None);
             }
@@ -242,9 +235,9 @@ impl Writer {
     /// What `f` returned, or a database error.
     pub(crate) fn transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
+        f: impl FnOnce(&mut Conn) -> QueryResult<T>,
     ) -> Result<T, StoreError> {
-        in_transaction(&mut self.conn, &self.path, f)
+        in_transaction(&mut self.conn, &self.path, Kind::Write, f)
     }
 
     /// Stores dead-letter changes and checkpoints in one transaction (no events to append).
@@ -259,34 +252,48 @@ impl Writer {
         if rows.is_empty() && letters.is_empty() {
             return Ok(());
         }
-        in_transaction(&mut self.conn, &self.path, |conn| {
+        in_transaction(&mut self.conn, &self.path, Kind::Write, |conn| {
             save_checkpoints(conn, rows)?;
             save_dead_letters(conn, letters)
         })
     }
 }
-/// Runs `f` in an immediate transaction. Reports the first error `f` met: when SQLite has
+/// Which transaction a write runs in (see [`Dialect`]).
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Appends and the stream index: one appender at a time.
+    Append,
+    /// Everything else.
+    Write,
+}
+
+/// Runs `f` in a transaction of `kind`. Reports the first error `f` met: when SQLite has
 /// already rolled back by itself (a full disk), diesel's own ROLLBACK fails too, and that
 /// second error would otherwise hide the cause.
 fn in_transaction<T>(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     path: &std::path::Path,
-    f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
+    kind: Kind,
+    f: impl FnOnce(&mut Conn) -> QueryResult<T>,
 ) -> Result<T, StoreError> {
     let mut first = None;
-    let result = conn.immediate_transaction(|c| match f(c) {
+    let body = |c: &mut Conn| match f(c) {
         Err(e) if !matches!(e, diesel::result::Error::RollbackTransaction) => {
             first = Some(e);
             Err(diesel::result::Error::RollbackTransaction)
         }
         r => r,
-    });
+    };
+    let result = match kind {
+        Kind::Append => conn.append_transaction(body),
+        Kind::Write => conn.write_transaction(body),
+    };
     result.map_err(|e| classify(path, first.unwrap_or(e)))
 }
 /// The stream's version: cached, or else in the index (a stream not cached has no event in
 /// the tail, by the writer's invariant).
 fn indexed_version(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     cache: &mut HashMap<String, i64>,
     stream: &str,
 ) -> QueryResult<i64> {
@@ -303,7 +310,7 @@ fn indexed_version(
 }
 /// Indexes the events in `(from, to]`, sorted by stream so that each stream's entries go in
 /// together, and moves the mark to `to`. Returns `to`.
-fn index_tail(conn: &mut SqliteConnection, from: i64, to: i64) -> QueryResult<i64> {
+fn index_tail(conn: &mut Conn, from: i64, to: i64) -> QueryResult<i64> {
     use diesel::sql_types::BigInt;
     if to <= from {
         return Ok(from);
@@ -316,10 +323,7 @@ fn index_tail(conn: &mut SqliteConnection, from: i64, to: i64) -> QueryResult<i6
     Ok(to)
 }
 /// (position, version) of every record when all of their ids are stored already.
-fn already_stored(
-    conn: &mut SqliteConnection,
-    records: &[Record],
-) -> QueryResult<Option<Vec<(u64, u64)>>> {
+fn already_stored(conn: &mut Conn, records: &[Record]) -> QueryResult<Option<Vec<(u64, u64)>>> {
     let mut found = Vec::with_capacity(records.len());
     for record in records {
         let row = events::table
@@ -333,26 +337,4 @@ fn already_stored(
         }
     }
     Ok(Some(found))
-}
-/// Metadata beside the payload: only what is set, `None` when nothing is.
-fn encode_metadata(meta: &Metadata) -> Option<String> {
-    if meta.correlation_id.is_none() && meta.causation_id.is_none() && meta.headers.is_empty() {
-        return None;
-    }
-    let mut m = serde_json::Map::new();
-    if let Some(c) = meta.correlation_id {
-        m.insert("correlation_id".into(), c.to_string().into());
-    }
-    if let Some(c) = meta.causation_id {
-        m.insert("causation_id".into(), c.to_string().into());
-    }
-    if !meta.headers.is_empty() {
-        let headers = meta
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-            .collect();
-        m.insert("headers".into(), serde_json::Value::Object(headers));
-    }
-    Some(serde_json::Value::Object(m).to_string())
 }

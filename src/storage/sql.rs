@@ -1,0 +1,181 @@
+//! The store's SQL, written once for every database it runs on.
+//!
+//! The files under `storage/sql/` are compiled once per database: [`sqlite`] mounts them
+//! with `Conn = SqliteConnection`, [`postgres`] (feature `postgres`) with
+//! `Conn = PgConnection`. The schema is the same on both (`migrations/` and
+//! `migrations/postgres/`), so the same diesel queries type-check against each, and a query
+//! that one database cannot run fails to compile rather than at run time. What differs
+//! between the databases is the [`Dialect`] of their connection, and nothing else.
+
+// Mounting each file once per database is the point of this module.
+#![allow(clippy::duplicate_mod)]
+
+use diesel::prelude::*;
+
+use crate::storage::backend::Tx;
+use crate::storage::models::NewStoredEvent;
+
+/// What the store's SQL needs that the databases spell differently.
+pub(crate) trait Dialect: Connection + Sized {
+    /// The SQL function for the larger of two values.
+    const GREATEST: &'static str;
+
+    /// Runs `f` in a transaction that no other appender of the store runs beside, so that
+    /// positions are given out, and become visible, in order: no reader ever passes over a
+    /// position whose transaction commits later. SQLite: `BEGIN IMMEDIATE`. PostgreSQL: a
+    /// transaction-scoped advisory lock, taken first (group commit keeps it cheap: one lock
+    /// per chunk of publishes).
+    fn append_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T>;
+
+    /// Runs `f` in a read-only transaction that sees one snapshot throughout (a page of
+    /// events and the head beside it must agree).
+    fn read_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T>;
+
+    /// Runs `f` in a write transaction (checkpoints, dead letters, retention, projections).
+    fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T>;
+
+    /// Inserts a group commit's events.
+    fn insert_events(&mut self, rows: &[NewStoredEvent<'_>]) -> QueryResult<()>;
+
+    /// The connection as a projection's work takes it.
+    fn tx(&mut self) -> Tx<'_>;
+}
+
+impl Dialect for SqliteConnection {
+    const GREATEST: &'static str = "max";
+
+    fn append_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        self.immediate_transaction(f)
+    }
+
+    fn read_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        // WAL: a deferred transaction reads one snapshot from its first read on.
+        self.transaction(f)
+    }
+
+    fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        self.immediate_transaction(f)
+    }
+
+    fn insert_events(&mut self, rows: &[NewStoredEvent<'_>]) -> QueryResult<()> {
+        use crate::storage::schema::events;
+        // One cached prepared statement, executed per row: a multi-row VALUES list differs in
+        // length from commit to commit, so SQLite would parse it again every time.
+        for row in rows {
+            diesel::insert_into(events::table)
+                .values(row)
+                .execute(self)?;
+        }
+        Ok(())
+    }
+
+    fn tx(&mut self) -> Tx<'_> {
+        Tx::Sqlite(self)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Dialect for diesel::PgConnection {
+    const GREATEST: &'static str = "greatest";
+
+    fn append_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        self.transaction(|conn| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                .bind::<diesel::sql_types::BigInt, _>(APPEND_LOCK)
+                .execute(conn)?;
+            f(conn)
+        })
+    }
+
+    fn read_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        // READ COMMITTED would take a new snapshot per statement.
+        self.build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run(f)
+    }
+
+    fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> QueryResult<T>,
+    ) -> QueryResult<T> {
+        self.transaction(f)
+    }
+
+    fn insert_events(&mut self, rows: &[NewStoredEvent<'_>]) -> QueryResult<()> {
+        use crate::storage::schema::events;
+        // One multi-row INSERT per chunk: a round trip per row would bound the rate by the
+        // network's latency. 9 columns a row stay well under PostgreSQL's 65,535 parameters.
+        for chunk in rows.chunks(4096) {
+            diesel::insert_into(events::table)
+                .values(chunk)
+                .execute(self)?;
+        }
+        Ok(())
+    }
+
+    fn tx(&mut self) -> Tx<'_> {
+        Tx::Postgres(self)
+    }
+}
+
+/// The advisory lock key appends serialize on (PostgreSQL): "actorbus" in ASCII.
+#[cfg(feature = "postgres")]
+pub(crate) const APPEND_LOCK: i64 = 0x6163_746f_7262_7573;
+
+/// The store's SQL on SQLite.
+#[path = "sql"]
+pub(crate) mod sqlite {
+    /// The connection the SQL below runs on.
+    pub(crate) type Conn = diesel::SqliteConnection;
+    pub(crate) use super::Dialect;
+
+    pub(crate) mod progress;
+    pub(crate) mod queries;
+    pub(crate) mod registry;
+    pub(crate) mod retention;
+    pub(crate) mod store;
+    pub(crate) mod writer;
+}
+
+/// The same SQL on PostgreSQL. (The operator's reads and requests, `admin.rs`, run on
+/// SQLite only so far: what only they use is unused here.)
+#[cfg(feature = "postgres")]
+#[allow(dead_code)]
+#[path = "sql"]
+pub(crate) mod postgres {
+    /// The connection the SQL below runs on.
+    pub(crate) type Conn = diesel::PgConnection;
+    pub(crate) use super::Dialect;
+
+    pub(crate) mod progress;
+    pub(crate) mod queries;
+    pub(crate) mod registry;
+    pub(crate) mod retention;
+    pub(crate) mod store;
+    pub(crate) mod writer;
+}
