@@ -268,6 +268,80 @@ pub fn raw_sqlite_inserts(path: &Path, spec: &RawInserts) -> Result<Duration, ru
     Ok(start.elapsed())
 }
 
+/// Writes `spec.events` rows into the PostgreSQL database at `url` (empty, or an actorbus
+/// store): the store's own tables (its migrations), the store's multi-row INSERT,
+/// `spec.batch` rows per transaction, the stream index filled from the tail as often as the
+/// bus's writer does it; no actors, no advisory lock. Returns the time taken.
+///
+/// # Errors
+/// Any connection, migration or database error.
+#[cfg(feature = "postgres")]
+pub fn raw_postgres_inserts(
+    url: &str,
+    spec: &RawInserts,
+) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    use crate::storage::models::NewStoredEvent;
+    use crate::storage::sql::postgres::queries::{set_meta_number, INDEXED_THROUGH};
+    use crate::storage::sql::postgres::writer::INDEX_TAIL_SQL;
+    use crate::storage::sql::Dialect;
+    use diesel::prelude::*;
+    use diesel_migrations::MigrationHarness;
+
+    let mut conn = diesel::PgConnection::establish(url)?;
+    conn.run_pending_migrations(crate::storage::postgres::MIGRATIONS)?;
+    let streams = spec.streams.max(1);
+    let mut versions = vec![0i64; streams as usize];
+    let start = Instant::now();
+    let mut indexed_at = Instant::now();
+    let (mut position, mut indexed) = (0i64, 0i64);
+    let events = spec.events as i64;
+    while position < events {
+        let n = (spec.batch.max(1) as i64).min(events - position);
+        let owned: Vec<(i64, uuid::Uuid, String, i64, String)> = (0..n)
+            .map(|k| {
+                let p = position + 1 + k;
+                let stream = (p as u64 * 7919) % streams;
+                versions[stream as usize] += 1;
+                (
+                    p,
+                    crate::event::new_event_id(SystemTime::now()),
+                    stream.to_string(),
+                    versions[stream as usize],
+                    format!(r#"{{"stream":{stream},"seq":{p}}}"#),
+                )
+            })
+            .collect();
+        let rows: Vec<NewStoredEvent<'_>> = owned
+            .iter()
+            .map(|(p, id, stream, version, payload)| NewStoredEvent {
+                position: *p,
+                event_id: id.as_bytes(),
+                stream_id: stream,
+                stream_version: *version,
+                event_type: spec.event_type,
+                schema_version: 1,
+                payload,
+                metadata: None,
+                recorded_at: *p,
+            })
+            .collect();
+        conn.transaction(|c| c.insert_events(&rows))?;
+        position += n;
+        if indexed_at.elapsed() >= CHECKPOINT_FLUSH || position == events {
+            conn.transaction(|c| {
+                diesel::sql_query(INDEX_TAIL_SQL)
+                    .bind::<diesel::sql_types::BigInt, _>(indexed)
+                    .bind::<diesel::sql_types::BigInt, _>(position)
+                    .execute(c)?;
+                set_meta_number(c, INDEXED_THROUGH, position)
+            })?;
+            indexed = position;
+            indexed_at = Instant::now();
+        }
+    }
+    Ok(start.elapsed())
+}
+
 /// A plain actix actor that counts what it receives.
 struct Sink(u64);
 

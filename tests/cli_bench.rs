@@ -208,3 +208,43 @@ fn sqlite_bench_without_db_deletes_its_temporary_database() {
         assert!(left.is_empty(), "{args:?} left {left:?} in the temp dir");
     }
 }
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_bench_reports_its_rate_beside_raw_inserts_and_drops_its_databases() {
+    use diesel::prelude::*;
+    // The fresh database serves as the server's maintenance database here.
+    let Some(server) = common::postgres::PgDatabase::fresh() else {
+        return;
+    };
+    let out = ok(&[
+        "bench",
+        "--mode",
+        "postgres",
+        "--events",
+        "3000",
+        "--publishers",
+        "32",
+        "--postgres",
+        &server.url,
+        "--json",
+    ]);
+    let report: Value = serde_json::from_str(out.lines().last().expect("a summary")).unwrap();
+    assert_eq!(report["mode"], "postgres");
+    assert_eq!(report["events"], 3000);
+    let eps = report["events_per_sec"].as_f64().unwrap();
+    let base = report["baseline_rows_per_sec"].as_f64().unwrap();
+    let ratio = report["ratio_to_baseline"].as_f64().unwrap();
+    assert!((ratio - eps / base).abs() < 1e-9, "{report}");
+    #[derive(QueryableByName)]
+    struct Left {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let left = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_database WHERE datname LIKE 'actorbus\\_bench\\_%'",
+    )
+    .get_result::<Left>(&mut server.connect())
+    .unwrap();
+    assert_eq!(left.n, 0, "the bench dropped the databases it created");
+}

@@ -13,6 +13,8 @@ use clap::{Args, ValueEnum};
 
 use crate::cli::whole_number;
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -21,6 +23,9 @@ pub(crate) enum Mode {
     Memory,
     /// SQLite-backed bus: every event committed, handled and checkpointed.
     Sqlite,
+    /// PostgreSQL-backed bus, in a database the bench creates and drops (`--postgres`;
+    /// needs a build with the `postgres` feature).
+    Postgres,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,6 +101,14 @@ pub(crate) struct BenchArgs {
         allow_negative_numbers = true
     )]
     fail_rate: f64,
+    /// PostgreSQL mode: the server's maintenance database; the bench creates its databases
+    /// there (`actorbus_bench_<pid>` and `_raw`) and drops them at the end.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres: String,
     /// Skip the baseline run.
     #[arg(long)]
     no_baseline: bool,
@@ -114,6 +127,12 @@ struct Measured {
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Sqlite {
         return sqlite::run_sqlite(&args);
+    }
+    if args.mode == Mode::Postgres {
+        #[cfg(feature = "postgres")]
+        return postgres::run_postgres(&args);
+        #[cfg(not(feature = "postgres"))]
+        anyhow::bail!("--mode postgres needs a build with the `postgres` feature (cargo run --features postgres)");
     }
     let system = System::new();
     let baseline = if args.no_baseline {

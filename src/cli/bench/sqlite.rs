@@ -141,16 +141,16 @@ pub(super) fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What one SQLite run measured.
-struct SqliteRun {
+/// What one durable run measured.
+pub(super) struct SqliteRun {
     /// Until every event was handled and the checkpoints written.
-    seconds: f64,
+    pub(super) seconds: f64,
     /// Until every publish was acknowledged.
-    publish_seconds: f64,
-    p50: Duration,
-    p99: Duration,
+    pub(super) publish_seconds: f64,
+    pub(super) p50: Duration,
+    pub(super) p99: Duration,
     /// p99, p99.9 and max publish -> ack, in µs.
-    ack_us: [f64; 3],
+    pub(super) ack_us: [f64; 3],
 }
 
 /// Publishes `--events` with `--publishers` tasks into a bus on `db` whose first subscription
@@ -161,8 +161,22 @@ fn sqlite_run(
     durability: actorbus::Durability,
     fail_rate: f64,
 ) -> anyhow::Result<SqliteRun> {
+    durable_run(
+        args,
+        EventBus::builder().sqlite(db).durability(durability),
+        fail_rate,
+    )
+}
+
+/// Publishes `--events` with `--publishers` tasks into a bus from `builder` (a durable
+/// store) whose first subscription fails `fail_rate` of its attempts; shuts it down once
+/// every handler saw every event.
+pub(super) fn durable_run(
+    args: &BenchArgs,
+    builder: actorbus::BusBuilder,
+    fail_rate: f64,
+) -> anyhow::Result<SqliteRun> {
     System::new().block_on(async {
-        let builder = EventBus::builder().sqlite(db).durability(durability);
         let (bus, seen) = counting_bus(args, builder, fail_rate)?;
         let start = Instant::now();
         // One histogram for all publishers (they share this thread): one each would cost
