@@ -12,7 +12,7 @@ use crate::actors::handler::{ManyHandled, RunsEvents};
 use crate::actors::storage::{Project, StorageActor};
 use crate::error::HandlerError;
 use crate::event::{DomainEvent, Envelope};
-use crate::storage::backend::{ProjectError, ProjectionJob, Tx};
+use crate::storage::backend::{Progress, ProjectError, ProjectionJob, Tx};
 use crate::storage::convert::micros;
 use crate::storage::models::CheckpointRow;
 use crate::storage::StoreError;
@@ -142,6 +142,8 @@ pub(crate) struct ProjectionHandler<E, P> {
     name: Arc<str>,
     partition: usize,
     partitions: usize,
+    /// The claim the current batch runs under (see `RunsEvents::fence`).
+    fence: Option<i64>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -159,6 +161,7 @@ impl<E, P> ProjectionHandler<E, P> {
             name,
             partition,
             partitions,
+            fence: None,
             _event: PhantomData,
         }
     }
@@ -166,15 +169,22 @@ impl<E, P> ProjectionHandler<E, P> {
 
 impl<E, P> ProjectionHandler<E, P> {
     /// This actor's checkpoint at a position.
-    fn checkpoint(&self) -> impl Fn(Option<u64>) -> CheckpointRow + Send + 'static {
-        let (name, partition, partitions) =
-            (self.name.to_string(), self.partition, self.partitions);
-        move |position| CheckpointRow {
-            handler: name.clone(),
-            partition: partition as i32,
-            partitions: partitions as i32,
-            position: position.unwrap_or(0) as i64,
-            updated_at: micros(std::time::SystemTime::now()),
+    fn checkpoint(&self) -> impl Fn(Option<u64>) -> Progress + Send + 'static {
+        let (name, partition, partitions, fence) = (
+            self.name.to_string(),
+            self.partition,
+            self.partitions,
+            self.fence,
+        );
+        move |position| Progress {
+            row: CheckpointRow {
+                handler: name.clone(),
+                partition: partition as i32,
+                partitions: partitions as i32,
+                position: position.unwrap_or(0) as i64,
+                updated_at: micros(std::time::SystemTime::now()),
+            },
+            fence,
         }
     }
 }
@@ -194,6 +204,10 @@ fn guarded(apply: impl FnOnce() -> Result<(), HandlerError>) -> Result<(), Handl
 impl<E: DomainEvent, P: Projection<E>> RunsEvents<E> for ProjectionHandler<E, P> {
     fn takes_runs(&self) -> bool {
         true
+    }
+
+    fn fence(&mut self, fence: Option<i64>) {
+        self.fence = fence;
     }
 
     /// A run in one transaction: each event in a savepoint of its own, so the run commits

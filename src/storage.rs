@@ -67,17 +67,22 @@ pub struct PostgresOptions {
     pub pool_size: u32,
     /// How long opening a connection may take.
     pub connect_timeout: std::time::Duration,
+    /// How long a process that stops renewing its membership (it died, or stalled) keeps
+    /// its partitions; then the other processes take them over. Renewed every fifth of it.
+    pub lease: std::time::Duration,
     /// Optional clean-up of events every subscription has processed.
     pub retention: Retention,
 }
 
 impl PostgresOptions {
-    /// Defaults for the database at `url`: 4 connections, 10 s to connect, keep everything.
+    /// Defaults for the database at `url`: 4 connections, 10 s to connect, a 5 s lease, keep
+    /// everything.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             pool_size: 4,
             connect_timeout: std::time::Duration::from_secs(10),
+            lease: std::time::Duration::from_secs(5),
             retention: Retention::default(),
         }
     }
@@ -95,6 +100,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("url", &self.redacted_url())
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("lease", &self.lease)
             .field("retention", &self.retention)
             .finish()
     }

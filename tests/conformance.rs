@@ -288,6 +288,7 @@ async fn retention_then_publish_gives_a_new_position_that_is_handled(store: Test
     assert!(seqs(&log).contains(&11));
 }
 
+/// SQLite: one bus per store.
 async fn a_second_bus_on_the_same_store_is_refused(store: TestStore) {
     let bus = store.builder().build().unwrap();
     let second = store.builder().build();
@@ -334,8 +335,12 @@ on_every_store!(
     version_conflicts_and_idempotent_ids_hold,
     dead_letters_are_kept_once_and_redriven,
     retention_then_publish_gives_a_new_position_that_is_handled,
-    a_second_bus_on_the_same_store_is_refused,
 );
+
+#[actix::test]
+async fn sqlite_refuses_a_second_bus_on_the_same_store() {
+    a_second_bus_on_the_same_store_is_refused(TestStore::sqlite()).await;
+}
 
 /// PostgreSQL only: what the advisory lock of appends promises.
 #[cfg(feature = "postgres")]

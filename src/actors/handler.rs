@@ -85,6 +85,9 @@ pub(crate) struct HandlerActor<E: DomainEvent, H: RunsEvents<E>> {
     panics: u64,
     /// Position this actor's checkpoint covers: stored events up to here are not handled again.
     seen: u64,
+    /// The claim the current delivery was made under (a PostgreSQL store shared by several
+    /// processes): its checkpoints and projection writes are fenced by it.
+    fence: Option<i64>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -115,18 +118,20 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
             start_panic,
             panics: 0,
             seen,
+            fence: None,
             _event: PhantomData,
         }
     }
 
     fn run(&mut self, pending: Pending, ctx: &mut Context<Self>) {
         let reaches = pending.reaches();
-        let Some(handler) = self.handler.take() else {
+        let Some(mut handler) = self.handler.take() else {
             let load = pending.load;
             self.dead_letter_rest(pending, "handler is parked");
             self.reached(reaches, load);
             return;
         };
+        handler.fence(self.fence);
         let load = pending.load;
         let setup = self.setup.clone();
         let letters: Vec<i64> = pending.batch.iter().filter_map(|r| r.letter).collect();
@@ -160,6 +165,7 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
                     self.partition,
                     self.setup.partitions,
                     position,
+                    self.fence,
                 );
             }
         }
@@ -298,9 +304,11 @@ impl<E: DomainEvent, H: RunsEvents<E>> Handler<Deliver> for HandlerActor<E, H> {
             mut records,
             through,
             load,
+            fence,
         }: Deliver,
         ctx: &mut Context<Self>,
     ) {
+        self.fence = fence;
         HandlerCounters::add(&self.setup.counters.taken, records.len() as u64);
         // Replayed events handled before this start (catch-up after a crash or a change of
         // concurrency); redriven dead letters are handed over whatever the checkpoint says.
@@ -341,6 +349,11 @@ impl<E: DomainEvent, H: RunsEvents<E>> Handler<Control> for HandlerActor<E, H> {
                 self.restart(resumed, ctx);
             }
             Control::Resume => {}
+            Control::Claimed { checkpoint } => {
+                // Another process may have moved the checkpoint either way meanwhile: it is
+                // where this actor's work starts again.
+                self.seen = checkpoint;
+            }
         }
     }
 }

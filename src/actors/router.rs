@@ -25,10 +25,12 @@ use crate::stats::{BusCounters, HandlerCounters};
 use crate::storage::backend::Unit;
 use crate::storage::backend::{in_background, Reader};
 
+mod claims;
 mod commit;
 mod drain;
 mod lanes;
 mod redrive;
+pub(crate) use claims::Shared;
 pub(crate) use drain::{AwaitDrained, CloseIntake};
 use lanes::Lane;
 pub(crate) use redrive::Redrive;
@@ -65,6 +67,9 @@ pub(crate) struct Durable {
     /// little beyond its rows (`synchronous=NORMAL`: the arbiter's work overlaps the
     /// writer's), not when each commit waits for an fsync (`FULL`: fewer, larger commits).
     pub(crate) split_commits: bool,
+    /// Other processes share the store (PostgreSQL): every actor waits for this process
+    /// to claim its partition ([`Shared`]).
+    pub(crate) shared: bool,
 }
 
 /// How often advanced checkpoints are written when no appends carry them.
@@ -110,6 +115,9 @@ pub(crate) struct RouterActor {
     delivered_through: u64,
     /// Durable bus, per partition (flat index): live, or behind and reading the store.
     lanes: Vec<Lane>,
+    /// Per partition (flat index): the claim this process holds on it, where other processes
+    /// share the store; what its deliveries are fenced by.
+    fences: Vec<Option<i64>>,
     /// Shutdown waits for every lane to be live again before it drains.
     drain_when_caught_up: bool,
     drained: bool,
@@ -137,13 +145,18 @@ impl RouterActor {
             partition_base.push(partition_base.last().copied().unwrap_or(0) + g.partitions.len());
         }
         let delivered_through = durable.as_ref().map_or(0, |d| d.head);
-        let lanes = match &durable {
+        let lanes: Vec<Lane> = match &durable {
+            Some(d) if d.shared => subscriptions
+                .iter()
+                .flat_map(|g| g.partitions.iter().map(|_| Lane::Elsewhere))
+                .collect(),
             Some(_) => subscriptions
                 .iter()
                 .flat_map(|g| g.partitions.iter().map(|s| Lane::behind(s.resume_after)))
                 .collect(),
             None => Vec::new(),
         };
+        let fences = vec![None; lanes.len()];
         Self {
             subscriptions,
             by_type,
@@ -157,6 +170,7 @@ impl RouterActor {
             drain_when_committed: false,
             delivered_through,
             lanes,
+            fences,
             drain_when_caught_up: false,
             drained: false,
             drain_waiters: Vec::new(),
@@ -253,6 +267,7 @@ impl RouterActor {
                         records,
                         through: None,
                         load: 0,
+                        fence: None,
                     };
                     if recipient.send(deliver).await.is_err() {
                         log::error!("a handler actor stopped before the bus was shut down");

@@ -11,7 +11,7 @@ use actix::prelude::*;
 
 use crate::actors::thread::ActorThread;
 use crate::storage::backend::{
-    LetterChange, LogWriter, ProjectError, ProjectionJob, Unit, UnitOutcome,
+    LetterChange, LogWriter, Progress, ProjectError, ProjectionJob, Unit, UnitOutcome,
 };
 use crate::storage::convert::micros;
 use crate::storage::models::CheckpointRow;
@@ -50,8 +50,19 @@ struct Board {
 
 /// (subscription, partition): one handler actor.
 type ActorKey = (Arc<str>, i32);
-/// (partitions, position).
-type Reached = (i32, i64);
+/// (partitions, position, the claim it was reached under).
+type Reached = (i32, i64, Option<i64>);
+
+/// Merges a newly reached position into an entry: a newer claim replaces what an older one
+/// reached (positions under different claims do not compare), an older one is dropped.
+fn merge(entry: &mut Reached, position: i64, fence: Option<i64>) {
+    if fence > entry.2 {
+        entry.1 = position;
+        entry.2 = fence;
+    } else if fence == entry.2 {
+        entry.1 = entry.1.max(position);
+    }
+}
 
 impl CheckpointBoard {
     fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
@@ -64,13 +75,14 @@ impl CheckpointBoard {
         partition: usize,
         partitions: usize,
         position: u64,
+        fence: Option<i64>,
     ) {
         let mut board = self.lock();
         let entry = board
             .dirty
             .entry((Arc::clone(subscription), partition as i32))
-            .or_insert((partitions as i32, 0));
-        entry.1 = entry.1.max(position as i64);
+            .or_insert((partitions as i32, 0, fence));
+        merge(entry, position as i64, fence);
     }
 
     /// Queues a dead-letter change for the next write.
@@ -79,7 +91,7 @@ impl CheckpointBoard {
     }
 
     /// Everything to write: the dead-letter changes and the checkpoints.
-    fn take(&self) -> (Vec<LetterChange>, Vec<CheckpointRow>) {
+    fn take(&self) -> (Vec<LetterChange>, Vec<Progress>) {
         let now = micros(std::time::SystemTime::now());
         let mut board = self.lock();
         let letters = std::mem::take(&mut board.letters);
@@ -87,12 +99,15 @@ impl CheckpointBoard {
             .dirty
             .drain()
             .map(
-                |((handler, partition), (partitions, position))| CheckpointRow {
-                    handler: handler.to_string(),
-                    partition,
-                    partitions,
-                    position,
-                    updated_at: now,
+                |((handler, partition), (partitions, position, fence))| Progress {
+                    row: CheckpointRow {
+                        handler: handler.to_string(),
+                        partition,
+                        partitions,
+                        position,
+                        updated_at: now,
+                    },
+                    fence,
                 },
             )
             .collect();
@@ -106,16 +121,16 @@ impl CheckpointBoard {
 
     /// Puts what a failed write took back, ahead of anything queued since, unless a newer
     /// position arrived meanwhile.
-    fn restore(&self, mut letters: Vec<LetterChange>, rows: Vec<CheckpointRow>) {
+    fn restore(&self, mut letters: Vec<LetterChange>, rows: Vec<Progress>) {
         let mut board = self.lock();
         letters.append(&mut board.letters);
         board.letters = letters;
-        for row in rows {
+        for Progress { row, fence } in rows {
             let entry = board
                 .dirty
                 .entry((Arc::from(row.handler.as_str()), row.partition))
-                .or_insert((row.partitions, 0));
-            entry.1 = entry.1.max(row.position);
+                .or_insert((row.partitions, 0, fence));
+            merge(entry, row.position, fence);
         }
     }
 }

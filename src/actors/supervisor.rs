@@ -55,6 +55,7 @@ impl Handler<Shutdown> for SupervisorActor {
             let router = self.router.take();
             let writer = self.writer.take();
             let threads = std::mem::take(&mut self.handler_threads);
+            let coordinator = self.coordinator.take();
             let stopped = async move {
                 // A router that is gone has nothing left to drain.
                 if let Some(router) = router {
@@ -62,10 +63,14 @@ impl Handler<Shutdown> for SupervisorActor {
                         let _ = router.send(AwaitDrained).await;
                     }
                 }
-                if writer.is_some() || !threads.is_empty() {
-                    // Everything is drained and written: the threads may go, and are waited
-                    // for, so that none outlives the bus.
+                if writer.is_some() || !threads.is_empty() || coordinator.is_some() {
+                    // Everything is drained and written: the claims may go (the other
+                    // processes resume from these checkpoints), then the threads, which are
+                    // waited for, so that none outlives the bus.
                     let _ = actix_rt::task::spawn_blocking(move || {
+                        if let Some(stop) = coordinator {
+                            stop();
+                        }
                         if let Some(writer) = writer {
                             writer.stop_and_join();
                         }
@@ -108,6 +113,9 @@ pub(crate) struct SupervisorActor {
     writer: Option<ActorThread>,
     /// The handler threads (none when handlers run on the caller's arbiter).
     handler_threads: Vec<ActorThread>,
+    /// Stops the store's coordination (a store shared by several processes): lets this
+    /// process's claims go once the last checkpoints are written.
+    coordinator: Option<Box<dyn FnOnce() + Send>>,
     /// Callers of `Shutdown`, answered once the tree is down.
     shutdown_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -121,21 +129,24 @@ impl SupervisorActor {
             router: None,
             writer: None,
             handler_threads: Vec::new(),
+            coordinator: None,
             shutdown_waiters: Vec::new(),
         }
     }
 
     /// Takes charge of the tree started in its context: the router (and through it the
-    /// handler actors), the writer's thread, the handler threads.
+    /// handler actors), the writer's thread, the handler threads, the store's coordination.
     fn own(
         &mut self,
         router: Addr<RouterActor>,
         writer: Option<ActorThread>,
         handler_threads: Vec<ActorThread>,
+        coordinator: Option<Box<dyn FnOnce() + Send>>,
     ) {
         self.router = Some(router);
         self.writer = writer;
         self.handler_threads = handler_threads;
+        self.coordinator = coordinator;
     }
 
     fn decide(

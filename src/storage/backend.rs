@@ -53,6 +53,15 @@ pub(crate) enum LetterChange {
     Resolved(i64),
 }
 
+/// A checkpoint to store, and the claim it was reached under: on a PostgreSQL store shared
+/// by several processes, the token of the claim on its partition (`None` where one bus owns
+/// the whole store). A checkpoint whose claim no longer holds is not stored (fencing).
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    pub(crate) row: CheckpointRow,
+    pub(crate) fence: Option<i64>,
+}
+
 /// The writer's connection inside a transaction, whichever database it is: what a
 /// projection's work (and its reset) runs on.
 pub(crate) enum Tx<'a> {
@@ -79,8 +88,9 @@ impl Tx<'_> {
 
 /// A projection's work in the writer's transaction: it applies its events and returns the
 /// checkpoint to store with them (`None`: nothing was applied). It catches its own panics.
+/// When the checkpoint's claim no longer holds, the whole transaction is rolled back.
 pub(crate) type ProjectionJob =
-    Box<dyn FnOnce(Tx<'_>) -> Result<Option<CheckpointRow>, ProjectError> + Send>;
+    Box<dyn FnOnce(Tx<'_>) -> Result<Option<Progress>, ProjectError> + Send>;
 
 /// Why a projection's transaction was rolled back.
 #[derive(Debug, thiserror::Error)]
@@ -110,10 +120,10 @@ pub(crate) trait LogWriter: Send + 'static {
     /// concurrency and idempotent ids. Nothing of a failed call is stored.
     fn append(&mut self, units: &[Unit]) -> Result<Vec<UnitOutcome>, StoreError>;
 
-    /// Stores dead-letter changes, then checkpoints.
+    /// Stores dead-letter changes, then the checkpoints whose claims still hold.
     fn save_progress(
         &mut self,
-        checkpoints: &[CheckpointRow],
+        checkpoints: &[Progress],
         letters: &[LetterChange],
     ) -> Result<(), StoreError>;
 
@@ -147,7 +157,8 @@ pub(crate) trait LogWriter: Send + 'static {
 
     /// Stores `queued` dead-letter changes, then runs `job` and stores the checkpoint it
     /// returns, all in one transaction: a projection's read model commits with its
-    /// checkpoint, or neither does.
+    /// checkpoint, or neither does (also when the checkpoint's claim no longer holds: then
+    /// nothing of the job is stored, and this answers `Ok`, since another process owns it).
     fn project(&mut self, queued: &[LetterChange], job: ProjectionJob) -> Result<(), ProjectError>;
 }
 
@@ -182,6 +193,38 @@ pub(crate) trait LogReader: Send + Sync + 'static {
 /// A shared reader.
 pub(crate) type Reader = Arc<dyn LogReader>;
 
+/// A change in a process's share of a store that several processes run on (PostgreSQL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// This process claimed these partitions.
+    Claimed(Vec<Claim>),
+    /// This process no longer owns these (subscription, partition): another live process
+    /// was due them, or its claim lapsed while it stalled.
+    Released(Vec<(String, usize)>),
+    /// Another process appended events up to this position.
+    Appended(u64),
+}
+
+/// A partition this process claimed: its token fences every write for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pub(crate) subscription: String,
+    pub(crate) partition: usize,
+    pub(crate) token: i64,
+    /// The stored checkpoint when it was claimed: where its actor starts again.
+    pub(crate) checkpoint: u64,
+}
+
+/// Where a [`Coordination`] reports its changes.
+pub(crate) type Report = Box<dyn Fn(Change) + Send>;
+
+/// What a store shared by several processes runs beside the writer (PostgreSQL: the
+/// member's heartbeat, its claims, and wake-ups on other processes' appends), started once
+/// the router exists. `start` answers the function that stops it: that lets every claim go
+/// and leaves the membership, once the last checkpoints are written.
+pub(crate) type Coordination =
+    Box<dyn FnOnce(Report) -> std::io::Result<Box<dyn FnOnce() + Send>> + Send>;
+
 /// Runs `read` on the blocking pool, so that no arbiter waits for the database.
 ///
 /// # Errors
@@ -207,6 +250,9 @@ pub(crate) struct Opened {
     pub(crate) head: u64,
     /// Where the actors of each subscription resume, in the order given to [`open`].
     pub(crate) resumes: Vec<Resume>,
+    /// Other processes may run on the store too: this process's actors run only the
+    /// partitions it claims, as [`Coordination`] reports.
+    pub(crate) coordination: Option<Coordination>,
 }
 
 /// Why a build without the `postgres` feature cannot open a PostgreSQL store.

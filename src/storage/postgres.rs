@@ -1,15 +1,16 @@
 //! The PostgreSQL implementation of the storage seam: what only PostgreSQL needs to open a
-//! store (connecting, migrating one process at a time, the claim that makes it one bus per
-//! database for now); the writer and readers are the shared SQL's ([`crate::storage::sql`]),
+//! store (connecting, migrating one process at a time, joining the processes that share it:
+//! [`coordinator`]); the writer and readers are the shared SQL's ([`crate::storage::sql`]),
 //! as on SQLite. Appends serialize on a transaction-scoped advisory lock
-//! ([`Dialect::append_transaction`](crate::storage::sql::Dialect::append_transaction)).
+//! ([`Dialect::append_transaction`](crate::storage::sql::Dialect::append_transaction)), so
+//! any number of processes may publish.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
-use diesel::sql_types::{BigInt, Bool, Integer};
+use diesel::sql_types::{BigInt, Integer};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::storage::backend::Opened;
@@ -22,21 +23,25 @@ use crate::storage::sql::postgres::writer::Writer;
 use crate::storage::sql::APPEND_LOCK;
 use crate::storage::{PostgresOptions, StoreError};
 
+pub(crate) mod coordinator;
+
 /// The PostgreSQL store's migrations (the same tables and columns as SQLite's).
 pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 /// Session advisory lock: one process migrates at a time.
 const MIGRATE_LOCK: i64 = APPEND_LOCK + 1;
-/// Session advisory lock: the bus that runs on the database.
-const BUS_LOCK: i64 = APPEND_LOCK + 2;
 
-/// Connects to the database, migrates it, claims it (one bus per database), registers
-/// `subscriptions`, and readies its writer and readers.
+/// Connects to the database, migrates it, registers `subscriptions`, and readies its writer,
+/// its readers and this bus's membership among the processes on it ([`coordinator`]).
 pub(crate) fn open(
     options: &PostgresOptions,
     mut subscriptions: Vec<SubscriptionSpec>,
 ) -> Result<Opened, StoreError> {
     let name = PathBuf::from(options.redacted_url());
-    let claim = Claim::take(options, &name)?;
+    {
+        let mut conn =
+            PgConnection::establish(&options.url).map_err(|e| classify_connection(&name, e))?;
+        migrate(&mut conn, &name)?;
+    }
     let pool = Pool::builder()
         .max_size(options.pool_size.max(2))
         .min_idle(Some(1))
@@ -44,72 +49,39 @@ pub(crate) fn open(
         .build(ConnectionManager::<PgConnection>::new(&options.url))
         .map_err(|e| classify_connection(&name, e))?;
     let conn = pool.get().map_err(|e| classify_connection(&name, e))?;
-    let mut writer = Writer::new(conn, name.clone());
+    let member = uuid::Uuid::now_v7().to_string();
+    let mut writer = Writer::new(conn, name.clone()).fenced_by(member.clone());
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = Integer)]
+        pid: i32,
+    }
+    let writer_pid = writer
+        .transaction(|c| diesel::sql_query("SELECT pg_backend_pid() AS pid").get_result::<Pid>(c))?
+        .pid;
+    let layouts = subscriptions
+        .iter()
+        .map(|s| (s.name.clone(), s.partitions))
+        .collect();
     let (head, resumes) = store::register(&mut writer, &mut subscriptions)?;
     Ok(Opened {
         writer: Box::new(SqlWriter {
             writer,
-            _guards: vec![Box::new(claim)],
+            _guards: Vec::new(),
         }),
-        reader: Arc::new(SqlReader::new(pool, name)),
+        reader: Arc::new(SqlReader::new(pool, name.clone())),
         head,
         resumes,
+        coordination: Some(coordinator::coordination(coordinator::Plan {
+            url: options.url.clone(),
+            name: name.display().to_string(),
+            member,
+            label: format!("process {}", std::process::id()),
+            lease: options.lease,
+            layouts,
+            writer_pid,
+        })),
     })
-}
-
-/// A bus's claim on a database: a session of its own holding [`BUS_LOCK`]. Dropping it (or
-/// the process dying, which ends the session) releases the database for the next bus.
-struct Claim {
-    _session: PgConnection,
-}
-
-impl Claim {
-    /// Connects, migrates, and takes the claim.
-    fn take(options: &PostgresOptions, name: &std::path::Path) -> Result<Self, StoreError> {
-        let mut conn =
-            PgConnection::establish(&options.url).map_err(|e| classify_connection(name, e))?;
-        migrate(&mut conn, name)?;
-        #[derive(QueryableByName)]
-        struct Taken {
-            #[diesel(sql_type = Bool)]
-            taken: bool,
-        }
-        let taken = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS taken")
-            .bind::<BigInt, _>(BUS_LOCK)
-            .get_result::<Taken>(&mut conn)
-            .map_err(|e| classify(name, e))?;
-        if !taken.taken {
-            return Err(StoreError::InUse {
-                path: name.to_path_buf(),
-                holder: holder(&mut conn),
-            });
-        }
-        Ok(Self { _session: conn })
-    }
-}
-
-/// Who holds [`BUS_LOCK`], as far as PostgreSQL says.
-fn holder(conn: &mut PgConnection) -> String {
-    #[derive(QueryableByName)]
-    struct Holder {
-        #[diesel(sql_type = Integer)]
-        pid: i32,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        client: String,
-    }
-    // A bigint key is split over classid (high half) and objid (low half).
-    diesel::sql_query(
-        "SELECT l.pid, coalesce(host(a.client_addr), 'local') AS client FROM pg_locks l \
-         LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-           AND l.classid::bigint = ($1 >> 32) AND l.objid::bigint = ($1 & 4294967295)",
-    )
-    .bind::<BigInt, _>(BUS_LOCK)
-    .get_result::<Holder>(conn)
-    .map_or_else(
-        |_| "another connection".to_owned(),
-        |h| format!("server process {} of a client at {}", h.pid, h.client),
-    )
 }
 
 /// Runs the embedded migrations, one process at a time, and refuses a store of a newer

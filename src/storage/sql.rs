@@ -48,6 +48,10 @@ pub(crate) trait Dialect: Connection + Sized {
 
     /// The connection as a projection's work takes it.
     fn tx(&mut self) -> Tx<'_>;
+
+    /// Inside an append transaction that stored events up to `head`: tells the other
+    /// processes on the store, at commit (PostgreSQL: `NOTIFY`; SQLite: nothing, one bus).
+    fn appended(&mut self, head: i64) -> QueryResult<()>;
 }
 
 impl Dialect for SqliteConnection {
@@ -89,6 +93,10 @@ impl Dialect for SqliteConnection {
 
     fn tx(&mut self) -> Tx<'_> {
         Tx::Sqlite(self)
+    }
+
+    fn appended(&mut self, _head: i64) -> QueryResult<()> {
+        Ok(())
     }
 }
 
@@ -141,7 +149,19 @@ impl Dialect for diesel::PgConnection {
     fn tx(&mut self) -> Tx<'_> {
         Tx::Postgres(self)
     }
+
+    fn appended(&mut self, head: i64) -> QueryResult<()> {
+        diesel::sql_query("SELECT pg_notify($1, $2)")
+            .bind::<diesel::sql_types::Text, _>(APPENDED_CHANNEL)
+            .bind::<diesel::sql_types::Text, _>(head.to_string())
+            .execute(self)
+            .map(drop)
+    }
 }
+
+/// The channel every append notifies, with the new head as payload (PostgreSQL).
+#[cfg(feature = "postgres")]
+pub(crate) const APPENDED_CHANNEL: &str = "actorbus_appended";
 
 /// The advisory lock key appends serialize on (PostgreSQL): "actorbus" in ASCII.
 #[cfg(feature = "postgres")]

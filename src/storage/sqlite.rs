@@ -39,5 +39,6 @@ pub(crate) fn open(
         reader: Arc::new(SqlReader::new(pool, path.to_path_buf())),
         head,
         resumes,
+        coordination: None,
     })
 }

@@ -16,6 +16,9 @@ pub(crate) struct Deliver {
     pub(crate) through: Option<u64>,
     /// What the router added to the actor's [`Load`] for this message; released once done.
     pub(crate) load: usize,
+    /// The claim on this actor's partition the delivery is made under (a PostgreSQL store
+    /// shared by several processes; `None` where one bus owns the store).
+    pub(crate) fence: Option<i64>,
 }
 
 /// How much one handler actor has been given and not yet finished (events, and one unit for
@@ -69,6 +72,9 @@ pub(crate) enum Control {
     Drain,
     /// Leave the parked state (after a fix, before a redrive) with a fresh handler.
     Resume,
+    /// This process claimed the actor's partition (a PostgreSQL store shared by several
+    /// processes): its work starts again after `checkpoint`, the stored one.
+    Claimed { checkpoint: u64 },
 }
 
 impl Message for Control {

@@ -18,6 +18,10 @@ pub(crate) trait RunsEvents<E: DomainEvent>: 'static {
     /// Handles one event (also the retry of an event that failed in a run).
     fn handle(&mut self, event: &Envelope<E>) -> impl Future<Output = Result<(), HandlerError>>;
 
+    /// The claim the next batch runs under (see [`Deliver::fence`](super::Deliver::fence)):
+    /// what a projection fences its writes with.
+    fn fence(&mut self, _fence: Option<i64>) {}
+
     /// Whether [`handle_many`](Self::handle_many) is worth calling.
     fn takes_runs(&self) -> bool {
         false

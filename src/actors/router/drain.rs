@@ -6,7 +6,7 @@ use super::*;
 
 impl RouterActor {
     pub(super) fn finish_drain(&mut self, ctx: &mut Context<Self>) {
-        if !self.lanes.iter().all(Lane::is_live) {
+        if !self.lanes.iter().all(Lane::is_settled) {
             // An actor still reads its events from the store: drain once all are live.
             self.drain_when_caught_up = true;
             return;

@@ -35,6 +35,9 @@ pub(super) enum Lane {
     /// Reads from the store every event of its subscription after `after`; `reading` while a
     /// page is on its way.
     Behind { after: u64, reading: bool },
+    /// Another process owns this partition (a PostgreSQL store shared by several
+    /// processes): nothing is handed to this actor until this process claims it.
+    Elsewhere,
 }
 
 impl Lane {
@@ -46,8 +49,9 @@ impl Lane {
         }
     }
 
-    pub(super) fn is_live(&self) -> bool {
-        matches!(self, Lane::Live { .. })
+    /// Nothing is on its way to the actor from the store: live, or owned elsewhere.
+    pub(super) fn is_settled(&self) -> bool {
+        matches!(self, Lane::Live { .. } | Lane::Elsewhere)
     }
 }
 
@@ -72,6 +76,12 @@ impl RouterActor {
     ) {
         let before = self.delivered_through;
         let Some(through) = through else { return };
+        let first = records.iter().filter_map(|r| r.meta.position).min();
+        if first.is_some_and(|first| first > before + 1) {
+            // Another process appended in between: every live actor reads those from the
+            // store, and this commit's events with them.
+            self.fall_behind(before, ctx);
+        }
         self.delivered_through = before.max(through);
         let batches = self.route(records.into_iter(), None);
         for (flat, mut records) in batches.into_iter().enumerate() {
@@ -111,6 +121,7 @@ impl RouterActor {
                 records,
                 through: Some(through),
                 load: units,
+                fence: self.fences[flat],
             });
             self.lanes[flat] = Lane::Live {
                 skip_through,
@@ -143,6 +154,7 @@ impl RouterActor {
                 records: Vec::new(),
                 through: Some(through),
                 load: 1,
+                fence: self.fences[flat],
             });
             self.lanes[flat] = Lane::Live {
                 skip_through,
@@ -172,6 +184,7 @@ impl RouterActor {
         let capacity = subscription.capacity;
         let types = subscription.event_types.clone();
         let reader = durable.reader.clone();
+        let fence = self.fences[flat];
         let page = async move {
             load.at_most(capacity / 2).await;
             let room = capacity.saturating_sub(load.queued()).max(1);
@@ -182,7 +195,16 @@ impl RouterActor {
         };
         ctx.spawn(
             actix::fut::wrap_future(page).map(move |(read, room), act: &mut Self, ctx| {
-                act.page_read(flat, after, room, read, ctx)
+                let current = act.lanes[flat]
+                    == Lane::Behind {
+                        after,
+                        reading: true,
+                    }
+                    && act.fences[flat] == fence;
+                // Otherwise the partition changed hands while the page was read: drop it.
+                if current {
+                    act.page_read(flat, after, room, read, ctx);
+                }
             }),
         );
     }
@@ -233,6 +255,7 @@ impl RouterActor {
             records,
             through: Some(covered),
             load: units,
+            fence: self.fences[flat],
         });
         if covered >= self.delivered_through {
             // Every commit routed so far is covered: live from here, and what the page read
@@ -241,13 +264,56 @@ impl RouterActor {
                 skip_through: covered,
                 sent_through: covered,
             };
-            if self.drain_when_caught_up && self.lanes.iter().all(Lane::is_live) {
+            if self.drain_when_caught_up && self.lanes.iter().all(Lane::is_settled) {
                 self.drain_when_caught_up = false;
                 self.finish_drain(ctx);
             }
         } else {
             self.lanes[flat] = Lane::behind(covered);
             self.read_next_page(flat, ctx);
+        }
+    }
+
+    /// Every live actor reads what follows `before` from the store: events were stored past
+    /// the router's frontier that it did not route (another process appended them).
+    pub(super) fn fall_behind(&mut self, before: u64, ctx: &mut Context<Self>) {
+        for flat in 0..self.lanes.len() {
+            if let Lane::Live {
+                skip_through,
+                sent_through,
+            } = self.lanes[flat]
+            {
+                self.lanes[flat] = Lane::behind(before.max(skip_through).max(sent_through));
+                self.read_next_page(flat, ctx);
+            }
+        }
+    }
+
+    /// This process claimed the partition `flat` under `token`: its actor starts again after
+    /// the stored `checkpoint`, reading the store.
+    pub(super) fn claimed(
+        &mut self,
+        flat: usize,
+        token: i64,
+        checkpoint: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let (g, partition) = self.locate(flat);
+        self.fences[flat] = Some(token);
+        self.subscriptions[g].partitions[partition]
+            .control
+            .do_send(crate::actors::handler::Control::Claimed { checkpoint });
+        self.lanes[flat] = Lane::behind(checkpoint);
+        self.read_next_page(flat, ctx);
+    }
+
+    /// Another process owns the partition `flat` now: nothing more goes to its actor.
+    pub(super) fn released(&mut self, flat: usize, ctx: &mut Context<Self>) {
+        self.lanes[flat] = Lane::Elsewhere;
+        self.fences[flat] = None;
+        if self.drain_when_caught_up && self.lanes.iter().all(Lane::is_settled) {
+            self.drain_when_caught_up = false;
+            self.finish_drain(ctx);
         }
     }
 }

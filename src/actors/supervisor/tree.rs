@@ -10,7 +10,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::actors::letters::DeadLetters;
-use crate::actors::router::{Durable, Intake, Partition, RouterActor, Subscription};
+use crate::actors::router::{Durable, Intake, Partition, RouterActor, Shared, Subscription};
 use crate::actors::storage::{CheckpointBoard, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
 use crate::actors::thread::ActorThread;
@@ -115,6 +115,7 @@ impl SupervisorActor {
         let mut resumes = Vec::new();
         let mut writer = None;
         let mut durable = None;
+        let mut coordination = None;
         // The storage actor and its board, which handler actors write their progress to.
         let mut started_store = None;
         if let Some(store) = store {
@@ -126,6 +127,7 @@ impl SupervisorActor {
             )
             .map_err(|e| StoreError::io("actorbus-writer", e))?;
             resumes = store.opened.resumes;
+            coordination = store.opened.coordination;
             writer = Some(thread);
             started_store = Some((storage.clone(), board));
             durable = Some(Durable {
@@ -137,6 +139,7 @@ impl SupervisorActor {
                     .is_enabled()
                     .then_some(store.retention.interval),
                 split_commits: store.split_commits,
+                shared: coordination.is_some(),
             });
         }
         let reader = durable.as_ref().map(|d| d.reader.clone());
@@ -149,6 +152,7 @@ impl SupervisorActor {
         let (threads, placement) = start_handler_threads(handler_threads)?;
         let mut resumes = resumes.into_iter();
         let mut router = None;
+        let mut failed = None;
         let shared_letters = Arc::clone(&dead_letters);
         let supervisor = SupervisorActor::create(|ctx| {
             let mut supervisor = SupervisorActor::new(policies, lifecycle);
@@ -174,10 +178,21 @@ impl SupervisorActor {
                 })
                 .collect();
             let started = RouterActor::new(subscriptions, rx, tx, chunk, counters, durable).start();
-            supervisor.own(started.clone(), writer, threads);
+            // A shared store: this process's claims and the others' appends reach the router.
+            let coordinator = coordination.and_then(|start| {
+                let to = started.clone();
+                start(Box::new(move |change| to.do_send(Shared(change))))
+                    .map_err(|e| failed = Some(StoreError::io("actorbus-coordinator", e)))
+                    .ok()
+            });
+            supervisor.own(started.clone(), writer, threads, coordinator);
             router = Some(started);
             supervisor
         });
+        if let Some(e) = failed {
+            supervisor.do_send(super::Shutdown);
+            return Err(e.into());
+        }
         let router = router.expect("the router starts with the supervisor");
         Ok(StartedTree {
             supervisor,

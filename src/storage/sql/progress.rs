@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::{Conn, Dialect};
 
-use crate::storage::backend::LetterChange;
+use crate::storage::backend::{LetterChange, Progress};
 use crate::storage::models::CheckpointRow;
 use crate::storage::schema::{checkpoints, dead_letters};
 
@@ -36,10 +36,27 @@ pub(crate) fn save_dead_letters(conn: &mut Conn, changes: &[LetterChange]) -> Qu
     Ok(())
 }
 /// Upserts checkpoints; a checkpoint only moves forward here (`replay` moves it back on purpose,
-/// elsewhere), so a late batched write never undoes a projection's in-transaction one.
-pub(crate) fn save_checkpoints(conn: &mut Conn, rows: &[CheckpointRow]) -> QueryResult<()> {
+/// elsewhere), so a late batched write never undoes a projection's in-transaction one. One
+/// reached under a claim ([`Progress::fence`]) is stored only while `member` still holds
+/// that claim (see [`holds`]); otherwise it is dropped.
+pub(crate) fn save_checkpoints(
+    conn: &mut Conn,
+    rows: &[Progress],
+    member: Option<&str>,
+) -> QueryResult<()> {
     use diesel::upsert::excluded;
-    for row in rows {
+    for progress in rows {
+        let row = &progress.row;
+        if let Some(token) = progress.fence {
+            if !holds(conn, member.unwrap_or_default(), row, token)? {
+                log::debug!(
+                    "checkpoint of `{}` #{} not stored: its claim moved to another process",
+                    row.handler,
+                    row.partition
+                );
+                continue;
+            }
+        }
         diesel::insert_into(checkpoints::table)
             .values(row)
             .on_conflict((
@@ -59,6 +76,37 @@ pub(crate) fn save_checkpoints(conn: &mut Conn, rows: &[CheckpointRow]) -> Query
     }
     Ok(())
 }
+
+/// Whether `member` still holds the claim `token` on `row`'s partition (PostgreSQL shared by
+/// several processes). The owner row is locked for share until the transaction ends: a
+/// process claiming the partition meanwhile waits, and reads the checkpoint after this
+/// commit.
+pub(crate) fn holds(
+    conn: &mut Conn,
+    member: &str,
+    row: &CheckpointRow,
+    token: i64,
+) -> QueryResult<bool> {
+    use diesel::sql_types::{BigInt, Integer, Text};
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = Integer)]
+        #[allow(dead_code)]
+        held: i32,
+    }
+    let found = diesel::sql_query(
+        "SELECT 1 AS held FROM partition_owners WHERE handler = $1 AND partitions = $2 \
+         AND partition = $3 AND member = $4 AND token = $5 FOR SHARE",
+    )
+    .bind::<Text, _>(&row.handler)
+    .bind::<Integer, _>(row.partitions)
+    .bind::<Integer, _>(row.partition)
+    .bind::<Text, _>(member)
+    .bind::<BigInt, _>(token)
+    .load::<Held>(conn)?;
+    Ok(!found.is_empty())
+}
+
 /// Deletes the checkpoints of `handler` written with another concurrency that no longer
 /// matter: an old row at or below the lowest checkpoint of the current layout (all of its
 /// `partitions` rows present) cannot make any actor skip an event. Returns whether rows of

@@ -16,11 +16,11 @@ use super::{progress, queries, registry, retention, Conn, Dialect};
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
 use crate::storage::backend::{
-    LetterChange, LogReader, LogWriter, ProjectError, ProjectionJob, Unit, UnitOutcome,
+    LetterChange, LogReader, LogWriter, Progress, ProjectError, ProjectionJob, Unit, UnitOutcome,
 };
 use crate::storage::convert::{micros, time_of};
 use crate::storage::error::{classify, classify_connection};
-use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
+use crate::storage::models::{DeadLetterRow, StoredEvent};
 use crate::storage::registry::{RegisterError, Resume, SubscriptionSpec};
 use crate::storage::{Retention, StoreError};
 
@@ -116,7 +116,7 @@ impl LogWriter for SqlWriter {
 
     fn save_progress(
         &mut self,
-        checkpoints: &[CheckpointRow],
+        checkpoints: &[Progress],
         letters: &[LetterChange],
     ) -> Result<(), StoreError> {
         self.writer.save_checkpoints(checkpoints, letters)
@@ -179,9 +179,23 @@ impl LogWriter for SqlWriter {
     }
 
     fn project(&mut self, queued: &[LetterChange], job: ProjectionJob) -> Result<(), ProjectError> {
+        let member = self.writer.member().map(str::to_owned);
         let mut failure = None;
+        let mut fenced = false;
         let result = self.after_letters(queued, |conn| match job(conn.tx()) {
-            Ok(checkpoint) => progress::save_checkpoints(conn, checkpoint.as_slice()),
+            Ok(progress) => {
+                if let Some(Progress {
+                    row,
+                    fence: Some(token),
+                }) = &progress
+                {
+                    if !progress::holds(conn, member.as_deref().unwrap_or_default(), row, *token)? {
+                        fenced = true;
+                        return Err(diesel::result::Error::RollbackTransaction);
+                    }
+                }
+                progress::save_checkpoints(conn, progress.as_slice(), member.as_deref())
+            }
             Err(e) => {
                 failure = Some(e);
                 Err(diesel::result::Error::RollbackTransaction)
@@ -189,6 +203,9 @@ impl LogWriter for SqlWriter {
         });
         match (result, failure) {
             (_, Some(e)) => Err(e),
+            // Another process owns the partition now: it applies these events. The dead
+            // letters queued ahead are stored on their own.
+            (Err(_), None) if fenced => Ok(self.after_letters(queued, |_| Ok(()))?),
             (Err(e), None) => Err(e.into()),
             (Ok(()), None) => Ok(()),
         }

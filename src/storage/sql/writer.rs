@@ -11,10 +11,11 @@ use super::progress::{save_checkpoints, save_dead_letters};
 use super::queries::{head, indexed_through, set_meta_number, INDEXED_THROUGH};
 use super::{Conn, Dialect};
 use crate::event::Record;
+use crate::storage::backend::Progress;
 use crate::storage::backend::{LetterChange, Unit, UnitOutcome};
 use crate::storage::convert::{encode_metadata, micros};
 use crate::storage::error::classify;
-use crate::storage::models::{CheckpointRow, NewStoredEvent};
+use crate::storage::models::NewStoredEvent;
 use crate::storage::schema::{events, stream_events};
 use crate::storage::StoreError;
 
@@ -38,6 +39,9 @@ pub(crate) struct Writer {
     /// Invariant: every stream with an event past it is in `versions`.
     indexed: i64,
     versions: HashMap<String, i64>,
+    /// The bus's member id where it shares a PostgreSQL store with other processes: the
+    /// checkpoints it writes are fenced by its claims.
+    member: Option<String>,
 }
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,7 +60,22 @@ impl Writer {
             head: -1,
             indexed: -1,
             versions: HashMap::new(),
+            member: None,
         }
+    }
+
+    /// Fences this writer's checkpoints by the claims of `member` (see
+    /// [`save_checkpoints`]). Only a PostgreSQL store is shared by several processes.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    #[allow(dead_code)] // compiled for SQLite too, where nothing is shared
+    pub(crate) fn fenced_by(mut self, member: String) -> Self {
+        self.member = Some(member);
+        self
+    }
+
+    /// The member whose claims fence this writer's checkpoints.
+    pub(crate) fn member(&self) -> Option<&str> {
+        self.member.as_deref()
     }
 
     /// Appends every unit in one transaction (checkpoints and dead letters are written on the
@@ -160,6 +179,9 @@ impl Writer {
                 .into_iter()
                 .map(|(s, v)| (s.to_owned(), v))
                 .collect();
+            if !rows.is_empty() {
+                conn.appended(next_position)?;
+            }
             Ok::<_, diesel::result::Error>((outcomes, next_position, changed, reindexed))
         });
         match result {
@@ -246,14 +268,15 @@ impl Writer {
     /// A database error.
     pub(crate) fn save_checkpoints(
         &mut self,
-        rows: &[CheckpointRow],
+        rows: &[Progress],
         letters: &[LetterChange],
     ) -> Result<(), StoreError> {
         if rows.is_empty() && letters.is_empty() {
             return Ok(());
         }
+        let member = self.member.as_deref();
         in_transaction(&mut self.conn, &self.path, Kind::Write, |conn| {
-            save_checkpoints(conn, rows)?;
+            save_checkpoints(conn, rows, member)?;
             save_dead_letters(conn, letters)
         })
     }

@@ -1,0 +1,2 @@
+DROP TABLE partition_owners;
+DROP TABLE bus_members;
