@@ -436,3 +436,61 @@ mod postgres_appends {
         assert_eq!(seqs(&log), vec![1, 2, 3]);
     }
 }
+
+/// PostgreSQL only: two buses on one database (two members, as two processes would be)
+/// race on one stream.
+#[cfg(feature = "postgres")]
+mod postgres_races {
+    use super::*;
+
+    #[actix::test]
+    async fn expected_versions_and_event_ids_hold_when_two_buses_race_on_one_stream() {
+        let Some(db) = common::postgres::PgDatabase::fresh() else {
+            return;
+        };
+        let a = EventBus::builder().postgres(&db.url).build().unwrap();
+        let b = EventBus::builder().postgres(&db.url).build().unwrap();
+        for version in 0..40u64 {
+            let options = PublishOptions::new().expected_version(version);
+            let (x, y) = tokio::join!(
+                a.publish_with(placed(1, version), options.clone()),
+                b.publish_with(placed(1, version), options)
+            );
+            let won = [&x, &y].iter().filter(|r| r.is_ok()).count();
+            assert_eq!(
+                won, 1,
+                "round {version}: exactly one publish wins ({x:?}, {y:?})"
+            );
+            let lost = if x.is_ok() { y } else { x };
+            assert!(
+                matches!(
+                    lost,
+                    Err(Error::VersionConflict { expected, actual, .. })
+                        if expected == version && actual == version + 1
+                ),
+                "round {version}: {lost:?}"
+            );
+        }
+        for _ in 0..20 {
+            let id = uuid::Uuid::now_v7();
+            let options = PublishOptions::new().event_id(id);
+            let (x, y) = tokio::join!(
+                a.publish_with(placed(2, 0), options.clone()),
+                b.publish_with(placed(2, 0), options)
+            );
+            assert_eq!(
+                x.unwrap().position,
+                y.unwrap().position,
+                "one id, one event"
+            );
+        }
+        drain(&a).await;
+        drain(&b).await;
+        let store = TestStore::Postgres(db);
+        assert_eq!(store.number("SELECT count(*) AS n FROM events"), 60);
+        assert_eq!(
+            store.number("SELECT max(stream_version) AS n FROM events WHERE stream_id = 'order-1'"),
+            40
+        );
+    }
+}
