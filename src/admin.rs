@@ -1,5 +1,6 @@
-//! The operator's view of a SQLite store, used by the `actorbus` command: read events,
-//! checkpoints and dead letters, and repair what went wrong, with no bus running.
+//! The operator's view of a store (a SQLite file, or a PostgreSQL database), used by the
+//! `actorbus` command: read events, checkpoints and dead letters, and repair what went
+//! wrong.
 
 mod info;
 
@@ -15,10 +16,11 @@ pub use info::{
 use crate::error::{Error, Result};
 use crate::storage::convert::time_of;
 use crate::storage::error::{classify, classify_connection};
+use crate::storage::inspect::Selection;
 use crate::storage::pool::{self, SqlitePool};
-use crate::storage::sql::sqlite::{queries, registry as stored};
-use crate::storage::{inspect, lock, registry, repair};
-use crate::storage::{SqliteOptions, StoreError};
+use crate::storage::sql::Dialect;
+use crate::storage::{lock, registry};
+use crate::storage::{SqliteOptions, StoreConfig, StoreError};
 use info::letter_info;
 
 /// An operator's handle on a SQLite store file. Safe beside a running bus on the same file,
@@ -38,8 +40,46 @@ use info::letter_info;
 /// ```
 #[derive(Debug)]
 pub struct Store {
+    /// The file, or the PostgreSQL URL without its password.
     path: PathBuf,
-    pool: SqlitePool,
+    backend: Backend,
+}
+
+/// The database a [`Store`] reads.
+#[derive(Debug)]
+enum Backend {
+    Sqlite(SqlitePool),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::storage::postgres::PgPool),
+}
+
+/// Runs `$body` with `$conn`, a pooled connection to whichever database `$store` is, and
+/// `$db`, that database's SQL (`storage::sql::sqlite` or `storage::sql::postgres`); its
+/// `QueryResult` becomes a [`Result`] with the failure classified.
+macro_rules! on_store {
+    ($store:expr, |$conn:ident, $db:ident| $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite(pool) => {
+                #[allow(unused_imports)]
+                use crate::storage::sql::sqlite as $db;
+                let mut pooled = pool
+                    .get()
+                    .map_err(|e| Error::Store(classify_connection(&$store.path, e)))?;
+                let $conn = &mut *pooled;
+                ($body).map_err(|e| $store.failed(e))
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => {
+                #[allow(unused_imports)]
+                use crate::storage::sql::postgres as $db;
+                let mut pooled = pool
+                    .get()
+                    .map_err(|e| Error::Store(classify_connection(&$store.path, e)))?;
+                let $conn = &mut *pooled;
+                ($body).map_err(|e| $store.failed(e))
+            }
+        }
+    };
 }
 
 impl Store {
@@ -73,23 +113,63 @@ impl Store {
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let pool = pool::open(&SqliteOptions::new(&path))?;
-        Ok(Self { path, pool })
+        Ok(Self {
+            path,
+            backend: Backend::Sqlite(pool),
+        })
     }
 
-    /// The file.
+    /// Opens the store a URL names: `sqlite://PATH` (an existing file, as
+    /// [`open`](Self::open)) or `postgres://…` (migrated when needed; feature `postgres`).
+    /// A string without a scheme is a SQLite file's path.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); [`Error::Config`] for `memory://`, another scheme, or a
+    /// PostgreSQL URL in a build without the `postgres` feature; a connection error.
+    pub fn open_url(url: &str) -> Result<Self> {
+        Self::at(url, false)
+    }
+
+    /// As [`open_url`](Self::open_url), creating a missing SQLite file.
+    ///
+    /// # Errors
+    /// As [`open_url`](Self::open_url), except for a missing file.
+    pub fn create_url(url: &str) -> Result<Self> {
+        Self::at(url, true)
+    }
+
+    fn at(url: &str, create: bool) -> Result<Self> {
+        if !url.contains("://") && !url.starts_with("sqlite:") {
+            return if create {
+                Self::create(url)
+            } else {
+                Self::open(url)
+            };
+        }
+        match StoreConfig::from_url(url)? {
+            StoreConfig::Sqlite(o) if create => Self::create(o.path),
+            StoreConfig::Sqlite(o) => Self::open(o.path),
+            #[cfg(feature = "postgres")]
+            StoreConfig::Postgres(o) => {
+                let (path, pool) = crate::storage::postgres::admin_pool(&o)?;
+                Ok(Self {
+                    path,
+                    backend: Backend::Postgres(pool),
+                })
+            }
+            #[cfg(not(feature = "postgres"))]
+            StoreConfig::Postgres(_) => {
+                Err(Error::Config(crate::storage::backend::NO_POSTGRES.into()))
+            }
+            StoreConfig::Memory => Err(Error::Config(
+                "an in-memory bus keeps no store to open".into(),
+            )),
+        }
+    }
+
+    /// The file (for PostgreSQL: the URL without its password).
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    fn conn(&self) -> Result<pool::PooledSqlite> {
-        self.pool
-            .get()
-            .map_err(|e| Error::Store(classify_connection(&self.path, e)))
-    }
-
-    /// Runs `f` on a pooled connection; its failure classified.
-    fn with<T>(&self, f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>) -> Result<T> {
-        f(&mut *self.conn()?).map_err(|e| self.failed(e))
     }
 
     fn failed(&self, e: diesel::result::Error) -> Error {
@@ -101,7 +181,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn schema_version(&self) -> Result<i64> {
-        self.with(inspect::schema_version)
+        on_store!(self, |c, db| db::inspect::schema_version(c))
     }
 
     /// The last position given out (0 when nothing was ever stored). Retention may have
@@ -110,7 +190,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn head(&self) -> Result<u64> {
-        Ok(self.with(queries::head)?.max(0) as u64)
+        Ok(on_store!(self, |c, db| db::queries::head(c))?.max(0) as u64)
     }
 
     /// The current version of `stream` (0 for a stream never written).
@@ -118,7 +198,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn stream_version(&self, stream: &str) -> Result<u64> {
-        Ok(self.with(|c| queries::stream_version(c, stream))?.max(0) as u64)
+        Ok(on_store!(self, |c, db| db::queries::stream_version(c, stream))?.max(0) as u64)
     }
 
     /// Events matching `filter`, oldest first.
@@ -126,14 +206,14 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEventInfo>> {
-        let selection = inspect::Selection {
+        let selection = Selection {
             stream: filter.stream.as_deref(),
             event_type: filter.event_type.as_deref(),
             after: filter.after.map(|a| a.min(i64::MAX as u64) as i64),
             limit: filter.limit.map(|n| n.min(i64::MAX as u64) as i64),
             newest: filter.newest,
         };
-        let rows = self.with(|c| inspect::events(c, &selection))?;
+        let rows = on_store!(self, |c, db| db::inspect::events(c, &selection))?;
         Ok(rows.into_iter().map(StoredEventInfo::from).collect())
     }
 
@@ -142,8 +222,8 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn checkpoints(&self) -> Result<Vec<CheckpointInfo>> {
-        Ok(self
-            .with(inspect::checkpoints)?
+        let rows = on_store!(self, |c, db| db::inspect::checkpoints(c))?;
+        Ok(rows
             .into_iter()
             .map(|r| CheckpointInfo {
                 handler: r.handler,
@@ -160,7 +240,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn handlers(&self) -> Result<Vec<String>> {
-        self.with(inspect::handler_names)
+        on_store!(self, |c, db| db::inspect::handler_names(c))
     }
 
     /// Fails with [`Error::UnknownHandler`] unless the store knows `handler`.
@@ -180,7 +260,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn dead_letters(&self, handler: Option<&str>) -> Result<Vec<DeadLetterInfo>> {
-        let rows = self.with(|c| queries::load_dead_letters(c, handler))?;
+        let rows = on_store!(self, |c, db| db::queries::load_dead_letters(c, handler))?;
         Ok(rows.into_iter().map(letter_info).collect())
     }
 
@@ -198,7 +278,7 @@ impl Store {
     /// # Errors
     /// A database error or a lock held past the busy timeout.
     pub fn request_redrive(&self, handler: Option<&str>) -> Result<usize> {
-        self.with(|c| repair::request_redrive(c, handler))
+        on_store!(self, |c, db| db::repair::request_redrive(c, handler))
     }
 
     /// Deletes the dead letters of `handler` (all when `None`). Returns how many.
@@ -206,7 +286,7 @@ impl Store {
     /// # Errors
     /// A database error or a lock held past the busy timeout.
     pub fn purge_dead_letters(&self, handler: Option<&str>) -> Result<usize> {
-        self.with(|c| repair::purge_dead_letters(c, handler))
+        on_store!(self, |c, db| db::repair::purge_dead_letters(c, handler))
     }
 
     /// Moves every checkpoint of `handler` back (or forward) to `position`: at its next start
@@ -216,7 +296,9 @@ impl Store {
     /// [`Error::UnknownHandler`] when the store has no checkpoint for it; a database error.
     pub fn reset_checkpoint(&self, handler: &str, position: u64) -> Result<usize> {
         let position = i64::try_from(position).unwrap_or(i64::MAX);
-        let n = self.with(|c| repair::move_checkpoints(c, handler, position))?;
+        let n = on_store!(self, |c, db| db::repair::move_checkpoints(
+            c, handler, position
+        ))?;
         if n == 0 {
             return Err(Error::UnknownHandler(handler.to_owned()));
         }
@@ -228,7 +310,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn summary(&self) -> Result<StoreSummary> {
-        let tally = self.read(inspect::tally)?;
+        let tally = on_store!(self, |c, db| c.read_transaction(db::inspect::tally))?;
         let head = tally.head.max(0) as u64;
         let handlers = tally
             .names
@@ -265,19 +347,23 @@ impl Store {
         })
     }
 
-    /// Runs `f` in one read transaction: every query sees the same snapshot of the store,
-    /// however much a running bus writes meanwhile.
-    fn read<T>(&self, f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>) -> Result<T> {
-        let mut conn = self.conn()?;
-        (*conn).transaction(f).map_err(|e| self.failed(e))
-    }
-
     /// Whether a bus is running on this store: `Some(who)` (e.g. `process 4242`) if one is.
     ///
     /// # Errors
     /// The lock file exists but cannot be read.
     pub fn running_bus(&self) -> Result<Option<String>> {
-        Ok(lock::holder(&self.path)?)
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(lock::holder(&self.path)?),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => {
+                let mut conn = pool
+                    .get()
+                    .map_err(|e| Error::Store(classify_connection(&self.path, e)))?;
+                let live = crate::storage::postgres::coordinator::live_members(&mut conn)
+                    .map_err(|e| self.failed(e))?;
+                Ok((!live.is_empty()).then(|| live.join(", ")))
+            }
+        }
     }
 
     /// Has `handler` process the log again after `from`, at the next start of its bus.
@@ -301,8 +387,7 @@ impl Store {
             handler: handler.to_owned(),
             reason,
         };
-        let mut conn = self.conn()?;
-        let kind = stored::kind_of(&mut conn, handler).map_err(|e| self.failed(e))?;
+        let kind = on_store!(self, |c, db| db::registry::kind_of(c, handler))?;
         if let Some((registry::Kind::Projection, resettable)) = kind {
             if !resettable {
                 return Err(not(
@@ -318,17 +403,16 @@ impl Store {
                      replay it from 0, not {from}"
                 )));
             }
-            let pruned = queries::pruned_through(&mut conn).map_err(|e| self.failed(e))?;
+            let pruned = on_store!(self, |c, db| db::queries::pruned_through(c))?;
             if pruned > 0 {
                 return Err(not(format!(
                     "retention deleted events up to position {pruned}: the read model cannot \
                      be rebuilt from the log"
                 )));
             }
-            stored::request_rebuild(&mut conn, handler).map_err(|e| self.failed(e))?;
+            on_store!(self, |c, db| db::registry::request_rebuild(c, handler))?;
             return Ok(Replay::Rebuild);
         }
-        drop(conn);
         self.reset_checkpoint(handler, from).map(Replay::Moved)
     }
 
@@ -338,7 +422,7 @@ impl Store {
     /// # Errors
     /// A database error.
     pub fn check(&self) -> Result<Vec<String>> {
-        self.read(inspect::check)
+        on_store!(self, |c, db| c.read_transaction(db::inspect::check))
     }
 
     /// Runs `f` with a connection to the store (for application-specific checks, such as a
@@ -350,6 +434,39 @@ impl Store {
         &self,
         f: impl FnOnce(&mut SqliteConnection) -> QueryResult<T>,
     ) -> Result<T> {
-        self.with(f)
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut pooled = pool
+                    .get()
+                    .map_err(|e| Error::Store(classify_connection(&self.path, e)))?;
+                f(&mut pooled).map_err(|e| self.failed(e))
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => Err(Error::Config(
+                "this store is PostgreSQL: use Store::with_postgres_connection".into(),
+            )),
+        }
+    }
+
+    /// As [`with_connection`](Self::with_connection), on a PostgreSQL store.
+    ///
+    /// # Errors
+    /// What `f` returns, a connection error, or [`Error::Config`] on a SQLite store.
+    #[cfg(feature = "postgres")]
+    pub fn with_postgres_connection<T>(
+        &self,
+        f: impl FnOnce(&mut diesel::PgConnection) -> QueryResult<T>,
+    ) -> Result<T> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let mut pooled = pool
+                    .get()
+                    .map_err(|e| Error::Store(classify_connection(&self.path, e)))?;
+                f(&mut pooled).map_err(|e| self.failed(e))
+            }
+            Backend::Sqlite(_) => Err(Error::Config(
+                "this store is SQLite: use Store::with_connection".into(),
+            )),
+        }
     }
 }

@@ -129,10 +129,22 @@ pub(crate) fn number_from(
     }
 }
 
-/// Opens an existing store for an operator command; a missing or foreign file is an error
-/// and is left untouched.
+/// Opens an existing store for an operator command: a SQLite file's path (a missing or
+/// foreign file is an error and is left untouched) or a `postgres://` URL.
 pub(crate) fn open_store(path: &Path) -> anyhow::Result<actorbus::Store> {
-    actorbus::Store::open(path).with_context(|| format!("cannot open the store {}", path.display()))
+    let opened = match path.to_str() {
+        Some(url) => actorbus::Store::open_url(url),
+        None => actorbus::Store::open(path),
+    };
+    opened.with_context(|| format!("cannot open the store {}", shown(path)))
+}
+
+/// A store as messages name it: a file's path, or a URL without its password.
+pub(crate) fn shown(path: &Path) -> String {
+    match path.to_str() {
+        Some(url) if url.contains("://") => actorbus::PostgresOptions::new(url).redacted_url(),
+        _ => path.display().to_string(),
+    }
 }
 
 /// Peak and current resident set size in MiB, from /proc (Linux); `None` elsewhere.

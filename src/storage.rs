@@ -11,7 +11,6 @@ pub(crate) mod pool;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod registry;
-pub(crate) mod repair;
 pub(crate) mod schema;
 pub(crate) mod sql;
 pub(crate) mod sqlite;

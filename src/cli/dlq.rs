@@ -25,7 +25,7 @@ pub(crate) enum DlqCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
-    /// The SQLite store to read.
+    /// The store to read: a SQLite file, or `postgres://…`.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Only the dead letters of this handler (subscription name).
@@ -38,7 +38,7 @@ pub(crate) struct ListArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ShowArgs {
-    /// The SQLite store to read.
+    /// The store to read: a SQLite file, or `postgres://…`.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// The dead letter's id, as `dlq list` shows it.
@@ -51,7 +51,7 @@ pub(crate) struct ShowArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RedriveArgs {
-    /// The SQLite store to mark the dead letters in.
+    /// The store to mark the dead letters in: a SQLite file, or `postgres://…`.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Only the dead letters of this handler (default: every handler's).
@@ -61,7 +61,7 @@ pub(crate) struct RedriveArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PurgeArgs {
-    /// The SQLite store to delete the dead letters from.
+    /// The store to delete the dead letters from: a SQLite file, or `postgres://…`.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Only the dead letters of this handler (default: every handler's).
@@ -168,7 +168,7 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         format!(
             "no dead letter with id {} in {} (`actorbus dlq list` shows them)",
             args.id,
-            args.db.display()
+            crate::cli::shown(&args.db)
         )
     })?;
     let mut out = io::stdout().lock();

@@ -22,7 +22,7 @@ pub(crate) enum EventsCommand {
 /// The store and which of its events: shared by `list` and `tail`.
 #[derive(Debug, Args)]
 pub(crate) struct Selection {
-    /// The SQLite store to read.
+    /// The store to read: a SQLite file, or `postgres://…`.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Only the events of this stream (aggregate) id.

@@ -7,7 +7,7 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub(crate) struct MigrateArgs {
-    /// The SQLite store to create (when missing) or upgrade.
+    /// The store to create (when missing) or upgrade: a SQLite file, or `postgres://…`.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
 }
@@ -17,6 +17,13 @@ pub(crate) fn run(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
+    if let Some(url) = args.db.to_str().filter(|u| u.starts_with("postgres")) {
+        let shown = crate::cli::shown(&args.db);
+        let store = actorbus::Store::create_url(url)
+            .with_context(|| format!("cannot create or migrate the store {shown}"))?;
+        say!("{shown} is at schema version {}", store.schema_version()?);
+        return Ok(());
+    }
     let existed = args.db.exists();
     // Checked here because SQLite's "unable to open" is retried by the connection pool until
     // its timeout, with a log line per attempt.

@@ -10,7 +10,7 @@ use super::events::open_existing;
 
 #[derive(Debug, Args)]
 pub(crate) struct ReplayArgs {
-    /// The SQLite store whose checkpoints to move.
+    /// The store whose checkpoints to move: a SQLite file, or `postgres://…`.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// The handler (subscription name) to replay.

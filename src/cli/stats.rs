@@ -10,7 +10,7 @@ use super::events::{open_existing, write_table};
 
 #[derive(Debug, Args)]
 pub(crate) struct StatsArgs {
-    /// The SQLite store to read.
+    /// The store to read: a SQLite file, or `postgres://…`.
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Print one JSON object instead of text.
@@ -40,7 +40,7 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
             })
             .collect();
         let doc = json!({
-            "path": args.db.display().to_string(),
+            "path": crate::cli::shown(&args.db),
             "schema_version": s.schema_version,
             "events": s.events,
             "streams": s.streams,
@@ -51,7 +51,7 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let facts = [
-        ("store", args.db.display().to_string()),
+        ("store", crate::cli::shown(&args.db)),
         ("schema", format!("version {}", s.schema_version)),
         ("events", s.events.to_string()),
         ("streams", s.streams.to_string()),

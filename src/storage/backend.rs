@@ -195,6 +195,7 @@ pub(crate) type Reader = Arc<dyn LogReader>;
 
 /// A change in a process's share of a store that several processes run on (PostgreSQL).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // only PostgreSQL is shared
 pub(crate) enum Change {
     /// This process claimed these partitions.
     Claimed(Vec<Claim>),
@@ -207,6 +208,7 @@ pub(crate) enum Change {
 
 /// A partition this process claimed: its token fences every write for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // only PostgreSQL is shared
 pub(crate) struct Claim {
     pub(crate) subscription: String,
     pub(crate) partition: usize,

@@ -18,7 +18,6 @@ pub(crate) const SCHEMA_VERSION: i64 = 4;
 const PAGE_SIZE: u64 = 4096;
 
 pub(crate) type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
-pub(crate) type PooledSqlite = diesel::r2d2::PooledConnection<ConnectionManager<SqliteConnection>>;
 
 #[derive(Debug, Clone, Copy)]
 struct Pragmas {

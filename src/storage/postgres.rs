@@ -30,12 +30,12 @@ pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/
 /// Session advisory lock: one process migrates at a time.
 const MIGRATE_LOCK: i64 = APPEND_LOCK + 1;
 
-/// Connects to the database, migrates it, registers `subscriptions`, and readies its writer,
-/// its readers and this bus's membership among the processes on it ([`coordinator`]).
-pub(crate) fn open(
-    options: &PostgresOptions,
-    mut subscriptions: Vec<SubscriptionSpec>,
-) -> Result<Opened, StoreError> {
+/// A pool of connections to a PostgreSQL store.
+pub(crate) type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+/// Connects to the database and migrates it: the store's name (its URL without the
+/// password) and a pool of `options.pool_size` connections.
+fn connect(options: &PostgresOptions) -> Result<(PathBuf, PgPool), StoreError> {
     let name = PathBuf::from(options.redacted_url());
     {
         let mut conn =
@@ -48,6 +48,21 @@ pub(crate) fn open(
         .connection_timeout(options.connect_timeout)
         .build(ConnectionManager::<PgConnection>::new(&options.url))
         .map_err(|e| classify_connection(&name, e))?;
+    Ok((name, pool))
+}
+
+/// What an operator's [`Store`](crate::Store) reads a PostgreSQL store through.
+pub(crate) fn admin_pool(options: &PostgresOptions) -> Result<(PathBuf, PgPool), StoreError> {
+    connect(options)
+}
+
+/// Connects to the database, migrates it, registers `subscriptions`, and readies its writer,
+/// its readers and this bus's membership among the processes on it ([`coordinator`]).
+pub(crate) fn open(
+    options: &PostgresOptions,
+    mut subscriptions: Vec<SubscriptionSpec>,
+) -> Result<Opened, StoreError> {
+    let (name, pool) = connect(options)?;
     let conn = pool.get().map_err(|e| classify_connection(&name, e))?;
     let member = uuid::Uuid::now_v7().to_string();
     let mut writer = Writer::new(conn, name.clone()).fenced_by(member.clone());

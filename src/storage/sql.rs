@@ -174,27 +174,29 @@ pub(crate) mod sqlite {
     pub(crate) type Conn = diesel::SqliteConnection;
     pub(crate) use super::Dialect;
 
+    pub(crate) mod inspect;
     pub(crate) mod progress;
     pub(crate) mod queries;
     pub(crate) mod registry;
+    pub(crate) mod repair;
     pub(crate) mod retention;
     pub(crate) mod store;
     pub(crate) mod writer;
 }
 
-/// The same SQL on PostgreSQL. (The operator's reads and requests, `admin.rs`, run on
-/// SQLite only so far: what only they use is unused here.)
+/// The same SQL on PostgreSQL.
 #[cfg(feature = "postgres")]
-#[allow(dead_code)]
 #[path = "sql"]
 pub(crate) mod postgres {
     /// The connection the SQL below runs on.
     pub(crate) type Conn = diesel::PgConnection;
     pub(crate) use super::Dialect;
 
+    pub(crate) mod inspect;
     pub(crate) mod progress;
     pub(crate) mod queries;
     pub(crate) mod registry;
+    pub(crate) mod repair;
     pub(crate) mod retention;
     pub(crate) mod store;
     pub(crate) mod writer;

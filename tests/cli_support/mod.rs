@@ -65,11 +65,15 @@ pub fn picky_fails_on(seq: u64) -> bool {
 /// "picky" (one attempt, so a failure is a dead letter at once) fails some events while
 /// `broken` is set.
 pub fn bus_on(path: &Path, broken: bool, seen: &Seen) -> EventBus {
+    bus_with(EventBus::builder().sqlite(path), broken, seen)
+}
+
+/// As [`bus_on`], on the store `builder` names.
+pub fn bus_with(builder: actorbus::BusBuilder, broken: bool, seen: &Seen) -> EventBus {
     let recorder = Arc::clone(&seen.recorder);
     let picky = Arc::clone(&seen.picky);
     let broken = Arc::new(AtomicBool::new(broken));
-    EventBus::builder()
-        .sqlite(path)
+    builder
         .handler("recorder", move || {
             let recorder = Arc::clone(&recorder);
             handler_fn(
@@ -111,9 +115,16 @@ pub const ORDERS: u64 = 10;
 pub fn fixture() -> TempStore {
     let tmp = TempStore::new();
     let db = tmp.path();
+    fill(EventBus::builder().sqlite(db));
+    settle(db);
+    tmp
+}
+
+/// Runs a bus on the store `builder` names to completion: the fixture's events, handled.
+pub fn fill(builder: actorbus::BusBuilder) {
     actix::System::new().block_on(async {
         let seen = Seen::default();
-        let bus = bus_on(db, true, &seen);
+        let bus = bus_with(builder, true, &seen);
         bus.publish(NoteAdded {
             order: 1,
             text: long_note(),
@@ -131,8 +142,6 @@ pub fn fixture() -> TempStore {
         bus.shutdown(PATIENCE).await.expect("the bus drains");
         assert_eq!(seen.recorder(), (0..ORDERS).collect::<Vec<_>>());
     });
-    settle(db);
-    tmp
 }
 
 /// Copies the WAL into the database file, so that a later byte comparison of the file sees

@@ -5,7 +5,8 @@ CREATE TABLE bus_members (
     id           TEXT   PRIMARY KEY,   -- a UUID the bus picks at start
     label        TEXT   NOT NULL,      -- host and process id, for operators
     started_at   BIGINT NOT NULL,      -- Unix microseconds
-    heartbeat_at BIGINT NOT NULL       -- Unix microseconds; older than the lease: dead
+    heartbeat_at BIGINT NOT NULL,      -- Unix microseconds
+    lease_us     BIGINT NOT NULL       -- no heartbeat for this long: dead, its claims free
 );
 
 -- The owner of each (subscription, layout, partition). `token` grows at every claim: a write

@@ -190,13 +190,19 @@ fn rebalance(
     conn.transaction(|conn| {
         let now = micros(SystemTime::now());
         diesel::sql_query(
-            "INSERT INTO bus_members (id, label, started_at, heartbeat_at) VALUES ($1, $2, $3, $3) \
+            "INSERT INTO bus_members (id, label, started_at, heartbeat_at, lease_us) \
+             VALUES ($1, $2, $3, $3, $4) \
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
         )
         .bind::<Text, _>(&plan.member)
         .bind::<Text, _>(&plan.label)
         .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(plan.lease.as_micros() as i64)
         .execute(conn)?;
+        // Members dead for ten leases of their own are forgotten (their claims are free).
+        diesel::sql_query("DELETE FROM bus_members WHERE heartbeat_at + 10 * lease_us < $1")
+            .bind::<BigInt, _>(now)
+            .execute(conn)?;
         let live: Vec<String> =
             diesel::sql_query("SELECT id FROM bus_members WHERE heartbeat_at >= $1 ORDER BY id")
                 .bind::<BigInt, _>(now - plan.lease.as_micros() as i64)
@@ -301,6 +307,24 @@ fn due(live: &[String], offset: u64, partition: usize) -> Option<&str> {
     }
     let n = live.len() as u64;
     Some(live[((offset % n + partition as u64 % n) % n) as usize].as_str())
+}
+
+/// The labels of the members whose lease has not run out (what `actorbus` reports as the
+/// buses running on the store).
+pub(crate) fn live_members(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Label {
+        #[diesel(sql_type = Text)]
+        label: String,
+    }
+    Ok(diesel::sql_query(
+        "SELECT label FROM bus_members WHERE heartbeat_at + lease_us >= $1 ORDER BY started_at",
+    )
+    .bind::<BigInt, _>(micros(SystemTime::now()))
+    .load::<Label>(conn)?
+    .into_iter()
+    .map(|l| l.label)
+    .collect())
 }
 
 /// Lets every claim go and leaves the members: the others claim at their next beat.

@@ -3,15 +3,14 @@
 
 use diesel::prelude::*;
 
+use super::Conn;
+
 use crate::storage::convert::micros;
 use crate::storage::schema::{checkpoints, dead_letters};
 
 /// Marks the dead letters of `subscription` (all when `None`) to be redriven at the next
 /// start; answers how many.
-pub(crate) fn request_redrive(
-    conn: &mut SqliteConnection,
-    subscription: Option<&str>,
-) -> QueryResult<usize> {
+pub(crate) fn request_redrive(conn: &mut Conn, subscription: Option<&str>) -> QueryResult<usize> {
     let mut q = diesel::update(dead_letters::table).into_boxed();
     if let Some(name) = subscription {
         q = q.filter(dead_letters::handler.eq(name.to_owned()));
@@ -21,7 +20,7 @@ pub(crate) fn request_redrive(
 
 /// Deletes the dead letters of `subscription` (all when `None`); answers how many.
 pub(crate) fn purge_dead_letters(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     subscription: Option<&str>,
 ) -> QueryResult<usize> {
     let mut q = diesel::delete(dead_letters::table).into_boxed();
@@ -33,7 +32,7 @@ pub(crate) fn purge_dead_letters(
 
 /// Moves every checkpoint of `subscription` to `position`; answers how many moved.
 pub(crate) fn move_checkpoints(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     subscription: &str,
     position: i64,
 ) -> QueryResult<usize> {
