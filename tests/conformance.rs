@@ -494,3 +494,60 @@ mod postgres_races {
         );
     }
 }
+
+/// PostgreSQL only: the server ends every session of the bus (a restart, a failover, an
+/// administrator): publishing fails for a moment at most, then goes on, and nothing
+/// acknowledged is lost.
+#[cfg(feature = "postgres")]
+mod postgres_sessions {
+    use super::*;
+
+    #[actix::test]
+    async fn a_bus_whose_sessions_are_terminated_reconnects_and_loses_nothing() {
+        let Some(db) = common::postgres::PgDatabase::fresh() else {
+            return;
+        };
+        let log = new_log();
+        let mut options = actorbus::PostgresOptions::new(&db.url);
+        options.lease = Duration::from_millis(500);
+        let bus = EventBus::builder()
+            .store(actorbus::StoreConfig::Postgres(options))
+            .handler("recorder", RecordingHandler::factory(&log))
+            .build()
+            .unwrap();
+        let mut acked = Vec::new();
+        for seq in 0..20 {
+            bus.publish(placed(seq % 3, seq)).await.unwrap();
+            acked.push(seq);
+        }
+        use diesel::connection::SimpleConnection;
+        db.connect()
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .unwrap();
+        let mut failures = 0;
+        for seq in 20..40 {
+            // A publish may fail while the writer notices; it is retried, as an application
+            // would (its event id is new each time, so nothing is stored twice by a retry
+            // that did commit: none did, since the error came from the commit itself).
+            loop {
+                match bus.publish(placed(seq % 3, seq)).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        failures += 1;
+                        assert!(failures <= 5, "publishing does not recover: {e}");
+                    }
+                }
+            }
+            acked.push(seq);
+        }
+        poll_until("every acknowledged event handled", || {
+            let seen = seqs(&log);
+            acked.iter().all(|s| seen.contains(s))
+        })
+        .await;
+        drain(&bus).await;
+    }
+}

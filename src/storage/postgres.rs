@@ -63,9 +63,8 @@ pub(crate) fn open(
     mut subscriptions: Vec<SubscriptionSpec>,
 ) -> Result<Opened, StoreError> {
     let (name, pool) = connect(options)?;
-    let conn = pool.get().map_err(|e| classify_connection(&name, e))?;
     let member = uuid::Uuid::now_v7().to_string();
-    let mut writer = Writer::new(conn, name.clone()).fenced_by(member.clone());
+    let mut writer = Writer::new(pool.clone(), name.clone())?.fenced_by(member.clone());
     #[derive(QueryableByName)]
     struct Pid {
         #[diesel(sql_type = Integer)]

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use crate::storage::backend::Opened;
-use crate::storage::error::classify_connection;
 use crate::storage::lock::BusLock;
 use crate::storage::pool::{self, WalCheckpointer};
 use crate::storage::registry::SubscriptionSpec;
@@ -25,8 +24,7 @@ pub(crate) fn open(
     pool::inspect(options)?;
     let lock = BusLock::acquire(path)?;
     let pool = pool::open(options)?;
-    let conn = pool.get().map_err(|e| classify_connection(path, e))?;
-    let mut writer = Writer::new(conn, path.to_path_buf());
+    let mut writer = Writer::new(pool.clone(), path.to_path_buf())?;
     let (head, resumes) = store::register(&mut writer, &mut subscriptions)?;
     Ok(Opened {
         writer: Box::new(SqlWriter {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, PooledConnection};
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
 use super::progress::{save_checkpoints, save_dead_letters};
 use super::queries::{head, indexed_through, set_meta_number, INDEXED_THROUGH};
@@ -14,7 +14,7 @@ use crate::event::Record;
 use crate::storage::backend::Progress;
 use crate::storage::backend::{LetterChange, Unit, UnitOutcome};
 use crate::storage::convert::{encode_metadata, micros};
-use crate::storage::error::classify;
+use crate::storage::error::{classify, classify_connection};
 use crate::storage::models::NewStoredEvent;
 use crate::storage::schema::{events, stream_events};
 use crate::storage::StoreError;
@@ -33,6 +33,8 @@ pub(crate) const INDEX_TAIL_SQL: &str =
 /// The single writer's connection and what it remembers between commits.
 pub(crate) struct Writer {
     conn: PooledConnection<ConnectionManager<Conn>>,
+    /// Where a fresh connection comes from when this one is lost (a database restarted).
+    pool: Pool<ConnectionManager<Conn>>,
     path: PathBuf,
     head: i64,
     /// The last position `stream_events` covers (-1: not known, read it at the next commit).
@@ -53,15 +55,52 @@ impl std::fmt::Debug for Writer {
     }
 }
 impl Writer {
-    pub(crate) fn new(conn: PooledConnection<ConnectionManager<Conn>>, path: PathBuf) -> Self {
-        Self {
+    /// The writer, on a connection of its own from `pool`.
+    ///
+    /// # Errors
+    /// No connection could be had.
+    pub(crate) fn new(
+        pool: Pool<ConnectionManager<Conn>>,
+        path: PathBuf,
+    ) -> Result<Self, StoreError> {
+        let conn = pool.get().map_err(|e| classify_connection(&path, e))?;
+        Ok(Self {
             conn,
+            pool,
             path,
             head: -1,
             indexed: -1,
             versions: HashMap::new(),
             member: None,
+        })
+    }
+
+    /// Runs `f` in a transaction of `kind`. When it fails and the connection no longer
+    /// answers (the database restarted, the server ended the session), the writer takes a
+    /// fresh one from the pool, so that the next write can succeed.
+    fn run<T>(
+        &mut self,
+        kind: Kind,
+        f: impl FnOnce(&mut Conn) -> QueryResult<T>,
+    ) -> Result<T, StoreError> {
+        let result = in_transaction(&mut self.conn, &self.path, kind, f);
+        if result.is_err() && diesel::r2d2::R2D2Connection::ping(&mut *self.conn).is_err() {
+            match self.pool.get() {
+                Ok(fresh) => {
+                    log::warn!(
+                        "{}: the writer's connection was lost; it continues on a new one",
+                        self.path.display()
+                    );
+                    self.conn = fresh;
+                    self.forget();
+                }
+                Err(e) => log::warn!(
+                    "{}: the writer's connection was lost and no new one could be had yet: {e}",
+                    self.path.display()
+                ),
+            }
         }
+        result
     }
 
     /// Fences this writer's checkpoints by the claims of `member` (see
@@ -87,7 +126,7 @@ impl Writer {
         let mut versions = std::mem::take(&mut self.versions);
         let cached_head = self.head;
         let mut indexed = self.indexed;
-        let result = in_transaction(&mut self.conn, &self.path, Kind::Append, |conn| {
+        let result = self.run(Kind::Append, |conn| {
             let head = head(conn)?;
             if head != cached_head || indexed < 0 {
                 // Someone else wrote (or this is the first commit): cached versions may be
@@ -213,7 +252,7 @@ impl Writer {
             return Ok(());
         }
         let (from, to) = (self.indexed, self.head);
-        let result = in_transaction(&mut self.conn, &self.path, Kind::Append, |conn| {
+        let result = self.run(Kind::Append, |conn| {
             if head(conn)? != to {
                 return Ok(None);
             }
@@ -259,7 +298,7 @@ impl Writer {
         &mut self,
         f: impl FnOnce(&mut Conn) -> QueryResult<T>,
     ) -> Result<T, StoreError> {
-        in_transaction(&mut self.conn, &self.path, Kind::Write, f)
+        self.run(Kind::Write, f)
     }
 
     /// Stores dead-letter changes and checkpoints in one transaction (no events to append).
@@ -274,9 +313,9 @@ impl Writer {
         if rows.is_empty() && letters.is_empty() {
             return Ok(());
         }
-        let member = self.member.as_deref();
-        in_transaction(&mut self.conn, &self.path, Kind::Write, |conn| {
-            save_checkpoints(conn, rows, member)?;
+        let member = self.member.clone();
+        self.run(Kind::Write, |conn| {
+            save_checkpoints(conn, rows, member.as_deref())?;
             save_dead_letters(conn, letters)
         })
     }
