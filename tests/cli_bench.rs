@@ -211,7 +211,7 @@ fn sqlite_bench_without_db_deletes_its_temporary_database() {
 
 #[cfg(feature = "postgres")]
 #[test]
-fn postgres_bench_reports_its_rate_beside_raw_inserts_and_drops_its_databases() {
+fn postgres_bench_over_two_processes_reports_its_rate_beside_raw_inserts_and_drops_its_databases() {
     use diesel::prelude::*;
     // The fresh database serves as the server's maintenance database here.
     let Some(server) = common::postgres::PgDatabase::fresh() else {
@@ -225,6 +225,10 @@ fn postgres_bench_reports_its_rate_beside_raw_inserts_and_drops_its_databases() 
         "3000",
         "--publishers",
         "32",
+        "--concurrency",
+        "4",
+        "--processes",
+        "2",
         "--postgres",
         &server.url,
         "--json",
@@ -232,6 +236,7 @@ fn postgres_bench_reports_its_rate_beside_raw_inserts_and_drops_its_databases() 
     let report: Value = serde_json::from_str(out.lines().last().expect("a summary")).unwrap();
     assert_eq!(report["mode"], "postgres");
     assert_eq!(report["events"], 3000);
+    assert_eq!(report["processes"], 2);
     let eps = report["events_per_sec"].as_f64().unwrap();
     let base = report["baseline_rows_per_sec"].as_f64().unwrap();
     let ratio = report["ratio_to_baseline"].as_f64().unwrap();

@@ -109,6 +109,14 @@ pub(crate) struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     postgres: String,
+    /// PostgreSQL mode: OS processes sharing the run, 1 to 16 (this one and copies of it,
+    /// each publishing its share and handling the partitions it claims; raise
+    /// `--concurrency` so that there are partitions to share).
+    #[arg(long, default_value_t = 1, value_parser = whole_number::<usize>(1, 16))]
+    processes: usize,
+    /// Internal: take part in another bench process's PostgreSQL run on this database.
+    #[arg(long, value_name = "URL", hide = true)]
+    join: Option<String>,
     /// Skip the baseline run.
     #[arg(long)]
     no_baseline: bool,

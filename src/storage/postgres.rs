@@ -44,7 +44,7 @@ fn connect(options: &PostgresOptions) -> Result<(PathBuf, PgPool), StoreError> {
     }
     let pool = Pool::builder()
         .max_size(options.pool_size.max(2))
-        .min_idle(Some(1))
+        .min_idle(Some(0))
         .connection_timeout(options.connect_timeout)
         .build(ConnectionManager::<PgConnection>::new(&options.url))
         .map_err(|e| classify_connection(&name, e))?;

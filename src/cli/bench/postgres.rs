@@ -8,7 +8,6 @@ use actorbus::diesel::prelude::*;
 use actorbus::{DomainEvent, EventBus};
 use anyhow::Context as _;
 
-use super::sqlite::{durable_run, SqliteRun};
 use super::BenchArgs;
 
 /// A database the bench created; dropped (with any session left on it) when this is.
@@ -51,16 +50,15 @@ fn redacted(url: &str) -> String {
     actorbus::PostgresOptions::new(url).redacted_url()
 }
 
-/// PostgreSQL mode: as SQLite mode, on a fresh database, and the raw-INSERT baseline.
+/// PostgreSQL mode: `--processes` processes (this one and copies of it) on a fresh
+/// database, each publishing its share and handling the partitions it claims, and the
+/// raw-INSERT baseline.
 pub(super) fn run_postgres(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.join {
+        return join(args, url);
+    }
     let db = BenchDatabase::create(&args.postgres, "")?;
-    let SqliteRun {
-        seconds,
-        publish_seconds,
-        p50,
-        p99,
-        ack_us: [p99_ack, p999_ack, max_ack],
-    } = durable_run(args, EventBus::builder().postgres(&db.url), 0.0)?;
+    let run = shared_run(args, &db.url)?;
     let baseline = if args.no_baseline {
         None
     } else {
@@ -79,16 +77,19 @@ pub(super) fn run_postgres(args: &BenchArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("the raw-INSERT baseline failed: {e}"))?;
         Some(args.events as f64 / took.as_secs_f64())
     };
+    let SharedRun {
+        seconds,
+        publish_seconds,
+        ack_us: [p99_ack, p999_ack, max_ack],
+    } = run;
     let eps = args.events as f64 / seconds;
     let published = args.events as f64 / publish_seconds;
     say!(
-        "postgres bus: {} events, {} publishers, {} handlers in {seconds:.3} s = {eps:.0} events/s handled and checkpointed ({published:.0} events/s published)",
-        args.events, args.publishers, args.handlers
+        "postgres bus, {} process(es): {} events, {} publishers each, {} handlers x {} partitions in {seconds:.3} s = {eps:.0} events/s handled and checkpointed ({published:.0} events/s published)",
+        args.processes, args.events, args.publishers, args.handlers, args.concurrency
     );
     say!(
-        "publish->ack p99 {p99_ack:.0} us, p99.9 {p999_ack:.0} us, max {max_ack:.0} us; publish->handled p50 {:.0} us, p99 {:.0} us",
-        p50.as_secs_f64() * 1e6,
-        p99.as_secs_f64() * 1e6,
+        "publish->ack (this process) p99 {p99_ack:.0} us, p99.9 {p999_ack:.0} us, max {max_ack:.0} us"
     );
     if let Some(raw) = baseline {
         say!(
@@ -100,6 +101,7 @@ pub(super) fn run_postgres(args: &BenchArgs) -> anyhow::Result<()> {
     if args.json {
         let json = serde_json::json!({
             "mode": "postgres",
+            "processes": args.processes,
             "events": args.events,
             "handlers": args.handlers,
             "concurrency": args.concurrency,
@@ -107,8 +109,6 @@ pub(super) fn run_postgres(args: &BenchArgs) -> anyhow::Result<()> {
             "seconds": seconds,
             "events_per_sec": eps,
             "published_per_sec": published,
-            "p50_us": p50.as_secs_f64() * 1e6,
-            "p99_us": p99.as_secs_f64() * 1e6,
             "ack_p99_us": p99_ack,
             "baseline_rows_per_sec": baseline,
             "ratio_to_baseline": baseline.map(|raw| eps / raw),
@@ -116,4 +116,190 @@ pub(super) fn run_postgres(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{json}");
     }
     Ok(())
+}
+
+/// What a run over several processes measured.
+struct SharedRun {
+    /// Until every subscription's checkpoints reached the head.
+    seconds: f64,
+    /// Until the last process had every publish acknowledged.
+    publish_seconds: f64,
+    /// This process's p99, p99.9 and max publish -> ack, in µs.
+    ack_us: [f64; 3],
+}
+
+/// The bench processes other than this one, and what they print.
+struct Joined {
+    children: Vec<std::process::Child>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Joined {
+    /// Starts `n` copies of this bench on `url`, each with its share of the events.
+    fn spawn(args: &BenchArgs, url: &str, n: usize) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let (tx, lines) = std::sync::mpsc::channel();
+        let mut children = Vec::new();
+        for k in 1..=n as u64 {
+            let share = actorbus::baseline::publisher_share(args.events, n as u64 + 1, k);
+            let mut command = std::process::Command::new(std::env::current_exe()?);
+            command.args(["bench", "--mode", "postgres", "--join", url]);
+            for (flag, value) in [
+                ("--events", share.to_string()),
+                ("--handlers", args.handlers.to_string()),
+                ("--concurrency", args.concurrency.to_string()),
+                ("--streams", args.streams.to_string()),
+                ("--work-us", args.work_us.to_string()),
+                ("--publishers", args.publishers.to_string()),
+            ] {
+                command.args([flag, &value]);
+            }
+            if let Some(threads) = args.handler_threads {
+                command.args(["--handler-threads", &threads.to_string()]);
+            }
+            let mut child = command
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("starting a bench process")?;
+            let stdout = child.stdout.take().context("its output")?;
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    let _ = tx.send(line);
+                }
+            });
+            children.push(child);
+        }
+        Ok(Self { children, lines })
+    }
+
+    /// Waits (without blocking the arbiter: this process's actors run on it) for one line
+    /// starting with `prefix` from each process; answers their rests.
+    async fn each(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let mut found = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        while found.len() < self.children.len() {
+            match self.lines.try_recv() {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        found.push(rest.trim().to_owned());
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "a bench process stopped answering"
+                    );
+                    actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    anyhow::bail!("a bench process ended before it said `{prefix}`")
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Tells every process to go on (one line on its stdin).
+    fn tell(&mut self) -> anyhow::Result<()> {
+        use std::io::Write;
+        for child in &mut self.children {
+            let stdin = child.stdin.as_mut().context("its input")?;
+            writeln!(stdin, "go")?;
+            stdin.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Closes their stdin (they shut down) and waits for them.
+    fn finish(mut self) -> anyhow::Result<()> {
+        for child in &mut self.children {
+            drop(child.stdin.take());
+        }
+        for mut child in self.children.drain(..) {
+            anyhow::ensure!(child.wait()?.success(), "a bench process failed");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// This process and `--processes - 1` copies of it publish together; the run ends when
+/// every subscription's checkpoints (read from the store) reach the head.
+fn shared_run(args: &BenchArgs, url: &str) -> anyhow::Result<SharedRun> {
+    let mut joined = Joined::spawn(args, url, args.processes - 1)?;
+    let own = actorbus::baseline::publisher_share(args.events, args.processes as u64, 0);
+    let store = actorbus::Store::open_url(url)?;
+    let run = actix::System::new().block_on(async {
+        let (bus, _seen) = super::counting_bus(args, EventBus::builder().postgres(url), 0.0)?;
+        joined.each("ready").await?;
+        joined.tell()?;
+        let start = std::time::Instant::now();
+        let (mut publish_seconds, ack_us) =
+            super::sqlite::publish_shares(&bus, own, args.publishers, args.streams).await?;
+        for seconds in joined.each("published").await? {
+            publish_seconds = publish_seconds.max(seconds.parse().unwrap_or(0.0));
+        }
+        // Checkpoints are written every 200 ms: the end is within that of the last one.
+        loop {
+            let summary = store.summary()?;
+            let head = summary.head;
+            let done = head >= args.events
+                && summary
+                    .handlers
+                    .iter()
+                    .filter(|h| h.name.starts_with("bench-"))
+                    .all(|h| h.checkpoint.is_some_and(|c| c >= head));
+            if done {
+                break;
+            }
+            actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        bus.shutdown(std::time::Duration::from_secs(3600)).await?;
+        Ok::<_, anyhow::Error>(SharedRun {
+            seconds,
+            publish_seconds,
+            ack_us,
+        })
+    })?;
+    joined.finish()?;
+    Ok(run)
+}
+
+/// A copy's part of a shared run: build the bus, say `ready`, wait for `go`, publish its
+/// share, say `published <seconds>`, then handle what it claims until its stdin closes.
+fn join(args: &BenchArgs, url: &str) -> anyhow::Result<()> {
+    actix::System::new().block_on(async {
+        let (bus, _seen) = super::counting_bus(args, EventBus::builder().postgres(url), 0.0)?;
+        println!("ready");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let (seconds, _) =
+            super::sqlite::publish_shares(&bus, args.events, args.publishers, args.streams).await?;
+        println!("published {seconds}");
+        // Blocking the arbiter here is fine for the publisher, not for the handlers: wait on
+        // a thread instead.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            while std::io::stdin().read_line(&mut rest).unwrap_or(0) > 0 {}
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+        bus.shutdown(std::time::Duration::from_secs(3600)).await?;
+        Ok(())
+    })
 }

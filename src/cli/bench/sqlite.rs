@@ -179,35 +179,8 @@ pub(super) fn durable_run(
     System::new().block_on(async {
         let (bus, seen) = counting_bus(args, builder, fail_rate)?;
         let start = Instant::now();
-        // One histogram for all publishers (they share this thread): one each would cost
-        // hundreds of KiB per publisher and blur the peak RSS.
-        let acks = std::rc::Rc::new(std::cell::RefCell::new(ack_histogram()));
-        let mut tasks = Vec::new();
-        for p in 0..args.publishers as u64 {
-            let bus = bus.clone();
-            let n = publisher_share(args.events, args.publishers as u64, p);
-            let streams = args.streams;
-            let acks = std::rc::Rc::clone(&acks);
-            tasks.push(actix_rt::spawn(async move {
-                for i in 0..n {
-                    let t = Instant::now();
-                    bus.publish(BenchEvent::of_publisher(p, i, streams)).await?;
-                    acks.borrow_mut()
-                        .saturating_record(t.elapsed().as_nanos() as u64);
-                }
-                Ok::<_, actorbus::Error>(())
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
-        let publish_seconds = start.elapsed().as_secs_f64();
-        // Each publisher waits for its ack, so a stall delays one ack per publisher: the
-        // tail beyond p99 shows what p99 hides.
-        let ack_us = {
-            let acks = acks.borrow();
-            [0.99, 0.999, 1.0].map(|q| acks.value_at_quantile(q) as f64 / 1e3)
-        };
+        let (publish_seconds, ack_us) =
+            publish_shares(&bus, args.events, args.publishers, args.streams).await?;
         bus.shutdown(Duration::from_secs(3600)).await?;
         let seconds = start.elapsed().as_secs_f64();
         check_all_seen(&seen, args.events)?;
@@ -220,6 +193,47 @@ pub(super) fn durable_run(
             ack_us,
         })
     })
+}
+
+/// Publishes `events` with `publishers` tasks, each awaiting its acknowledgements: the
+/// seconds until every publish was acknowledged, and p99, p99.9 and max publish -> ack in
+/// µs.
+pub(super) async fn publish_shares(
+    bus: &EventBus,
+    events: u64,
+    publishers: usize,
+    streams: u64,
+) -> anyhow::Result<(f64, [f64; 3])> {
+    let start = Instant::now();
+    // One histogram for all publishers (they share this thread): one each would cost
+    // hundreds of KiB per publisher and blur the peak RSS.
+    let acks = std::rc::Rc::new(std::cell::RefCell::new(ack_histogram()));
+    let mut tasks = Vec::new();
+    for p in 0..publishers as u64 {
+        let bus = bus.clone();
+        let n = publisher_share(events, publishers as u64, p);
+        let acks = std::rc::Rc::clone(&acks);
+        tasks.push(actix_rt::spawn(async move {
+            for i in 0..n {
+                let t = Instant::now();
+                bus.publish(BenchEvent::of_publisher(p, i, streams)).await?;
+                acks.borrow_mut()
+                    .saturating_record(t.elapsed().as_nanos() as u64);
+            }
+            Ok::<_, actorbus::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    // Each publisher waits for its ack, so a stall delays one ack per publisher: the tail
+    // beyond p99 shows what p99 hides.
+    let acks = acks.borrow();
+    Ok((
+        seconds,
+        [0.99, 0.999, 1.0].map(|q| acks.value_at_quantile(q) as f64 / 1e3),
+    ))
 }
 
 /// The file of the baseline runs: `db` with the extension `.baseline.db`.

@@ -21,6 +21,32 @@ pub(crate) fn head(conn: &mut Conn) -> QueryResult<i64> {
         .unwrap_or(0);
     Ok(newest.max(pruned_through(conn)?))
 }
+/// The head and the two marks, read in one statement.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub(crate) struct Marks {
+    /// As [`head`].
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub(crate) head: i64,
+    /// As [`pruned_through`].
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub(crate) pruned: i64,
+    /// As [`indexed_through`].
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub(crate) indexed: i64,
+}
+
+/// [`head`], [`pruned_through`] and [`indexed_through`] in one round trip.
+pub(crate) fn marks(conn: &mut Conn) -> QueryResult<Marks> {
+    let mut marks = diesel::sql_query(
+        "SELECT coalesce((SELECT max(position) FROM events), 0) AS head, \
+         coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'pruned_through'), 0) AS pruned, \
+         coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'indexed_through'), 0) AS indexed",
+    )
+    .get_result::<Marks>(conn)?;
+    marks.head = marks.head.max(marks.pruned);
+    Ok(marks)
+}
+
 /// The last position `stream_events` covers (0 for a store with nothing indexed).
 pub(crate) fn indexed_through(conn: &mut Conn) -> QueryResult<i64> {
     meta_number(conn, INDEXED_THROUGH)

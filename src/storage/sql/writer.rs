@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
 use super::progress::{save_checkpoints, save_dead_letters};
-use super::queries::{head, indexed_through, set_meta_number, INDEXED_THROUGH};
+use super::queries::{marks, set_meta_number, Marks, INDEXED_THROUGH};
 use super::{Conn, Dialect};
 use crate::event::Record;
 use crate::storage::backend::Progress;
@@ -127,13 +127,28 @@ impl Writer {
         let cached_head = self.head;
         let mut indexed = self.indexed;
         let result = self.run(Kind::Append, |conn| {
-            let head = head(conn)?;
-            if head != cached_head || indexed < 0 {
-                // Someone else wrote (or this is the first commit): cached versions may be
-                // stale. Index the tail first, so every version not cached is in the index.
+            // One round trip for the head and both marks: on a shared store this runs while
+            // the other appenders wait for the lock.
+            let Marks {
+                head,
+                pruned,
+                indexed: mark,
+            } = marks(conn)?;
+            if indexed < 0 || (head != cached_head && pruned > cached_head) {
+                // The first commit, or another writer's events since the last one may have
+                // been pruned already: cached versions may be stale. Index the tail first, so
+                // every version not cached is in the index.
                 versions.clear();
-                let mark = indexed_through(conn)?;
                 indexed = index_tail(conn, mark, head)?;
+            } else if head != cached_head {
+                // Another writer appended (another process on a shared store): the streams
+                // it wrote, and their versions, are exactly those of its events since the
+                // last commit. The others stay cached (the mark may have moved: its indexing
+                // keeps the invariant, since every stream past the new mark is cached too).
+                for (stream, version) in appended_since(conn, cached_head, head)? {
+                    versions.insert(stream, version);
+                }
+                indexed = mark;
             }
             let mut changed: HashMap<&str, i64> = HashMap::new();
             let mut outcomes = Vec::with_capacity(units.len());
@@ -251,12 +266,22 @@ impl Writer {
         if self.head < 0 || self.indexed < 0 || self.indexed >= self.head {
             return Ok(());
         }
-        let (from, to) = (self.indexed, self.head);
+        let cached_head = self.head;
         let result = self.run(Kind::Append, |conn| {
-            if head(conn)? != to {
+            let Marks {
+                head,
+                pruned,
+                indexed: mark,
+            } = marks(conn)?;
+            if head != cached_head && pruned > cached_head {
+                // Another writer's events were pruned since: the next append reads
+                // everything again.
                 return Ok(None);
             }
-            index_tail(conn, from, to).map(Some)
+            // Up to the store's head, from the store's mark: another writer on a shared store
+            // may have appended, or indexed, since. The cached versions stay valid: the next
+            // append brings those of the other writer's streams up to date.
+            index_tail(conn, mark, head).map(Some)
         });
         match result {
             Ok(Some(indexed)) => {
@@ -264,7 +289,6 @@ impl Writer {
                 self.indexed_tail();
                 Ok(())
             }
-            // Another writer appended: the next append reads everything again.
             Ok(None) => {
                 self.forget();
                 Ok(())
@@ -370,6 +394,28 @@ fn indexed_version(
     cache.insert(stream.to_owned(), v);
     Ok(v)
 }
+/// The newest version of every stream with an event in `(from, to]`.
+fn appended_since(conn: &mut Conn, from: i64, to: i64) -> QueryResult<Vec<(String, i64)>> {
+    use diesel::sql_types::{BigInt, Text};
+    #[derive(QueryableByName)]
+    struct Latest {
+        #[diesel(sql_type = Text)]
+        stream_id: String,
+        #[diesel(sql_type = BigInt)]
+        version: i64,
+    }
+    Ok(diesel::sql_query(
+        "SELECT stream_id, max(stream_version) AS version FROM events \
+         WHERE position > $1 AND position <= $2 GROUP BY stream_id",
+    )
+    .bind::<BigInt, _>(from)
+    .bind::<BigInt, _>(to)
+    .load::<Latest>(conn)?
+    .into_iter()
+    .map(|l| (l.stream_id, l.version))
+    .collect())
+}
+
 /// Indexes the events in `(from, to]`, sorted by stream so that each stream's entries go in
 /// together, and moves the mark to `to`. Returns `to`.
 fn index_tail(conn: &mut Conn, from: i64, to: i64) -> QueryResult<i64> {
