@@ -314,6 +314,10 @@ async fn three_processes_share_the_work_and_a_killed_one_loses_nothing() {
         ),
         0
     );
+    // The log's invariants hold, as `actorbus check` verifies them.
+    let store = actorbus::Store::open_url(&db.url).unwrap();
+    assert_eq!(store.check().unwrap(), Vec::<String>::new());
+    assert_eq!(store.running_bus().unwrap(), None);
     eprintln!(
         "figures: {stored} events stored, {} acknowledged; the killed process's partitions \
          claimed by others {:.2} s after the SIGKILL (lease {:.1} s); all applied {:.2} s after it",

@@ -42,6 +42,8 @@ pub(crate) struct HandlerSetup<H> {
     pub(crate) partitions: usize,
     /// Checkpoints of the subscription's earlier concurrencies: what they passed is handled.
     pub(crate) older: Layouts,
+    /// The claim the current batch runs under (a shared store): (partition, token).
+    pub(crate) claim: Option<(usize, i64)>,
 }
 
 impl<H> Clone for HandlerSetup<H> {
@@ -56,6 +58,7 @@ impl<H> Clone for HandlerSetup<H> {
             checkpoints: self.checkpoints.clone(),
             partitions: self.partitions,
             older: Arc::clone(&self.older),
+            claim: self.claim,
         }
     }
 }
@@ -65,7 +68,11 @@ impl<H> HandlerSetup<H> {
     /// letter that fails again is noted in `refailed`: its stored letter stays (updated).
     fn dead_letter(&self, record: Record, attempts: u32, why: String, refailed: &mut Vec<i64>) {
         refailed.extend(record.letter);
-        self.dead_letters.push(&self.name, record, attempts, why);
+        let claim = self
+            .claim
+            .map(|(partition, token)| (self.partitions as i32, partition as i32, token));
+        self.dead_letters
+            .push(&self.name, record, attempts, why, claim);
         HandlerCounters::add(&self.counters.dead_letters, 1);
     }
 }
@@ -133,7 +140,8 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
         };
         handler.fence(self.fence);
         let load = pending.load;
-        let setup = self.setup.clone();
+        let mut setup = self.setup.clone();
+        setup.claim = self.fence.map(|token| (self.partition, token));
         let letters: Vec<i64> = pending.batch.iter().filter_map(|r| r.letter).collect();
         let fut = run_batch::<E, H>(handler, pending, setup);
         ctx.wait(
@@ -272,14 +280,15 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
         let Pending {
             batch, at, attempt, ..
         } = pending;
+        let mut setup = self.setup.clone();
+        setup.claim = self.fence.map(|token| (self.partition, token));
         for (i, record) in batch.into_iter().enumerate().skip(at) {
             let attempts = if i == at {
                 attempt.saturating_sub(1)
             } else {
                 0
             };
-            self.setup
-                .dead_letter(record, attempts, why.to_owned(), &mut Vec::new());
+            setup.dead_letter(record, attempts, why.to_owned(), &mut Vec::new());
         }
     }
 }

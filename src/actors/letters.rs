@@ -13,7 +13,7 @@ use crate::actors::storage::{CheckpointBoard, DeleteDeadLetters, StorageActor};
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
 use crate::storage::backend::LetterChange;
-use crate::storage::backend::{in_background, Reader};
+use crate::storage::backend::{in_background, LetterClaim, Reader};
 use crate::storage::convert::micros;
 use crate::storage::models::NewDeadLetter;
 use crate::storage::StoreError;
@@ -57,7 +57,15 @@ impl DeadLetters {
         }
     }
 
-    pub(crate) fn push(&self, handler: &str, record: Record, attempts: u32, last_error: String) {
+    /// Keeps a letter; `claim` is the claim it was given up under, on a shared store.
+    pub(crate) fn push(
+        &self,
+        handler: &str,
+        record: Record,
+        attempts: u32,
+        last_error: String,
+        claim: Option<LetterClaim>,
+    ) {
         log::warn!(
             "handler `{handler}` gave up on event {} ({}) after {attempts} attempt(s): {last_error}",
             record.meta.id,
@@ -66,13 +74,16 @@ impl DeadLetters {
         if let (Some(store), Some(position)) = (&self.store, record.meta.position) {
             // Written no later than the checkpoint that passes this event: same transaction.
             // A redriven letter that fails again is updated in place (one per handler and event).
-            store.board.letter(LetterChange::Keep(NewDeadLetter {
-                position: position as i64,
-                handler: handler.to_owned(),
-                attempts: attempts as i32,
-                last_error,
-                failed_at: micros(SystemTime::now()),
-            }));
+            store.board.letter(LetterChange::Keep(
+                NewDeadLetter {
+                    position: position as i64,
+                    handler: handler.to_owned(),
+                    attempts: attempts as i32,
+                    last_error,
+                    failed_at: micros(SystemTime::now()),
+                },
+                claim,
+            ));
             return;
         }
         let letter = DeadLetter::new(

@@ -135,6 +135,7 @@ impl BusBuilder {
                 checkpoints: args.checkpoints,
                 partitions: options.concurrency,
                 older: Arc::clone(&args.resume.older),
+                claim: None,
             };
             (0..options.concurrency)
                 .map(|partition| {

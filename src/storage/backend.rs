@@ -47,8 +47,9 @@ pub(crate) enum UnitOutcome {
 #[derive(Debug, Clone)]
 pub(crate) enum LetterChange {
     /// A handler gave up on an event: one letter per (subscription, event); a letter that
-    /// fails again after a redrive is updated (attempts, error, time), not repeated.
-    Keep(NewDeadLetter),
+    /// fails again after a redrive is updated (attempts, error, time), not repeated. Given
+    /// up under a claim (a shared store), it is stored only while the claim holds.
+    Keep(NewDeadLetter, Option<LetterClaim>),
     /// A redriven letter was handled: it goes.
     Resolved(i64),
 }
@@ -61,6 +62,9 @@ pub(crate) struct Progress {
     pub(crate) row: CheckpointRow,
     pub(crate) fence: Option<i64>,
 }
+
+/// The claim a dead letter was given up under: (partitions, partition, token).
+pub(crate) type LetterClaim = (i32, i32, i64);
 
 /// The writer's connection inside a transaction, whichever database it is: what a
 /// projection's work (and its reset) runs on.

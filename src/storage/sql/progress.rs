@@ -7,15 +7,25 @@ use diesel::prelude::*;
 use super::{Conn, Dialect};
 
 use crate::storage::backend::{LetterChange, Progress};
-use crate::storage::models::CheckpointRow;
 use crate::storage::schema::{checkpoints, dead_letters};
 
-/// Stores dead-letter changes in order.
-pub(crate) fn save_dead_letters(conn: &mut Conn, changes: &[LetterChange]) -> QueryResult<()> {
+/// Stores dead-letter changes in order; a letter given up under a claim that no longer holds
+/// for `member` is dropped (the partition's new owner handles that event).
+pub(crate) fn save_dead_letters(
+    conn: &mut Conn,
+    changes: &[LetterChange],
+    member: Option<&str>,
+) -> QueryResult<()> {
     use diesel::upsert::excluded;
     for change in changes {
         match change {
-            LetterChange::Keep(letter) => {
+            LetterChange::Keep(letter, claim) => {
+                if let Some((partitions, partition, token)) = *claim {
+                    let member = member.unwrap_or_default();
+                    if !holds(conn, member, &letter.handler, partitions, partition, token)? {
+                        continue;
+                    }
+                }
                 diesel::insert_into(dead_letters::table)
                     .values(letter)
                     .on_conflict((dead_letters::handler, dead_letters::position))
@@ -48,7 +58,15 @@ pub(crate) fn save_checkpoints(
     for progress in rows {
         let row = &progress.row;
         if let Some(token) = progress.fence {
-            if !holds(conn, member.unwrap_or_default(), row, token)? {
+            let member = member.unwrap_or_default();
+            if !holds(
+                conn,
+                member,
+                &row.handler,
+                row.partitions,
+                row.partition,
+                token,
+            )? {
                 log::debug!(
                     "checkpoint of `{}` #{} not stored: its claim moved to another process",
                     row.handler,
@@ -77,14 +95,16 @@ pub(crate) fn save_checkpoints(
     Ok(())
 }
 
-/// Whether `member` still holds the claim `token` on `row`'s partition (PostgreSQL shared by
-/// several processes). The owner row is locked for share until the transaction ends: a
+/// Whether `member` still holds the claim `token` on a subscription's partition (PostgreSQL
+/// shared by several processes). The owner row is locked for share until the transaction ends: a
 /// process claiming the partition meanwhile waits, and reads the checkpoint after this
 /// commit.
 pub(crate) fn holds(
     conn: &mut Conn,
     member: &str,
-    row: &CheckpointRow,
+    handler: &str,
+    partitions: i32,
+    partition: i32,
     token: i64,
 ) -> QueryResult<bool> {
     use diesel::sql_types::{BigInt, Integer, Text};
@@ -98,9 +118,9 @@ pub(crate) fn holds(
         "SELECT 1 AS held FROM partition_owners WHERE handler = $1 AND partitions = $2 \
          AND partition = $3 AND member = $4 AND token = $5 FOR SHARE",
     )
-    .bind::<Text, _>(&row.handler)
-    .bind::<Integer, _>(row.partitions)
-    .bind::<Integer, _>(row.partition)
+    .bind::<Text, _>(handler)
+    .bind::<Integer, _>(partitions)
+    .bind::<Integer, _>(partition)
     .bind::<Text, _>(member)
     .bind::<BigInt, _>(token)
     .load::<Held>(conn)?;

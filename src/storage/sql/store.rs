@@ -102,8 +102,9 @@ impl SqlWriter {
         queued: &[LetterChange],
         f: impl FnOnce(&mut Conn) -> QueryResult<T>,
     ) -> Result<T, StoreError> {
+        let member = self.writer.member().map(str::to_owned);
         self.writer.transaction(|conn| {
-            progress::save_dead_letters(conn, queued)?;
+            progress::save_dead_letters(conn, queued, member.as_deref())?;
             f(conn)
         })
     }
@@ -189,7 +190,15 @@ impl LogWriter for SqlWriter {
                     fence: Some(token),
                 }) = &progress
                 {
-                    if !progress::holds(conn, member.as_deref().unwrap_or_default(), row, *token)? {
+                    let member = member.as_deref().unwrap_or_default();
+                    if !progress::holds(
+                        conn,
+                        member,
+                        &row.handler,
+                        row.partitions,
+                        row.partition,
+                        *token,
+                    )? {
                         fenced = true;
                         return Err(diesel::result::Error::RollbackTransaction);
                     }

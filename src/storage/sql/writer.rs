@@ -340,7 +340,7 @@ impl Writer {
         let member = self.member.clone();
         self.run(Kind::Write, |conn| {
             save_checkpoints(conn, rows, member.as_deref())?;
-            save_dead_letters(conn, letters)
+            save_dead_letters(conn, letters, member.as_deref())
         })
     }
 }
