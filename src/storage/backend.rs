@@ -198,16 +198,31 @@ pub(crate) trait LogReader: Send + Sync + 'static {
 pub(crate) type Reader = Arc<dyn LogReader>;
 
 /// A change in a process's share of a store that several processes run on (PostgreSQL).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // only PostgreSQL is shared
 pub(crate) enum Change {
     /// This process claimed these partitions.
     Claimed(Vec<Claim>),
+    /// Another live process is due these (subscription, partition): hand them nothing more,
+    /// let their actors finish what they hold, write their checkpoints, then call the
+    /// [`Handoff`] for each; only then is the claim let go (so the next owner starts where
+    /// this one stopped, and a stream's events are never handled by two processes at once).
+    Release(Vec<(String, usize)>, Handoff),
     /// This process no longer owns these (subscription, partition): another live process
     /// was due them, or its claim lapsed while it stalled.
     Released(Vec<(String, usize)>),
     /// Another process appended events up to this position.
     Appended(u64),
+}
+
+/// Says a released partition is drained and checkpointed: its claim may go.
+#[derive(Clone)]
+pub(crate) struct Handoff(pub(crate) Arc<dyn Fn(String, usize) + Send + Sync>);
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handoff")
+    }
 }
 
 /// A partition this process claimed: its token fences every write for it.

@@ -34,6 +34,32 @@ impl Handler<Shared> for RouterActor {
                     }
                 }
             }
+            Change::Release(partitions, handoff) => {
+                let mut draining = Vec::new();
+                for (subscription, partition) in partitions {
+                    if let Some(flat) = self.flat_of(&subscription, partition) {
+                        self.released(flat, ctx);
+                        let (g, p) = self.locate(flat);
+                        let load = Arc::clone(&self.subscriptions[g].partitions[p].load);
+                        draining.push((subscription, partition, load));
+                    }
+                }
+                let storage = self.durable.as_ref().map(|d| d.storage.clone());
+                // The actors finish what they hold (under the claim, still valid), their
+                // checkpoints are written, then the claims may go.
+                ctx.spawn(actix::fut::wrap_future(async move {
+                    for (_, _, load) in &draining {
+                        load.at_most(0).await;
+                    }
+                    if let Some(storage) = storage {
+                        let _ = storage.send(FlushCheckpoints).await;
+                    }
+                    for (subscription, partition, _) in draining {
+                        log::debug!("`{subscription}` #{partition} drained: handing it over");
+                        (handoff.0)(subscription, partition);
+                    }
+                }));
+            }
             Change::Released(partitions) => {
                 for (subscription, partition) in partitions {
                     if let Some(flat) = self.flat_of(&subscription, partition) {

@@ -26,7 +26,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 
 use crate::event::stable_hash;
-use crate::storage::backend::{Change, Claim, Coordination, Report};
+use crate::storage::backend::{Change, Claim, Coordination, Handoff, Report};
 use crate::storage::convert::micros;
 use crate::storage::sql::APPENDED_CHANNEL;
 
@@ -57,8 +57,8 @@ pub(crate) fn coordination(plan: Plan) -> Coordination {
     Box::new(move |report: Report| {
         let mut conn = connect(&plan).map_err(std::io::Error::other)?;
         let mut owned = HashMap::new();
-        let (claimed, _) =
-            rebalance(&mut conn, &plan, &mut owned).map_err(std::io::Error::other)?;
+        let Beat { claimed, .. } = rebalance(&mut conn, &plan, &mut owned, &mut HashMap::new())
+            .map_err(std::io::Error::other)?;
         if !claimed.is_empty() {
             report(Change::Claimed(claimed));
         }
@@ -84,6 +84,16 @@ fn run(
     let beat = (plan.lease / 5).max(Duration::from_millis(50));
     let mut session = Some(conn);
     let mut next_beat = Instant::now() + beat;
+    // Partitions being handed over: asked of the router at, and drained ones coming back.
+    let mut releasing: HashMap<PartitionKey, Instant> = HashMap::new();
+    let (drained_tx, drained) = std::sync::mpsc::channel::<PartitionKey>();
+    let drained_tx = std::sync::Mutex::new(drained_tx);
+    let handoff = Handoff(Arc::new(move |subscription, partition| {
+        let _ = drained_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((subscription, partition));
+    }));
     while !stop.load(Ordering::SeqCst) {
         let Some(conn) = session.as_mut() else {
             match connect(plan) {
@@ -95,12 +105,43 @@ fn run(
             }
             continue;
         };
+        // Hand over what the router drained, and what it took longer than a lease to drain
+        // (a slow handler: the next owner then handles some events again).
+        let mut ready: Vec<PartitionKey> = drained.try_iter().collect();
+        ready.extend(
+            releasing
+                .iter()
+                .filter(|(_, asked)| asked.elapsed() > plan.lease)
+                .map(|(key, _)| key.clone()),
+        );
+        for key in ready {
+            if releasing.remove(&key).is_none() {
+                continue;
+            }
+            if let Some(token) = owned.remove(&key) {
+                if let Err(e) = let_go(conn, plan, &key, token) {
+                    log::warn!(
+                        "{}: handing over `{}` #{} failed: {e}",
+                        plan.name,
+                        key.0,
+                        key.1
+                    );
+                }
+            }
+        }
         if Instant::now() >= next_beat {
             next_beat = Instant::now() + beat;
-            match rebalance(conn, plan, &mut owned) {
-                Ok((claimed, released)) => {
-                    if !released.is_empty() {
-                        report(Change::Released(released));
+            match rebalance(conn, plan, &mut owned, &mut releasing) {
+                Ok(Beat {
+                    claimed,
+                    lost,
+                    release,
+                }) => {
+                    if !lost.is_empty() {
+                        report(Change::Released(lost));
+                    }
+                    if !release.is_empty() {
+                        report(Change::Release(release, handoff.clone()));
                     }
                     if !claimed.is_empty() {
                         report(Change::Claimed(claimed));
@@ -180,13 +221,22 @@ struct Position {
     position: i64,
 }
 
-/// One beat: renew, then let go of and claim partitions. Answers what was claimed and what
-/// was let go of (or found lost).
+/// What one beat changed.
+struct Beat {
+    claimed: Vec<Claim>,
+    /// Claims found lost (another member claimed them while this one stalled).
+    lost: Vec<PartitionKey>,
+    /// Owned partitions another live member is due: to drain, then let go.
+    release: Vec<PartitionKey>,
+}
+
+/// One beat: renew, then claim partitions, and find those to hand over or found lost.
 fn rebalance(
     conn: &mut PgConnection,
     plan: &Plan,
     owned: &mut HashMap<PartitionKey, i64>,
-) -> QueryResult<(Vec<Claim>, Vec<PartitionKey>)> {
+    releasing: &mut HashMap<PartitionKey, Instant>,
+) -> QueryResult<Beat> {
     conn.transaction(|conn| {
         let now = micros(SystemTime::now());
         diesel::sql_query(
@@ -211,7 +261,8 @@ fn rebalance(
                 .map(|m| m.id)
                 .collect();
         let mut claimed = Vec::new();
-        let mut released = Vec::new();
+        let mut lost = Vec::new();
+        let mut release = Vec::new();
         for (subscription, partitions) in &plan.layouts {
             let n = *partitions as i32;
             diesel::sql_query(
@@ -237,20 +288,19 @@ fn rebalance(
                 if owned.get(&key).is_some_and(|t| !mine || *t != row.token) {
                     // Lost while this member stalled: another claimed it since.
                     owned.remove(&key);
-                    released.push(key.clone());
+                    releasing.remove(&key);
+                    lost.push(key.clone());
                 }
                 if mine && due != Some(plan.member.as_str()) {
-                    diesel::sql_query(
-                        "UPDATE partition_owners SET member = NULL WHERE handler = $1 \
-                         AND partitions = $2 AND partition = $3 AND member = $4",
-                    )
-                    .bind::<Text, _>(subscription)
-                    .bind::<Integer, _>(n)
-                    .bind::<Integer, _>(row.partition)
-                    .bind::<Text, _>(&plan.member)
-                    .execute(conn)?;
-                    if owned.remove(&key).is_some() {
-                        released.push(key);
+                    if owned.contains_key(&key) {
+                        // Drained first, then let go (see `run`).
+                        if !releasing.contains_key(&key) {
+                            releasing.insert(key.clone(), Instant::now());
+                            release.push(key);
+                        }
+                    } else {
+                        // Held by an earlier run of this member id: nothing in hand.
+                        let_go(conn, plan, &key, row.token)?;
                     }
                     continue;
                 }
@@ -295,8 +345,32 @@ fn rebalance(
                 }
             }
         }
-        Ok((claimed, released))
+        Ok(Beat {
+            claimed,
+            lost,
+            release,
+        })
     })
+}
+
+/// Lets the claim `token` on `key` go, if this member still holds it.
+fn let_go(conn: &mut PgConnection, plan: &Plan, key: &PartitionKey, token: i64) -> QueryResult<()> {
+    let partitions = plan
+        .layouts
+        .iter()
+        .find(|(name, _)| *name == key.0)
+        .map_or(0, |(_, n)| *n as i32);
+    diesel::sql_query(
+        "UPDATE partition_owners SET member = NULL WHERE handler = $1 AND partitions = $2 \
+         AND partition = $3 AND member = $4 AND token = $5",
+    )
+    .bind::<Text, _>(&key.0)
+    .bind::<Integer, _>(partitions)
+    .bind::<Integer, _>(key.1 as i32)
+    .bind::<Text, _>(&plan.member)
+    .bind::<BigInt, _>(token)
+    .execute(conn)
+    .map(drop)
 }
 
 /// The live member due partition `partition` of a subscription whose name hashes to
