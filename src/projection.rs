@@ -220,22 +220,41 @@ impl<E: DomainEvent, P: Projection<E>> RunsEvents<E> for ProjectionHandler<E, P>
         let report = Arc::clone(&outcome);
         let job: ProjectionJob = Box::new(move |mut tx: Tx<'_>| {
             let mut projection = projection.lock().unwrap_or_else(|p| p.into_inner());
-            let mut applied = 0;
-            let mut failure = None;
-            for event in &events {
-                let mut error = None;
-                let saved = tx.savepoint(|tx| {
-                    guarded(|| apply_on(&mut *projection, event, tx)).map_err(|e| {
-                        error = Some(e);
-                        diesel::result::Error::RollbackTransaction
-                    })
+            // The run in one savepoint (a savepoint per event would cost PostgreSQL two round
+            // trips each). When event k fails, the savepoint is rolled back and the events
+            // before k are applied again in a new one: the transaction commits every event
+            // up to the first that fails, as it would one at a time.
+            let mut limit = events.len();
+            let mut failure: Option<HandlerError> = None;
+            let applied = loop {
+                let mut failed = None;
+                let saved = tx.savepoint(|mut tx| {
+                    for (i, event) in events[..limit].iter().enumerate() {
+                        if let Err(e) = guarded(|| apply_on(&mut *projection, event, tx.reborrow()))
+                        {
+                            failed = Some((i, e));
+                            return Err(diesel::result::Error::RollbackTransaction);
+                        }
+                    }
+                    Ok(())
                 });
-                if let Err(e) = saved {
-                    failure = Some(error.unwrap_or_else(|| Box::new(e)));
-                    break;
+                match (saved, failed) {
+                    (Ok(()), _) => break limit,
+                    // The error reported is that of the first event not applied.
+                    (Err(_), Some((i, e))) => {
+                        failure = Some(e);
+                        limit = i;
+                    }
+                    // The savepoint itself failed (the store): nothing of the run holds.
+                    (Err(e), None) => {
+                        failure = Some(Box::new(e));
+                        limit = 0;
+                    }
                 }
-                applied += 1;
-            }
+                if limit == 0 {
+                    break 0;
+                }
+            };
             let checkpoint = (applied > 0).then(|| at(events[applied - 1].position()));
             *report.lock().unwrap_or_else(|p| p.into_inner()) = (applied, failure);
             Ok(checkpoint)

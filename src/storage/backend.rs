@@ -88,6 +88,15 @@ impl Tx<'_> {
             Tx::Postgres(c) => c.transaction(|c| f(Tx::Postgres(c))),
         }
     }
+
+    /// A shorter borrow of the same connection.
+    pub(crate) fn reborrow(&mut self) -> Tx<'_> {
+        match self {
+            Tx::Sqlite(c) => Tx::Sqlite(c),
+            #[cfg(feature = "postgres")]
+            Tx::Postgres(c) => Tx::Postgres(c),
+        }
+    }
 }
 
 /// A projection's work in the writer's transaction: it applies its events and returns the
@@ -105,14 +114,26 @@ pub(crate) enum ProjectError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The partition's claim no longer holds: another process owns it and applies these
+    /// events; nothing of the transaction was stored.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
 }
 
+/// The claim a write was made under no longer holds (a store shared by several processes):
+/// the partition's new owner does this work. Not a failure to retry or dead-letter.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("another process owns this partition now")]
+pub(crate) struct Fenced;
+
 impl ProjectError {
-    /// The error the handler actor retries and dead-letters with.
+    /// The error the handler actor retries and dead-letters with ([`Fenced`] stops its
+    /// batch instead).
     pub(crate) fn into_handler_error(self) -> HandlerError {
         match self {
             ProjectError::Handler(e) => e,
             ProjectError::Store(e) => Box::new(e),
+            ProjectError::Fenced(e) => Box::new(e),
         }
     }
 }
@@ -161,8 +182,8 @@ pub(crate) trait LogWriter: Send + 'static {
 
     /// Stores `queued` dead-letter changes, then runs `job` and stores the checkpoint it
     /// returns, all in one transaction: a projection's read model commits with its
-    /// checkpoint, or neither does (also when the checkpoint's claim no longer holds: then
-    /// nothing of the job is stored, and this answers `Ok`, since another process owns it).
+    /// checkpoint, or neither does (when the checkpoint's claim no longer holds, nothing of
+    /// the job is stored and this answers [`ProjectError::Fenced`]).
     fn project(&mut self, queued: &[LetterChange], job: ProjectionJob) -> Result<(), ProjectError>;
 }
 

@@ -86,6 +86,12 @@ pub(super) enum Outcome<H> {
     },
 }
 
+/// Whether a handler's error says its partition moved to another process (a projection's
+/// write was fenced off): the batch stops there, with nothing retried or dead-lettered.
+fn lost_the_partition(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    error.is::<crate::storage::backend::Fenced>()
+}
+
 /// Handles `pending.batch[pending.at..]` in order. Returns the handler when done, or where
 /// it panicked (the handler is dropped then: its state may be half-updated).
 pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
@@ -107,7 +113,7 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
     let mut first_attempt = attempt;
     let mut takes_runs = handler.takes_runs();
     let mut i = at;
-    while i < batch.len() {
+    'batch: while i < batch.len() {
         let record = &batch[i];
         let mut attempt = std::mem::replace(&mut first_attempt, 1);
         if attempt == 1 && takes_runs && batch.len() - i > 1 {
@@ -121,6 +127,10 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
                 takes_runs = many.is_some();
                 if let Some(many) = many {
                     let (applied, failure) = many.await;
+                    if failure.as_deref().is_some_and(lost_the_partition) {
+                        // Nothing of the run was stored: the partition's new owner does it.
+                        break;
+                    }
                     let applied = applied.min(run.len());
                     for r in &batch[i..i + applied] {
                         latencies.push(r.published_at.elapsed().as_nanos() as u64);
@@ -193,6 +203,10 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
                     latencies.push(record.published_at.elapsed().as_nanos() as u64);
                     HandlerCounters::add(&counters.handled, 1);
                     break;
+                }
+                Ok(Err(error)) if lost_the_partition(&*error) => {
+                    // Another process owns the partition now: the rest of the batch is its.
+                    break 'batch;
                 }
                 Ok(Err(error)) => {
                     HandlerCounters::add(&counters.failed_attempts, 1);

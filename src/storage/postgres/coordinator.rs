@@ -237,29 +237,34 @@ fn rebalance(
     owned: &mut HashMap<PartitionKey, i64>,
     releasing: &mut HashMap<PartitionKey, Instant>,
 ) -> QueryResult<Beat> {
+    // The heartbeat commits on its own, first: the claims below may wait for the row locks
+    // of writes in flight, and a heartbeat held back with them would make this member look
+    // dead to the others.
+    let now = micros(SystemTime::now());
+    diesel::sql_query(
+        "INSERT INTO bus_members (id, label, started_at, heartbeat_at, lease_us) \
+         VALUES ($1, $2, $3, $3, $4) \
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+    )
+    .bind::<Text, _>(&plan.member)
+    .bind::<Text, _>(&plan.label)
+    .bind::<BigInt, _>(now)
+    .bind::<BigInt, _>(plan.lease.as_micros() as i64)
+    .execute(conn)?;
     conn.transaction(|conn| {
-        let now = micros(SystemTime::now());
-        diesel::sql_query(
-            "INSERT INTO bus_members (id, label, started_at, heartbeat_at, lease_us) \
-             VALUES ($1, $2, $3, $3, $4) \
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-        )
-        .bind::<Text, _>(&plan.member)
-        .bind::<Text, _>(&plan.label)
-        .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(plan.lease.as_micros() as i64)
-        .execute(conn)?;
         // Members dead for ten leases of their own are forgotten (their claims are free).
         diesel::sql_query("DELETE FROM bus_members WHERE heartbeat_at + 10 * lease_us < $1")
             .bind::<BigInt, _>(now)
             .execute(conn)?;
-        let live: Vec<String> =
-            diesel::sql_query("SELECT id FROM bus_members WHERE heartbeat_at >= $1 ORDER BY id")
-                .bind::<BigInt, _>(now - plan.lease.as_micros() as i64)
-                .load::<Member>(conn)?
-                .into_iter()
-                .map(|m| m.id)
-                .collect();
+        // Live: renewed within its own lease.
+        let live: Vec<String> = diesel::sql_query(
+            "SELECT id FROM bus_members WHERE heartbeat_at + lease_us >= $1 ORDER BY id",
+        )
+        .bind::<BigInt, _>(now)
+        .load::<Member>(conn)?
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
         let mut claimed = Vec::new();
         let mut lost = Vec::new();
         let mut release = Vec::new();

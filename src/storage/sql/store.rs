@@ -16,7 +16,8 @@ use super::{progress, queries, registry, retention, Conn, Dialect};
 use crate::dead_letter::DeadLetter;
 use crate::event::Record;
 use crate::storage::backend::{
-    LetterChange, LogReader, LogWriter, Progress, ProjectError, ProjectionJob, Unit, UnitOutcome,
+    Fenced, LetterChange, LogReader, LogWriter, Progress, ProjectError, ProjectionJob, Unit,
+    UnitOutcome,
 };
 use crate::storage::convert::{micros, time_of};
 use crate::storage::error::{classify, classify_connection};
@@ -214,7 +215,10 @@ impl LogWriter for SqlWriter {
             (_, Some(e)) => Err(e),
             // Another process owns the partition now: it applies these events. The dead
             // letters queued ahead are stored on their own.
-            (Err(_), None) if fenced => Ok(self.after_letters(queued, |_| Ok(()))?),
+            (Err(_), None) if fenced => {
+                self.after_letters(queued, |_| Ok(()))?;
+                Err(Fenced.into())
+            }
             (Err(e), None) => Err(e.into()),
             (Ok(()), None) => Ok(()),
         }
