@@ -101,3 +101,92 @@ fn run_with(url: &str) -> Seen {
     });
     seen
 }
+
+/// The `handled` plus `dead` columns of a subscription in a demo's summary: the events it
+/// is done with.
+fn handled(summary: &str, subscription: &str) -> u64 {
+    let row: Vec<u64> = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{subscription} ")))
+        .unwrap_or_else(|| panic!("no `{subscription}` row in:\n{summary}"))
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    row[0] + row[3]
+}
+
+#[test]
+fn demos_in_three_processes_share_one_database() {
+    let Some(db) = PgDatabase::fresh() else {
+        return;
+    };
+    let demos: Vec<_> = (0..3)
+        .map(|_| {
+            // 10 blocks of 64 orders, each placed, paid, then shipped or cancelled.
+            command(&["demo", "--db", &db.url, "--events", "1920", "--quiet"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let summaries: Vec<String> = demos
+        .into_iter()
+        .map(|d| {
+            let out = d.wait_with_output().unwrap();
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(stdout.contains("ordering violations   0"), "{stdout}");
+            assert!(stdout.contains("1920 of 1920 by this demo"), "{stdout}");
+            stdout
+        })
+        .collect();
+    // Each event was applied once, by one process's projections: the read model is the
+    // fold of the log (every order finished, stock per product as its orders say).
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = db.connect();
+    let mut number = |sql: &str| diesel::sql_query(sql).get_result::<N>(&mut conn).unwrap().n;
+    assert_eq!(number("SELECT count(*) AS n FROM demo_orders"), 3 * 640);
+    assert_eq!(
+        number(
+            "SELECT count(*) AS n FROM demo_orders WHERE status NOT IN ('shipped', 'cancelled')"
+        ),
+        0
+    );
+    assert_eq!(
+        number("SELECT count(*) AS n FROM demo_checker WHERE last_version = 3"),
+        3 * 640
+    );
+    assert_eq!(number("SELECT count(*) AS n FROM demo_violations"), 0);
+    assert_eq!(
+        number(
+            "SELECT count(*) AS n FROM (SELECT sku, \
+               sum(CASE WHEN status IN ('placed', 'paid') THEN qty ELSE 0 END) AS r, \
+               sum(CASE WHEN status = 'shipped' THEN qty ELSE 0 END) AS s \
+             FROM demo_orders GROUP BY sku) AS f FULL JOIN demo_inventory i USING (sku) \
+             WHERE coalesce(f.r, 0) <> coalesce(i.reserved, 0) \
+                OR coalesce(f.s, 0) <> coalesce(i.shipped, 0)"
+        ),
+        0,
+        "stock per product is the fold of the orders"
+    );
+    // What each demo handled (or dead-lettered) is its share; together at least every event
+    // (a plain handler may see an event of a hand-over again).
+    for subscription in ["inventory", "order-checker", "notifier", "auditor"] {
+        let total: u64 = summaries.iter().map(|s| handled(s, subscription)).sum();
+        assert!(total >= 3 * 1920, "{subscription}: {summaries:?}");
+    }
+    assert_eq!(ok(&["check", "--db", &db.url]).trim(), "consistent");
+    let stats = json(&["stats", "--db", &db.url, "--json"]);
+    assert_eq!(stats["events"], 3 * 1920, "{stats}");
+}

@@ -28,7 +28,9 @@ use domain::*;
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// The SQLite store (created when missing; an interrupted run resumes on it).
+    /// The SQLite store (created when missing; an interrupted run resumes on it), or a
+    /// `postgres://…` database that several demos share: each publishes `--events` orders
+    /// of its own and handles the share of every subscription it claims.
     #[arg(long, default_value = "actorbus-demo.db")]
     db: PathBuf,
     /// Demo events the store holds once the run completes.
@@ -62,20 +64,35 @@ pub(crate) struct DemoArgs {
 /// those it stored (a second signal stops the wait), prints its summary and returns the exit
 /// code of that signal.
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::create(&args.db)
-        .with_context(|| format!("cannot open the store {}", args.db.display()))?;
-    store.with_connection(|conn| conn.batch_execute(READ_MODEL_DDL))?;
-    let already = store.summary()?.events;
+    let shared = args
+        .db
+        .to_str()
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    let shown = crate::cli::shown(&args.db);
+    let store = match shared {
+        Some(url) => Store::create_url(url),
+        None => Store::create(&args.db),
+    }
+    .with_context(|| format!("cannot open the store {shown}"))?;
+    let (already, first_order) = match shared {
+        Some(_) => {
+            create_read_model_postgres(&store)?;
+            // Orders of its own, apart from those of the other demos on the store; no resume.
+            (0, fastrand::u64(1..1 << 30) << 32)
+        }
+        None => {
+            store.with_connection(|conn| conn.batch_execute(READ_MODEL_DDL))?;
+            (store.summary()?.events, 0)
+        }
+    };
     anyhow::ensure!(
         already <= args.events,
-        "{} already holds {already} events, more than --events {}: use another --db",
-        args.db.display(),
+        "{shown} already holds {already} events, more than --events {}: use another --db",
         args.events
     );
     if already > 0 {
         say!(
-            "resuming: {} holds {already} of {} demo events",
-            args.db.display(),
+            "resuming: {shown} holds {already} of {} demo events",
             args.events
         );
     }
@@ -88,21 +105,22 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }));
 
     let started = Instant::now();
-    let outcome = System::new().block_on(run_bus(&args, already))?;
+    let outcome = System::new().block_on(run_bus(&args, shared, already, first_order))?;
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::panic::take_hook();
 
-    let total = store.summary()?.events;
+    // On a shared store, what this demo published (the others publish too).
+    let total = match shared {
+        Some(_) => outcome.published,
+        None => store.summary()?.events,
+    };
     let violations = violations(&store)?;
     let letters = store.dead_letters(None)?.len();
     print_summary(
         &args, &outcome, total, already, seconds, violations, letters,
     )?;
-    if !outcome.finished {
-        say!(
-            "interrupted: run `actorbus demo --db {}` again to resume",
-            args.db.display()
-        );
+    if !outcome.finished && shared.is_none() {
+        say!("interrupted: run `actorbus demo --db {shown}` again to resume");
     }
     anyhow::ensure!(
         violations == 0,
@@ -118,6 +136,10 @@ struct Outcome {
     stopped: Option<StopSignal>,
     /// Every event published and handled: nothing left for another run.
     finished: bool,
+    /// Events this run published.
+    published: u64,
+    /// The store is PostgreSQL, shared with other demos: this one's figures are its share.
+    shared: bool,
     stats: actorbus::Stats,
 }
 
@@ -183,7 +205,12 @@ impl StopSignals {
     }
 }
 
-async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
+async fn run_bus(
+    args: &DemoArgs,
+    shared: Option<&str>,
+    already: u64,
+    first_order: u64,
+) -> anyhow::Result<Outcome> {
     // Before the bus starts, so that no signal finds the demo without its handler.
     let mut signals = StopSignals::catch()?;
     let seed = args.seed;
@@ -195,8 +222,11 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
     let quick = RetryPolicy::new(4)
         .base_delay(Duration::from_millis(1))
         .max_delay(Duration::from_millis(20));
-    let bus = EventBus::builder()
-        .sqlite(&args.db)
+    let store = match shared {
+        Some(url) => EventBus::builder().postgres(url),
+        None => EventBus::builder().sqlite(&args.db),
+    };
+    let bus = store
         .projection(
             "inventory",
             HandlerOptions::new().concurrency(2).retry(quick),
@@ -300,7 +330,9 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
     let mut stopped = None;
     while next < args.events {
         let end = (next + BATCH).min(args.events);
-        let batch: Vec<OrderEvent> = (next..end).map(|i| demo_event(seed, i)).collect();
+        let batch: Vec<OrderEvent> = (next..end)
+            .map(|i| demo_event(seed, first_order, i))
+            .collect();
         match select(pin!(bus.publish_all(batch)), pin!(signals.next())).await {
             Either::Left((result, _)) => {
                 result?;
@@ -331,8 +363,26 @@ async fn run_bus(args: &DemoArgs, already: u64) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         stopped,
         finished: drained && next == args.events,
+        published: next - already,
+        shared: shared.is_some(),
         stats: bus.stats(),
     })
+}
+
+/// The read model's tables on a PostgreSQL store.
+fn create_read_model_postgres(store: &Store) -> anyhow::Result<()> {
+    #[cfg(feature = "postgres")]
+    // Demos starting together would race on CREATE TABLE IF NOT EXISTS: one at a time.
+    store.with_postgres_connection(|conn| {
+        use diesel::Connection;
+        conn.transaction(|conn| {
+            conn.batch_execute("SELECT pg_advisory_xact_lock(4242424242)")?;
+            conn.batch_execute(READ_MODEL_DDL_POSTGRES)
+        })
+    })?;
+    #[cfg(not(feature = "postgres"))]
+    let _ = store;
+    Ok(())
 }
 
 fn print_summary(
@@ -349,11 +399,22 @@ fn print_summary(
     // Counted in the store: a batch being published when a signal came may have been stored.
     let published = total.saturating_sub(already);
     say!();
-    say!("actorbus demo: {} (seed {})", args.db.display(), args.seed);
     say!(
-        "  events in store       {total} of {} ({published} published now, {already} before)",
-        args.events,
+        "actorbus demo: {} (seed {})",
+        crate::cli::shown(&args.db),
+        args.seed
     );
+    if outcome.shared {
+        say!(
+            "  events published      {published} of {} by this demo, beside the others on the store",
+            args.events,
+        );
+    } else {
+        say!(
+            "  events in store       {total} of {} ({published} published now, {already} before)",
+            args.events,
+        );
+    }
     say!(
         "  throughput            {:.0} events/s (published, stored, handled by 4 subscriptions, in {seconds:.2} s)",
         published as f64 / seconds.max(1e-9)

@@ -110,11 +110,12 @@ pub(super) fn chance(seed: u64, key: u64, rate: f64) -> bool {
     (mix(seed, key) >> 11) as f64 / (1u64 << 53) as f64 <= rate
 }
 
-/// The `index`-th demo event: the same for a given seed in every run.
-pub(crate) fn demo_event(seed: u64, index: u64) -> OrderEvent {
+/// The `index`-th demo event: the same for a given seed in every run. `first_order` sets
+/// apart the orders of demos sharing one store (0 for a SQLite store's single demo).
+pub(crate) fn demo_event(seed: u64, first_order: u64, index: u64) -> OrderEvent {
     let block = index / (BLOCK * STEPS);
     let within = index % (BLOCK * STEPS);
-    let order = block * BLOCK + within % BLOCK;
+    let order = first_order + block * BLOCK + within % BLOCK;
     let r = mix(seed, order);
     let qty = (r % 5 + 1) as i64;
     let cents = qty * (((r >> 8) % 9_000 + 500) as i64);
@@ -148,6 +149,19 @@ pub(crate) const READ_MODEL_DDL: &str = "
     CREATE TABLE IF NOT EXISTS demo_violations (
         position INTEGER PRIMARY KEY NOT NULL, stream TEXT NOT NULL, reason TEXT NOT NULL);";
 
+/// The same read model on PostgreSQL (its INTEGER is 32 bits).
+#[cfg(feature = "postgres")]
+pub(crate) const READ_MODEL_DDL_POSTGRES: &str = "
+    CREATE TABLE IF NOT EXISTS demo_orders (
+        order_id BIGINT PRIMARY KEY, sku BIGINT NOT NULL, qty BIGINT NOT NULL,
+        cents BIGINT NOT NULL, status TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS demo_inventory (
+        sku BIGINT PRIMARY KEY, reserved BIGINT NOT NULL, shipped BIGINT NOT NULL);
+    CREATE TABLE IF NOT EXISTS demo_checker (
+        stream TEXT PRIMARY KEY, last_version BIGINT NOT NULL, state TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS demo_violations (
+        position BIGINT PRIMARY KEY, stream TEXT NOT NULL, reason TEXT NOT NULL);";
+
 #[derive(QueryableByName)]
 struct OrderRow {
     #[diesel(sql_type = BigInt)]
@@ -156,31 +170,31 @@ struct OrderRow {
     qty: i64,
 }
 
-impl Projection<OrderEvent> for Inventory {
-    fn apply(
-        &mut self,
-        e: &Envelope<OrderEvent>,
-        conn: &mut SqliteConnection,
-    ) -> Result<(), HandlerError> {
-        let stock = |conn: &mut SqliteConnection, sku: i64, reserved: i64, shipped: i64| {
+/// Applies one event to the read model: the same SQL on SQLite and PostgreSQL, written once
+/// for both connection types.
+macro_rules! apply_inventory {
+    ($conn_type:ty, $e:expr, $conn:expr) => {{
+        let (e, conn): (&Envelope<OrderEvent>, &mut $conn_type) = ($e, $conn);
+        let stock = |conn: &mut $conn_type, sku: i64, reserved: i64, shipped: i64| {
             diesel::sql_query(
-                "INSERT INTO demo_inventory (sku, reserved, shipped) VALUES (?, ?, ?)
-                 ON CONFLICT(sku) DO UPDATE SET reserved = reserved + excluded.reserved,
-                                                shipped = shipped + excluded.shipped",
+                "INSERT INTO demo_inventory (sku, reserved, shipped) VALUES ($1, $2, $3)
+                 ON CONFLICT(sku) DO UPDATE SET
+                     reserved = demo_inventory.reserved + excluded.reserved,
+                     shipped = demo_inventory.shipped + excluded.shipped",
             )
             .bind::<BigInt, _>(sku)
             .bind::<BigInt, _>(reserved)
             .bind::<BigInt, _>(shipped)
             .execute(conn)
         };
-        let set_status = |conn: &mut SqliteConnection, order: u64, status: &str| {
-            diesel::sql_query("UPDATE demo_orders SET status = ? WHERE order_id = ?")
+        let set_status = |conn: &mut $conn_type, order: u64, status: &str| {
+            diesel::sql_query("UPDATE demo_orders SET status = $1 WHERE order_id = $2")
                 .bind::<Text, _>(status)
                 .bind::<BigInt, _>(order as i64)
                 .execute(conn)
         };
-        let order_row = |conn: &mut SqliteConnection, order: u64| {
-            diesel::sql_query("SELECT sku, qty FROM demo_orders WHERE order_id = ?")
+        let order_row = |conn: &mut $conn_type, order: u64| {
+            diesel::sql_query("SELECT sku, qty FROM demo_orders WHERE order_id = $1")
                 .bind::<BigInt, _>(order as i64)
                 .get_result::<OrderRow>(conn)
         };
@@ -193,7 +207,7 @@ impl Projection<OrderEvent> for Inventory {
         } = event
         {
             diesel::sql_query(
-                "INSERT INTO demo_orders (order_id, sku, qty, cents, status) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO demo_orders (order_id, sku, qty, cents, status) VALUES ($1, $2, $3, $4, $5)",
             )
             .bind::<BigInt, _>(*order as i64)
             .bind::<BigInt, _>(*sku as i64)
@@ -215,6 +229,28 @@ impl Projection<OrderEvent> for Inventory {
             stock(conn, row.sku, reserved * row.qty, shipped * row.qty)?;
         }
         Ok(())
+    }};
+}
+
+impl Projection<OrderEvent> for Inventory {
+    fn apply(
+        &mut self,
+        e: &Envelope<OrderEvent>,
+        conn: &mut SqliteConnection,
+    ) -> Result<(), HandlerError> {
+        apply_inventory!(SqliteConnection, e, conn)
+    }
+
+    #[cfg(feature = "postgres")]
+    const POSTGRES: bool = true;
+
+    #[cfg(feature = "postgres")]
+    fn apply_postgres(
+        &mut self,
+        e: &Envelope<OrderEvent>,
+        conn: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        apply_inventory!(PgConnection, e, conn)
     }
 }
 
@@ -231,14 +267,12 @@ struct CheckerRow {
     state: String,
 }
 
-impl Projection<OrderEvent> for OrderChecker {
-    fn apply(
-        &mut self,
-        e: &Envelope<OrderEvent>,
-        conn: &mut SqliteConnection,
-    ) -> Result<(), HandlerError> {
+/// Checks one event against its stream's state, on either database.
+macro_rules! apply_checker {
+    ($conn_type:ty, $e:expr, $conn:expr) => {{
+        let (e, conn): (&Envelope<OrderEvent>, &mut $conn_type) = ($e, $conn);
         let previous =
-            diesel::sql_query("SELECT last_version, state FROM demo_checker WHERE stream = ?")
+            diesel::sql_query("SELECT last_version, state FROM demo_checker WHERE stream = $1")
                 .bind::<Text, _>(e.stream_id())
                 .get_result::<CheckerRow>(conn)
                 .optional()?;
@@ -259,7 +293,7 @@ impl Projection<OrderEvent> for OrderChecker {
         }
         if !problems.is_empty() {
             diesel::sql_query(
-                "INSERT INTO demo_violations (position, stream, reason) VALUES (?, ?, ?)",
+                "INSERT INTO demo_violations (position, stream, reason) VALUES ($1, $2, $3)",
             )
             .bind::<BigInt, _>(e.position().unwrap_or(0) as i64)
             .bind::<Text, _>(e.stream_id())
@@ -267,7 +301,7 @@ impl Projection<OrderEvent> for OrderChecker {
             .execute(conn)?;
         }
         diesel::sql_query(
-            "INSERT INTO demo_checker (stream, last_version, state) VALUES (?, ?, ?)
+            "INSERT INTO demo_checker (stream, last_version, state) VALUES ($1, $2, $3)
              ON CONFLICT(stream) DO UPDATE SET last_version = excluded.last_version, state = excluded.state",
         )
         .bind::<Text, _>(e.stream_id())
@@ -275,6 +309,28 @@ impl Projection<OrderEvent> for OrderChecker {
         .bind::<Text, _>(next)
         .execute(conn)?;
         Ok(())
+    }};
+}
+
+impl Projection<OrderEvent> for OrderChecker {
+    fn apply(
+        &mut self,
+        e: &Envelope<OrderEvent>,
+        conn: &mut SqliteConnection,
+    ) -> Result<(), HandlerError> {
+        apply_checker!(SqliteConnection, e, conn)
+    }
+
+    #[cfg(feature = "postgres")]
+    const POSTGRES: bool = true;
+
+    #[cfg(feature = "postgres")]
+    fn apply_postgres(
+        &mut self,
+        e: &Envelope<OrderEvent>,
+        conn: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        apply_checker!(PgConnection, e, conn)
     }
 }
 
@@ -284,11 +340,17 @@ struct Count {
     n: i64,
 }
 
+/// Ordering violations the checker recorded (by every process, on a shared store).
 pub(super) fn violations(store: &Store) -> anyhow::Result<i64> {
+    const SQL: &str = "SELECT count(*) AS n FROM demo_violations";
+    #[cfg(feature = "postgres")]
+    if let Ok(count) =
+        store.with_postgres_connection(|c| diesel::sql_query(SQL).get_result::<Count>(c))
+    {
+        return Ok(count.n);
+    }
     Ok(store
-        .with_connection(|conn| {
-            diesel::sql_query("SELECT count(*) AS n FROM demo_violations").get_result::<Count>(conn)
-        })?
+        .with_connection(|conn| diesel::sql_query(SQL).get_result::<Count>(conn))?
         .n)
 }
 
@@ -298,7 +360,9 @@ mod tests {
 
     #[test]
     fn every_order_gets_placed_paid_then_shipped_or_cancelled() {
-        let events: Vec<_> = (0..BLOCK * STEPS * 3).map(|i| demo_event(7, i)).collect();
+        let events: Vec<_> = (0..BLOCK * STEPS * 3)
+            .map(|i| demo_event(7, 0, i))
+            .collect();
         for order in 0..BLOCK * 3 {
             let mine: Vec<_> = events.iter().filter(|e| e.order() == order).collect();
             assert_eq!(mine.len(), 3);
@@ -309,7 +373,11 @@ mod tests {
                 OrderEvent::Shipped { .. } | OrderEvent::Cancelled { .. }
             ));
         }
-        assert_eq!(demo_event(7, 5), demo_event(7, 5), "deterministic");
+        assert_eq!(demo_event(7, 0, 5), demo_event(7, 0, 5), "deterministic");
+        assert_eq!(
+            demo_event(7, 1000, 5).order(),
+            demo_event(7, 0, 5).order() + 1000
+        );
         assert!(events
             .iter()
             .any(|e| matches!(e, OrderEvent::Cancelled { .. })));
