@@ -20,10 +20,12 @@
 //!                  Projection, retries, dead letters, checkpoints (moved to P once handled)
 //! ```
 //!
-//! On SQLite a bus holds `<store>.lock` (one bus per store) and registers its subscriptions
-//! at start (`subscriptions` table, a checkpoint row per partition and concurrency): see
-//! `storage/registry.rs` for how actors resume, also after a change of concurrency. The
-//! project's map is `ARCHITECTURE.md` at the repository root.
+//! On SQLite a bus holds `<store>.lock` (one bus per store); on PostgreSQL (feature
+//! `postgres`) several processes share a store, each claiming a share of every
+//! subscription's partitions (`storage/postgres/coordinator.rs`). A bus registers its
+//! subscriptions at start (`subscriptions` table, a checkpoint row per partition and
+//! concurrency): see `storage/registry.rs` for how actors resume, also after a change of
+//! concurrency. The project's map is `ARCHITECTURE.md` at the repository root.
 //!
 //! A minimal bus, end to end:
 //!
