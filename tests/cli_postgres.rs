@@ -58,25 +58,7 @@ fn every_operator_command_takes_a_postgres_url() {
     );
 
     // Replay is refused while a bus runs on the database, and moves checkpoints otherwise.
-    actix::System::new().block_on(async {
-        let bus = bus_with(
-            actorbus::EventBus::builder().postgres(url),
-            false,
-            &Seen::default(),
-        );
-        let refused = fails(&[
-            "replay",
-            "--db",
-            url,
-            "--handler",
-            "recorder",
-            "--from",
-            "0",
-        ]);
-        assert!(refused.contains("another bus is running"), "{refused}");
-        bus.shutdown(PATIENCE).await.unwrap();
-    });
-    ok(&[
+    let replay = [
         "replay",
         "--db",
         url,
@@ -84,7 +66,18 @@ fn every_operator_command_takes_a_postgres_url() {
         "recorder",
         "--from",
         "0",
-    ]);
+    ];
+    actix::System::new().block_on(async {
+        let bus = bus_with(
+            actorbus::EventBus::builder().postgres(url),
+            false,
+            &Seen::default(),
+        );
+        let refused = fails(&replay);
+        assert!(refused.contains("another bus is running"), "{refused}");
+        bus.shutdown(PATIENCE).await.unwrap();
+    });
+    ok(&replay);
     assert_eq!(run_with(url).recorder(), (0..ORDERS).collect::<Vec<_>>());
 
     // The password never shows.

@@ -170,6 +170,34 @@ struct OrderRow {
     qty: i64,
 }
 
+/// `Projection<OrderEvent>` for `$projection` on SQLite and PostgreSQL, both running the
+/// body macro `$body` (the same SQL, for each connection type).
+macro_rules! on_both_databases {
+    ($projection:ty, $body:ident) => {
+        impl Projection<OrderEvent> for $projection {
+            fn apply(
+                &mut self,
+                e: &Envelope<OrderEvent>,
+                conn: &mut SqliteConnection,
+            ) -> Result<(), HandlerError> {
+                $body!(SqliteConnection, e, conn)
+            }
+
+            #[cfg(feature = "postgres")]
+            const POSTGRES: bool = true;
+
+            #[cfg(feature = "postgres")]
+            fn apply_postgres(
+                &mut self,
+                e: &Envelope<OrderEvent>,
+                conn: &mut PgConnection,
+            ) -> Result<(), HandlerError> {
+                $body!(PgConnection, e, conn)
+            }
+        }
+    };
+}
+
 /// Applies one event to the read model: the same SQL on SQLite and PostgreSQL, written once
 /// for both connection types.
 macro_rules! apply_inventory {
@@ -232,27 +260,7 @@ macro_rules! apply_inventory {
     }};
 }
 
-impl Projection<OrderEvent> for Inventory {
-    fn apply(
-        &mut self,
-        e: &Envelope<OrderEvent>,
-        conn: &mut SqliteConnection,
-    ) -> Result<(), HandlerError> {
-        apply_inventory!(SqliteConnection, e, conn)
-    }
-
-    #[cfg(feature = "postgres")]
-    const POSTGRES: bool = true;
-
-    #[cfg(feature = "postgres")]
-    fn apply_postgres(
-        &mut self,
-        e: &Envelope<OrderEvent>,
-        conn: &mut PgConnection,
-    ) -> Result<(), HandlerError> {
-        apply_inventory!(PgConnection, e, conn)
-    }
-}
+on_both_databases!(Inventory, apply_inventory);
 
 /// Checks every order's events arrive in order: versions without gaps, and the lifecycle
 /// placed -> paid -> shipped | cancelled. Its state and findings commit with its checkpoint,
@@ -312,27 +320,7 @@ macro_rules! apply_checker {
     }};
 }
 
-impl Projection<OrderEvent> for OrderChecker {
-    fn apply(
-        &mut self,
-        e: &Envelope<OrderEvent>,
-        conn: &mut SqliteConnection,
-    ) -> Result<(), HandlerError> {
-        apply_checker!(SqliteConnection, e, conn)
-    }
-
-    #[cfg(feature = "postgres")]
-    const POSTGRES: bool = true;
-
-    #[cfg(feature = "postgres")]
-    fn apply_postgres(
-        &mut self,
-        e: &Envelope<OrderEvent>,
-        conn: &mut PgConnection,
-    ) -> Result<(), HandlerError> {
-        apply_checker!(PgConnection, e, conn)
-    }
-}
+on_both_databases!(OrderChecker, apply_checker);
 
 #[derive(QueryableByName)]
 struct Count {
