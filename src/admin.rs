@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use diesel::prelude::*;
 
 pub use info::{
-    CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Replay, StoreSummary,
+    CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Replay, RunningBus, StoreSummary,
     StoredEventInfo,
 };
 
@@ -352,8 +352,30 @@ impl Store {
     /// # Errors
     /// The lock file exists but cannot be read.
     pub fn running_bus(&self) -> Result<Option<String>> {
+        let running = self.running()?;
+        Ok((!running.is_empty()).then(|| {
+            running
+                .into_iter()
+                .map(|r| r.label)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }))
+    }
+
+    /// The processes running a bus on this store, and on PostgreSQL the share of the
+    /// partitions each owns.
+    ///
+    /// # Errors
+    /// The lock file exists but cannot be read; a database error.
+    pub fn running(&self) -> Result<Vec<RunningBus>> {
         match &self.backend {
-            Backend::Sqlite(_) => Ok(lock::holder(&self.path)?),
+            Backend::Sqlite(_) => Ok(lock::holder(&self.path)?
+                .map(|label| RunningBus {
+                    label,
+                    partitions: None,
+                })
+                .into_iter()
+                .collect()),
             #[cfg(feature = "postgres")]
             Backend::Postgres(pool) => {
                 let mut conn = pool
@@ -361,7 +383,13 @@ impl Store {
                     .map_err(|e| Error::Store(classify_connection(&self.path, e)))?;
                 let live = crate::storage::postgres::coordinator::live_members(&mut conn)
                     .map_err(|e| self.failed(e))?;
-                Ok((!live.is_empty()).then(|| live.join(", ")))
+                Ok(live
+                    .into_iter()
+                    .map(|(label, owned)| RunningBus {
+                        label,
+                        partitions: Some(owned),
+                    })
+                    .collect())
             }
         }
     }

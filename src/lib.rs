@@ -104,8 +104,8 @@ mod stats;
 mod storage;
 
 pub use crate::admin::{
-    CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Replay, Store, StoreSummary,
-    StoredEventInfo,
+    CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Replay, RunningBus, Store,
+    StoreSummary, StoredEventInfo,
 };
 pub use crate::batch::{BatchError, BatchHandler};
 pub use crate::blocking::{blocking, Blocking};

@@ -74,6 +74,12 @@ fn every_operator_command_takes_a_postgres_url() {
             &Seen::default(),
         );
         let refused = fails(&replay);
+        // stats names the running process and its share: both subscriptions' partition.
+        let stats = json(&["stats", "--db", url, "--json"]);
+        let running = stats["running"].as_array().unwrap();
+        assert_eq!(running.len(), 1, "{stats}");
+        assert_eq!(running[0]["partitions"], 2, "{stats}");
+        assert!(ok(&["stats", "--db", url]).contains("(2 partitions)"));
         assert!(refused.contains("another bus is running"), "{refused}");
         bus.shutdown(PATIENCE).await.unwrap();
     });

@@ -302,6 +302,17 @@ async fn three_processes_share_the_work_and_a_killed_one_loses_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    let running = actorbus::Store::open_url(&db.url)
+        .unwrap()
+        .running()
+        .unwrap();
+    assert_eq!(running.len(), 3, "{running:?}");
+    assert_eq!(
+        running.iter().map(|r| r.partitions.unwrap()).sum::<u64>(),
+        PARTITIONS as u64,
+        "{running:?}"
+    );
+
     // The survivors shut down cleanly and leave no claim behind.
     for mut w in workers {
         drop(w.child.stdin.take());

@@ -135,6 +135,17 @@ pub struct StoreSummary {
     pub handlers: Vec<HandlerSummary>,
 }
 
+/// A process running a bus on a store ([`Store::running`](crate::Store::running)).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RunningBus {
+    /// Who it is, e.g. `process 4242`.
+    pub label: String,
+    /// On a PostgreSQL store shared by several processes, the partitions it owns now (its
+    /// share of the subscriptions); `None` on SQLite, where one bus owns them all.
+    pub partitions: Option<u64>,
+}
+
 /// What [`Store::replay`](crate::Store::replay) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

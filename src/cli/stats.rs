@@ -25,6 +25,7 @@ pub(crate) fn run(args: StatsArgs) -> anyhow::Result<()> {
 fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     let store = open_existing(&args.db)?;
     let s = store.summary()?;
+    let running = store.running()?;
     let mut out = io::stdout().lock();
     if args.json {
         let handlers: Vec<_> = s
@@ -46,6 +47,7 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
             "streams": s.streams,
             "head": s.head,
             "handlers": handlers,
+            "running": running,
         });
         writeln!(out, "{doc}")?;
         return Ok(());
@@ -59,6 +61,17 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     ];
     for (name, value) in facts {
         writeln!(out, "{name:<8} {value}")?;
+    }
+    // Who runs a bus on it now, and on a shared store each one's share.
+    let running: Vec<String> = running
+        .iter()
+        .map(|r| match r.partitions {
+            Some(n) => format!("{} ({n} partitions)", r.label),
+            None => r.label.clone(),
+        })
+        .collect();
+    if !running.is_empty() {
+        writeln!(out, "{:<8} {}", "running", running.join(", "))?;
     }
     writeln!(out)?;
     if s.handlers.is_empty() {

@@ -388,21 +388,24 @@ fn due(live: &[String], offset: u64, partition: usize) -> Option<&str> {
     Some(live[((offset % n + partition as u64 % n) % n) as usize].as_str())
 }
 
-/// The labels of the members whose lease has not run out (what `actorbus` reports as the
-/// buses running on the store).
-pub(crate) fn live_members(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
+/// The members whose lease has not run out, oldest first, with how many partitions each
+/// owns (what `actorbus` reports as the buses running on the store).
+pub(crate) fn live_members(conn: &mut PgConnection) -> QueryResult<Vec<(String, u64)>> {
     #[derive(QueryableByName)]
-    struct Label {
+    struct Live {
         #[diesel(sql_type = Text)]
         label: String,
+        #[diesel(sql_type = BigInt)]
+        owned: i64,
     }
     Ok(diesel::sql_query(
-        "SELECT label FROM bus_members WHERE heartbeat_at + lease_us >= $1 ORDER BY started_at",
+        "SELECT m.label, (SELECT count(*) FROM partition_owners o WHERE o.member = m.id) AS owned \
+         FROM bus_members m WHERE m.heartbeat_at + m.lease_us >= $1 ORDER BY m.started_at",
     )
     .bind::<BigInt, _>(micros(SystemTime::now()))
-    .load::<Label>(conn)?
+    .load::<Live>(conn)?
     .into_iter()
-    .map(|l| l.label)
+    .map(|l| (l.label, l.owned.max(0) as u64))
     .collect())
 }
 
