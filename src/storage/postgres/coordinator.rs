@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -27,7 +27,6 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 
 use crate::event::stable_hash;
 use crate::storage::backend::{Change, Claim, Coordination, Handoff, Report};
-use crate::storage::convert::micros;
 use crate::storage::sql::APPENDED_CHANNEL;
 
 /// What a member needs to take part.
@@ -240,7 +239,9 @@ fn rebalance(
     // The heartbeat commits on its own, first: the claims below may wait for the row locks
     // of writes in flight, and a heartbeat held back with them would make this member look
     // dead to the others.
-    let now = micros(SystemTime::now());
+    // Every member reads the same clock, the server's: the processes' own clocks may differ
+    // by more than a lease across machines.
+    let now = server_micros(conn)?;
     diesel::sql_query(
         "INSERT INTO bus_members (id, label, started_at, heartbeat_at, lease_us) \
          VALUES ($1, $2, $3, $3, $4) \
@@ -402,11 +403,27 @@ pub(crate) fn live_members(conn: &mut PgConnection) -> QueryResult<Vec<(String, 
         "SELECT m.label, (SELECT count(*) FROM partition_owners o WHERE o.member = m.id) AS owned \
          FROM bus_members m WHERE m.heartbeat_at + m.lease_us >= $1 ORDER BY m.started_at",
     )
-    .bind::<BigInt, _>(micros(SystemTime::now()))
+    .bind::<BigInt, _>(server_micros(conn)?)
     .load::<Live>(conn)?
     .into_iter()
     .map(|l| (l.label, l.owned.max(0) as u64))
     .collect())
+}
+
+/// The server's clock, in Unix microseconds: the one clock every member's lease is read by.
+fn server_micros(conn: &mut PgConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Now {
+        #[diesel(sql_type = BigInt)]
+        now: i64,
+    }
+    Ok(
+        diesel::sql_query(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now",
+        )
+        .get_result::<Now>(conn)?
+        .now,
+    )
 }
 
 /// Lets every claim go and leaves the members: the others claim at their next beat.
