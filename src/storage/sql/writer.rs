@@ -105,7 +105,6 @@ impl Writer {
 
     /// Fences this writer's checkpoints by the claims of `member` (see
     /// [`save_checkpoints`]). Only a PostgreSQL store is shared by several processes.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     #[allow(dead_code)] // compiled for SQLite too, where nothing is shared
     pub(crate) fn fenced_by(mut self, member: String) -> Self {
         self.member = Some(member);
