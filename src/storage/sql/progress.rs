@@ -7,6 +7,7 @@ use diesel::prelude::*;
 use super::{Conn, Dialect};
 
 use crate::storage::backend::{LetterChange, Progress};
+use crate::storage::models::CheckpointRow;
 use crate::storage::schema::{checkpoints, dead_letters};
 
 /// Stores dead-letter changes in order; a letter given up under a claim that no longer holds
@@ -48,51 +49,67 @@ pub(crate) fn save_dead_letters(
 /// Upserts checkpoints; a checkpoint only moves forward here (`replay` moves it back on purpose,
 /// elsewhere), so a late batched write never undoes a projection's in-transaction one. One
 /// reached under a claim ([`Progress::fence`]) is stored only while `member` still holds
-/// that claim (see [`holds`]); otherwise it is dropped.
+/// that claim (see [`claim_holds`]); otherwise it is dropped.
 pub(crate) fn save_checkpoints(
     conn: &mut Conn,
     rows: &[Progress],
     member: Option<&str>,
 ) -> QueryResult<()> {
-    use diesel::upsert::excluded;
     for progress in rows {
-        let row = &progress.row;
-        if let Some(token) = progress.fence {
-            let member = member.unwrap_or_default();
-            if !holds(
-                conn,
-                member,
-                &row.handler,
-                row.partitions,
-                row.partition,
-                token,
-            )? {
-                log::debug!(
-                    "checkpoint of `{}` #{} not stored: its claim moved to another process",
-                    row.handler,
-                    row.partition
-                );
-                continue;
-            }
+        if claim_holds(conn, progress, member)? {
+            save_checkpoint(conn, &progress.row)?;
+        } else {
+            log::debug!(
+                "checkpoint of `{}` #{} not stored: its claim moved to another process",
+                progress.row.handler,
+                progress.row.partition
+            );
         }
-        diesel::insert_into(checkpoints::table)
-            .values(row)
-            .on_conflict((
-                checkpoints::handler,
-                checkpoints::partitions,
-                checkpoints::partition,
-            ))
-            .do_update()
-            .set((
-                checkpoints::position.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
-                    "{}(checkpoints.position, excluded.position)",
-                    Conn::GREATEST
-                ))),
-                checkpoints::updated_at.eq(excluded(checkpoints::updated_at)),
-            ))
-            .execute(conn)?;
     }
     Ok(())
+}
+
+/// Upserts one checkpoint, which only moves forward (the claim, if any, checked already).
+pub(crate) fn save_checkpoint(conn: &mut Conn, row: &CheckpointRow) -> QueryResult<()> {
+    use diesel::upsert::excluded;
+    diesel::insert_into(checkpoints::table)
+        .values(row)
+        .on_conflict((
+            checkpoints::handler,
+            checkpoints::partitions,
+            checkpoints::partition,
+        ))
+        .do_update()
+        .set((
+            checkpoints::position.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+                "{}(checkpoints.position, excluded.position)",
+                Conn::GREATEST
+            ))),
+            checkpoints::updated_at.eq(excluded(checkpoints::updated_at)),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
+/// Whether the claim `progress` was reached under still holds for `member` (see
+/// [`holds`]); always, for one reached without a claim (one bus owns the store).
+pub(crate) fn claim_holds(
+    conn: &mut Conn,
+    progress: &Progress,
+    member: Option<&str>,
+) -> QueryResult<bool> {
+    let Some(token) = progress.fence else {
+        return Ok(true);
+    };
+    let row = &progress.row;
+    holds(
+        conn,
+        member.unwrap_or_default(),
+        &row.handler,
+        row.partitions,
+        row.partition,
+        token,
+    )
 }
 
 /// Whether `member` still holds the claim `token` on a subscription's partition (PostgreSQL

@@ -185,26 +185,15 @@ impl LogWriter for SqlWriter {
         let mut failure = None;
         let mut fenced = false;
         let result = self.after_letters(queued, |conn| match job(conn.tx()) {
-            Ok(progress) => {
-                if let Some(Progress {
-                    row,
-                    fence: Some(token),
-                }) = &progress
-                {
-                    let member = member.as_deref().unwrap_or_default();
-                    if !progress::holds(
-                        conn,
-                        member,
-                        &row.handler,
-                        row.partitions,
-                        row.partition,
-                        *token,
-                    )? {
-                        fenced = true;
-                        return Err(diesel::result::Error::RollbackTransaction);
-                    }
+            Ok(None) => Ok(()),
+            Ok(Some(progress)) => {
+                // Checked once, in the transaction that stores the read model: all of it
+                // commits with its checkpoint, or none of it does.
+                if !progress::claim_holds(conn, &progress, member.as_deref())? {
+                    fenced = true;
+                    return Err(diesel::result::Error::RollbackTransaction);
                 }
-                progress::save_checkpoints(conn, progress.as_slice(), member.as_deref())
+                progress::save_checkpoint(conn, &progress.row)
             }
             Err(e) => {
                 failure = Some(e);
