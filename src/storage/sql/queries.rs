@@ -35,6 +35,15 @@ pub(crate) struct Marks {
     pub(crate) indexed: i64,
 }
 
+impl Marks {
+    /// Whether events another writer appended since `cached_head` may have been pruned
+    /// already: a writer's cached stream versions can no longer be brought up to date from
+    /// the log, and start over from the index.
+    pub(crate) fn pruned_since(&self, cached_head: i64) -> bool {
+        self.head != cached_head && self.pruned > cached_head
+    }
+}
+
 /// [`head`], [`pruned_through`] and [`indexed_through`] in one round trip.
 pub(crate) fn marks(conn: &mut Conn) -> QueryResult<Marks> {
     let mut marks = diesel::sql_query(

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
 use super::progress::{save_checkpoints, save_dead_letters};
-use super::queries::{marks, set_meta_number, Marks, INDEXED_THROUGH};
+use super::queries::{marks, set_meta_number, INDEXED_THROUGH};
 use super::{Conn, Dialect};
 use crate::event::Record;
 use crate::storage::backend::Progress;
@@ -128,12 +128,9 @@ impl Writer {
         let result = self.run(Kind::Append, |conn| {
             // One round trip for the head and both marks: on a shared store this runs while
             // the other appenders wait for the lock.
-            let Marks {
-                head,
-                pruned,
-                indexed: mark,
-            } = marks(conn)?;
-            if indexed < 0 || (head != cached_head && pruned > cached_head) {
+            let marks = marks(conn)?;
+            let (head, mark) = (marks.head, marks.indexed);
+            if indexed < 0 || marks.pruned_since(cached_head) {
                 // The first commit, or another writer's events since the last one may have
                 // been pruned already: cached versions may be stale. Index the tail first, so
                 // every version not cached is in the index.
@@ -267,16 +264,12 @@ impl Writer {
         }
         let cached_head = self.head;
         let result = self.run(Kind::Append, |conn| {
-            let Marks {
-                head,
-                pruned,
-                indexed: mark,
-            } = marks(conn)?;
-            if head != cached_head && pruned > cached_head {
-                // Another writer's events were pruned since: the next append reads
-                // everything again.
+            let marks = marks(conn)?;
+            if marks.pruned_since(cached_head) {
+                // The next append reads everything again.
                 return Ok(None);
             }
+            let (head, mark) = (marks.head, marks.indexed);
             // Up to the store's head, from the store's mark: another writer on a shared store
             // may have appended, or indexed, since. The cached versions stay valid: the next
             // append brings those of the other writer's streams up to date.
