@@ -264,10 +264,7 @@ impl RouterActor {
                 skip_through: covered,
                 sent_through: covered,
             };
-            if self.drain_when_caught_up && self.lanes.iter().all(Lane::is_settled) {
-                self.drain_when_caught_up = false;
-                self.finish_drain(ctx);
-            }
+            self.drain_if_settled(ctx);
         } else {
             self.lanes[flat] = Lane::behind(covered);
             self.read_next_page(flat, ctx);
@@ -311,6 +308,11 @@ impl RouterActor {
     pub(super) fn released(&mut self, flat: usize, ctx: &mut Context<Self>) {
         self.lanes[flat] = Lane::Elsewhere;
         self.fences[flat] = None;
+        self.drain_if_settled(ctx);
+    }
+
+    /// A shutdown that waited for the lanes drains once none reads the store any more.
+    fn drain_if_settled(&mut self, ctx: &mut Context<Self>) {
         if self.drain_when_caught_up && self.lanes.iter().all(Lane::is_settled) {
             self.drain_when_caught_up = false;
             self.finish_drain(ctx);
