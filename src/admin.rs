@@ -62,9 +62,7 @@ macro_rules! on_store {
             Backend::Sqlite(pool) => {
                 #[allow(unused_imports)]
                 use crate::storage::sql::sqlite as $db;
-                let mut pooled = pool
-                    .get()
-                    .map_err(|e| Error::Store(classify_connection(&$store.path, e)))?;
+                let mut pooled = $store.pooled(pool)?;
                 let $conn = &mut *pooled;
                 ($body).map_err(|e| $store.failed(e))
             }
@@ -72,9 +70,7 @@ macro_rules! on_store {
             Backend::Postgres(pool) => {
                 #[allow(unused_imports)]
                 use crate::storage::sql::postgres as $db;
-                let mut pooled = pool
-                    .get()
-                    .map_err(|e| Error::Store(classify_connection(&$store.path, e)))?;
+                let mut pooled = $store.pooled(pool)?;
                 let $conn = &mut *pooled;
                 ($body).map_err(|e| $store.failed(e))
             }
@@ -170,6 +166,15 @@ impl Store {
     /// The file (for PostgreSQL: the URL without its password).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A connection from `pool`; failing to get one is classified.
+    fn pooled<M: diesel::r2d2::R2D2Connection + 'static>(
+        &self,
+        pool: &diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<M>>,
+    ) -> Result<diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<M>>> {
+        pool.get()
+            .map_err(|e| Error::Store(classify_connection(&self.path, e)))
     }
 
     fn failed(&self, e: diesel::result::Error) -> Error {
@@ -378,9 +383,7 @@ impl Store {
                 .collect()),
             #[cfg(feature = "postgres")]
             Backend::Postgres(pool) => {
-                let mut conn = pool
-                    .get()
-                    .map_err(|e| Error::Store(classify_connection(&self.path, e)))?;
+                let mut conn = self.pooled(pool)?;
                 let live = crate::storage::postgres::coordinator::live_members(&mut conn)
                     .map_err(|e| self.failed(e))?;
                 Ok(live
@@ -464,9 +467,7 @@ impl Store {
     ) -> Result<T> {
         match &self.backend {
             Backend::Sqlite(pool) => {
-                let mut pooled = pool
-                    .get()
-                    .map_err(|e| Error::Store(classify_connection(&self.path, e)))?;
+                let mut pooled = self.pooled(pool)?;
                 f(&mut pooled).map_err(|e| self.failed(e))
             }
             #[cfg(feature = "postgres")]
@@ -487,9 +488,7 @@ impl Store {
     ) -> Result<T> {
         match &self.backend {
             Backend::Postgres(pool) => {
-                let mut pooled = pool
-                    .get()
-                    .map_err(|e| Error::Store(classify_connection(&self.path, e)))?;
+                let mut pooled = self.pooled(pool)?;
                 f(&mut pooled).map_err(|e| self.failed(e))
             }
             Backend::Sqlite(_) => Err(Error::Config(
