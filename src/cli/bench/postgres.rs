@@ -241,7 +241,7 @@ impl Drop for Joined {
 fn shared_run(args: &BenchArgs, url: &str) -> anyhow::Result<SharedRun> {
     let mut joined = Joined::spawn(args, url, args.processes - 1)?;
     let own = actorbus::baseline::publisher_share(args.events, args.processes as u64, 0);
-    let store = actorbus::Store::open_url(url)?;
+    let store = std::sync::Arc::new(actorbus::Store::open_url(url)?);
     let run = actix::System::new().block_on(async {
         let (bus, _seen) = super::counting_bus(args, EventBus::builder().postgres(url), 0.0)?;
         joined.each("ready").await?;
@@ -252,16 +252,24 @@ fn shared_run(args: &BenchArgs, url: &str) -> anyhow::Result<SharedRun> {
         for seconds in joined.each("published").await? {
             publish_seconds = publish_seconds.max(seconds.parse().unwrap_or(0.0));
         }
-        // Checkpoints are written every 200 ms: the end is within that of the last one.
+        // Checkpoints are written every 200 ms: the end is within that of the last one. The
+        // head and the checkpoints only (no counting of the log), off this arbiter, which
+        // this process's router runs on.
+        let partitions = args.handlers * args.concurrency;
+        let (events, concurrency) = (args.events, args.concurrency as u32);
         loop {
-            let summary = store.summary()?;
-            let head = summary.head;
-            let done = head >= args.events
-                && summary
-                    .handlers
+            let store = std::sync::Arc::clone(&store);
+            let done = actix_rt::task::spawn_blocking(move || {
+                let head = store.head()?;
+                let caught_up = store
+                    .checkpoints()?
                     .iter()
-                    .filter(|h| h.name.starts_with("bench-"))
-                    .all(|h| h.checkpoint.is_some_and(|c| c >= head));
+                    .filter(|c| c.handler.starts_with("bench-") && c.partitions == concurrency)
+                    .filter(|c| c.position >= head)
+                    .count();
+                Ok::<_, actorbus::Error>(head >= events && caught_up == partitions)
+            })
+            .await??;
             if done {
                 break;
             }
