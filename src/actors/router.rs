@@ -30,10 +30,12 @@ mod commit;
 mod drain;
 mod lanes;
 mod redrive;
+mod tail;
 pub(crate) use claims::Shared;
 pub(crate) use drain::{AwaitDrained, CloseIntake};
 use lanes::Lane;
 pub(crate) use redrive::Redrive;
+use tail::Tail;
 
 /// Where a durable publish learns its fate: receipts once committed, or the error.
 pub(crate) type Ack = oneshot::Sender<Result<Vec<Receipt>>>;
@@ -118,6 +120,9 @@ pub(crate) struct RouterActor {
     /// Per partition (flat index): the claim this process holds on it, where other processes
     /// share the store; what its deliveries are fenced by.
     fences: Vec<Option<i64>>,
+    /// Durable bus: other processes' events past the frontier, read once for all live lanes,
+    /// and this process's commits held back behind them.
+    tail: Tail,
     /// Shutdown waits for every lane to be live again before it drains.
     drain_when_caught_up: bool,
     drained: bool,
@@ -171,6 +176,7 @@ impl RouterActor {
             delivered_through,
             lanes,
             fences,
+            tail: Tail::default(),
             drain_when_caught_up: false,
             drained: false,
             drain_waiters: Vec::new(),

@@ -68,13 +68,7 @@ impl Handler<Shared> for RouterActor {
                     }
                 }
             }
-            Change::Appended(head) => {
-                if head > self.delivered_through {
-                    let before = self.delivered_through;
-                    self.fall_behind(before, ctx);
-                    self.delivered_through = head;
-                }
-            }
+            Change::Appended(head) => self.appended_elsewhere(head, ctx),
         }
     }
 }

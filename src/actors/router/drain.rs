@@ -6,8 +6,8 @@ use super::*;
 
 impl RouterActor {
     pub(super) fn finish_drain(&mut self, ctx: &mut Context<Self>) {
-        if !self.lanes.iter().all(Lane::is_settled) {
-            // An actor still reads its events from the store: drain once all are live.
+        if !self.is_settled() {
+            // Events are still read from the store: drain once all lanes are live.
             self.drain_when_caught_up = true;
             return;
         }

@@ -66,9 +66,9 @@ impl RouterActor {
         }
     }
 
-    /// Hands a commit's `records` (positions up to `through`) to the live actors with room;
-    /// an actor without room falls behind. Never waits.
-    pub(super) fn deliver_live(
+    /// Hands `records` that follow the frontier without a gap (positions up to `through`)
+    /// to the live actors with room; an actor without room falls behind. Never waits.
+    pub(super) fn route_live(
         &mut self,
         records: Vec<Record>,
         through: Option<u64>,
@@ -76,12 +76,6 @@ impl RouterActor {
     ) {
         let before = self.delivered_through;
         let Some(through) = through else { return };
-        let first = records.iter().filter_map(|r| r.meta.position).min();
-        if first.is_some_and(|first| first > before + 1) {
-            // Another process appended in between: every live actor reads those from the
-            // store, and this commit's events with them.
-            self.fall_behind(before, ctx);
-        }
         self.delivered_through = before.max(through);
         let batches = self.route(records.into_iter(), None);
         for (flat, mut records) in batches.into_iter().enumerate() {
@@ -271,8 +265,8 @@ impl RouterActor {
         }
     }
 
-    /// Every live actor reads what follows `before` from the store: events were stored past
-    /// the router's frontier that it did not route (another process appended them).
+    /// Every live actor reads what follows `before` from the store (what the tail would
+    /// have brought in: see [`tail`](super::tail)).
     pub(super) fn fall_behind(&mut self, before: u64, ctx: &mut Context<Self>) {
         for flat in 0..self.lanes.len() {
             if let Lane::Live {
@@ -311,9 +305,14 @@ impl RouterActor {
         self.drain_if_settled(ctx);
     }
 
+    /// Nothing is on its way from the store: every lane is settled, and no tail read.
+    pub(super) fn is_settled(&self) -> bool {
+        self.tail.is_settled() && self.lanes.iter().all(Lane::is_settled)
+    }
+
     /// A shutdown that waited for the lanes drains once none reads the store any more.
-    fn drain_if_settled(&mut self, ctx: &mut Context<Self>) {
-        if self.drain_when_caught_up && self.lanes.iter().all(Lane::is_settled) {
+    pub(super) fn drain_if_settled(&mut self, ctx: &mut Context<Self>) {
+        if self.drain_when_caught_up && self.is_settled() {
             self.drain_when_caught_up = false;
             self.finish_drain(ctx);
         }
