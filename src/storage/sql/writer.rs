@@ -146,6 +146,15 @@ impl Writer {
                 }
                 indexed = mark;
             }
+            // Every stream this commit writes and the cache lacks, in one query rather than
+            // one round trip per new stream (on a shared store, under the append lock).
+            let missing: Vec<&str> = units
+                .iter()
+                .flat_map(|u| &u.records)
+                .map(|r| r.meta.stream_id.as_str())
+                .filter(|s| !versions.contains_key(*s))
+                .collect();
+            load_versions(conn, &mut versions, missing)?;
             let mut changed: HashMap<&str, i64> = HashMap::new();
             let mut outcomes = Vec::with_capacity(units.len());
             let mut rows: Vec<(usize, usize, i64, i64)> = Vec::new(); // (unit, record, position, version)
@@ -370,6 +379,36 @@ fn in_transaction<T>(
 }
 /// The stream's version: cached, or else in the index (a stream not cached has no event in
 /// the tail, by the writer's invariant).
+/// Reads into `cache` the version of each of `streams` (0 for a stream never written), from
+/// the stream index: a stream the cache lacks has no event past the index's mark.
+fn load_versions(
+    conn: &mut Conn,
+    cache: &mut HashMap<String, i64>,
+    mut wanted: Vec<&str>,
+) -> QueryResult<()> {
+    /// Streams per query: well under every database's limit on bound parameters.
+    const PER_QUERY: usize = 512;
+    wanted.sort_unstable();
+    wanted.dedup();
+    for chunk in wanted.chunks(PER_QUERY) {
+        let found: Vec<(String, Option<i64>)> = stream_events::table
+            .filter(stream_events::stream_id.eq_any(chunk))
+            .group_by(stream_events::stream_id)
+            .select((
+                stream_events::stream_id,
+                diesel::dsl::max(stream_events::stream_version),
+            ))
+            .load(conn)?;
+        for stream in chunk {
+            cache.insert((*stream).to_owned(), 0);
+        }
+        for (stream, version) in found {
+            cache.insert(stream, version.unwrap_or(0));
+        }
+    }
+    Ok(())
+}
+
 fn indexed_version(
     conn: &mut Conn,
     cache: &mut HashMap<String, i64>,
