@@ -245,6 +245,7 @@ fn shared_run(args: &BenchArgs, url: &str) -> anyhow::Result<SharedRun> {
     let run = actix::System::new().block_on(async {
         let (bus, _seen) = super::counting_bus(args, EventBus::builder().postgres(url), 0.0)?;
         joined.each("ready").await?;
+        spread(&store, args).await?;
         joined.tell()?;
         let start = std::time::Instant::now();
         let (mut publish_seconds, ack_us) =
@@ -285,6 +286,34 @@ fn shared_run(args: &BenchArgs, url: &str) -> anyhow::Result<SharedRun> {
     })?;
     joined.finish()?;
     Ok(run)
+}
+
+/// Waits until every process is a live member and the partitions are spread over them (each
+/// owning its round-robin share, within one per subscription): the run measures the shared
+/// steady state, not the hand-overs of processes joining one after another.
+async fn spread(store: &std::sync::Arc<actorbus::Store>, args: &BenchArgs) -> anyhow::Result<()> {
+    let partitions = (args.handlers * args.concurrency) as u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let store = std::sync::Arc::clone(store);
+        let running = actix_rt::task::spawn_blocking(move || store.running()).await??;
+        let owned: Vec<u64> = running.iter().filter_map(|r| r.partitions).collect();
+        let (least, most) = (owned.iter().min(), owned.iter().max());
+        if owned.len() == args.processes
+            && owned.iter().sum::<u64>() == partitions
+            && least
+                .zip(most)
+                .is_some_and(|(l, m)| m - l <= args.handlers as u64)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the partitions were not spread over the {} processes within a minute: {owned:?}",
+            args.processes
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// A copy's part of a shared run: build the bus, say `ready`, wait for `go`, publish its
