@@ -48,10 +48,6 @@ pub(crate) trait Dialect: Connection + Sized {
 
     /// The connection as a projection's work takes it.
     fn tx(&mut self) -> Tx<'_>;
-
-    /// Inside an append transaction that stored events up to `head`: tells the other
-    /// processes on the store, at commit (PostgreSQL: `NOTIFY`; SQLite: nothing, one bus).
-    fn appended(&mut self, head: i64) -> QueryResult<()>;
 }
 
 impl Dialect for SqliteConnection {
@@ -93,10 +89,6 @@ impl Dialect for SqliteConnection {
 
     fn tx(&mut self) -> Tx<'_> {
         Tx::Sqlite(self)
-    }
-
-    fn appended(&mut self, _head: i64) -> QueryResult<()> {
-        Ok(())
     }
 }
 
@@ -148,17 +140,11 @@ impl Dialect for diesel::PgConnection {
     fn tx(&mut self) -> Tx<'_> {
         Tx::Postgres(self)
     }
-
-    fn appended(&mut self, head: i64) -> QueryResult<()> {
-        diesel::sql_query("SELECT pg_notify($1, $2)")
-            .bind::<diesel::sql_types::Text, _>(APPENDED_CHANNEL)
-            .bind::<diesel::sql_types::Text, _>(head.to_string())
-            .execute(self)
-            .map(drop)
-    }
 }
 
-/// The channel every append notifies, with the new head as payload (PostgreSQL).
+/// The channel every append notifies, with the new head as payload (PostgreSQL): the
+/// `events` table's trigger (`migrations/postgres/…_appended_trigger`) sends it from inside
+/// the insert, so an append spends no round trip of its own on it.
 #[cfg(feature = "postgres")]
 pub(crate) const APPENDED_CHANNEL: &str = "actorbus_appended";
 

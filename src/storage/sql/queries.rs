@@ -56,6 +56,53 @@ pub(crate) fn marks(conn: &mut Conn) -> QueryResult<Marks> {
     Ok(marks)
 }
 
+/// [`marks`], and the newest version of every stream with an event past `since`, in one
+/// round trip (an append runs it under the append lock, where every round trip is one each
+/// other appender waits for). Nothing past `since` is read when `since` is `None`.
+pub(crate) fn marks_and_streams_since(
+    conn: &mut Conn,
+    since: Option<i64>,
+) -> QueryResult<(Marks, Vec<(String, i64)>)> {
+    use diesel::sql_types::{BigInt, Nullable, Text};
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Nullable<Text>)]
+        stream_id: Option<String>,
+        #[diesel(sql_type = BigInt)]
+        head: i64,
+        #[diesel(sql_type = BigInt)]
+        pruned: i64,
+        #[diesel(sql_type = BigInt)]
+        indexed: i64,
+    }
+    // The marks' row has no stream; each stream's row carries its version as `head`.
+    let rows = diesel::sql_query(
+        "SELECT NULL AS stream_id,          coalesce((SELECT max(position) FROM events), 0) AS head,          coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'pruned_through'), 0) AS pruned,          coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'indexed_through'), 0) AS indexed          UNION ALL          SELECT stream_id, max(stream_version), 0, 0 FROM events          WHERE position > $1 AND position <= $2 GROUP BY stream_id",
+    )
+    // Bounded on both sides: a plan made for any `$1` (PostgreSQL's generic plan of a
+    // prepared statement) then still expects a narrow range, and reads the position index
+    // rather than the whole table.
+    .bind::<BigInt, _>(since.unwrap_or(i64::MAX))
+    .bind::<BigInt, _>(i64::MAX)
+    .load::<Row>(conn)?;
+    let mut marks = None;
+    let mut streams = Vec::with_capacity(rows.len().saturating_sub(1));
+    for row in rows {
+        match row.stream_id {
+            Some(stream) => streams.push((stream, row.head)),
+            None => {
+                marks = Some(Marks {
+                    head: row.head.max(row.pruned),
+                    pruned: row.pruned,
+                    indexed: row.indexed,
+                })
+            }
+        }
+    }
+    let marks = marks.ok_or(diesel::result::Error::NotFound)?;
+    Ok((marks, streams))
+}
+
 /// The last position `stream_events` covers (0 for a store with nothing indexed).
 pub(crate) fn indexed_through(conn: &mut Conn) -> QueryResult<i64> {
     meta_number(conn, INDEXED_THROUGH)

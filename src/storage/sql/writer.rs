@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 
 use super::progress::{save_checkpoints, save_dead_letters};
-use super::queries::{marks, set_meta_number, INDEXED_THROUGH};
+use super::queries::{marks, marks_and_streams_since, set_meta_number, INDEXED_THROUGH};
 use super::{Conn, Dialect};
 use crate::event::Record;
 use crate::storage::backend::Progress;
@@ -125,10 +125,22 @@ impl Writer {
         let mut versions = std::mem::take(&mut self.versions);
         let cached_head = self.head;
         let mut indexed = self.indexed;
+        // Encoded before the transaction: on a shared store, the append lock is held from
+        // its start to its commit.
+        let encoded: Vec<Vec<(Option<String>, i64)>> = units
+            .iter()
+            .map(|unit| {
+                (unit.records.iter())
+                    .map(|r| (encode_metadata(&r.meta), micros(r.meta.occurred_at)))
+                    .collect()
+            })
+            .collect();
         let result = self.run(Kind::Append, |conn| {
-            // One round trip for the head and both marks: on a shared store this runs while
-            // the other appenders wait for the lock.
-            let marks = marks(conn)?;
+            // One round trip for the head, both marks and the streams another writer
+            // appended to since the last commit: on a shared store this runs while the other
+            // appenders wait for the lock.
+            let since = (indexed >= 0).then_some(cached_head);
+            let (marks, appended) = marks_and_streams_since(conn, since)?;
             let (head, mark) = (marks.head, marks.indexed);
             if indexed < 0 || marks.pruned_since(cached_head) {
                 // The first commit, or another writer's events since the last one may have
@@ -141,9 +153,7 @@ impl Writer {
                 // it wrote, and their versions, are exactly those of its events since the
                 // last commit. The others stay cached (the mark may have moved: its indexing
                 // keeps the invariant, since every stream past the new mark is cached too).
-                for (stream, version) in appended_since(conn, cached_head, head)? {
-                    versions.insert(stream, version);
-                }
+                versions.extend(appended);
                 indexed = mark;
             }
             // Every stream this commit writes and the cache lacks, in one query rather than
@@ -201,18 +211,11 @@ impl Writer {
                 }
                 outcomes.push(UnitOutcome::Stored(stored));
             }
-            let encoded: Vec<(Option<String>, i64)> = rows
-                .iter()
-                .map(|&(u, r, _, _)| {
-                    let meta = &units[u].records[r].meta;
-                    (encode_metadata(meta), micros(meta.occurred_at))
-                })
-                .collect();
             let new_rows: Vec<NewStoredEvent<'_>> = rows
                 .iter()
-                .zip(&encoded)
-                .map(|(&(u, r, position, version), (metadata, recorded_at))| {
+                .map(|&(u, r, position, version)| {
                     let record = &units[u].records[r];
+                    let (metadata, recorded_at) = &encoded[u][r];
                     NewStoredEvent {
                         position,
                         event_id: record.meta.id.as_bytes(),
@@ -226,7 +229,9 @@ impl Writer {
                     }
                 })
                 .collect();
-            conn.insert_events(&new_rows)?;
+            if !new_rows.is_empty() {
+                conn.insert_events(&new_rows)?;
+            }
             let mut reindexed = false;
             if next_position - indexed > INDEX_TAIL_LIMIT
                 || versions.len() + changed.len() > VERSION_CACHE_LIMIT
@@ -238,9 +243,6 @@ impl Writer {
                 .into_iter()
                 .map(|(s, v)| (s.to_owned(), v))
                 .collect();
-            if !rows.is_empty() {
-                conn.appended(next_position)?;
-            }
             Ok::<_, diesel::result::Error>((outcomes, next_position, changed, reindexed))
         });
         match result {
@@ -425,28 +427,6 @@ fn indexed_version(
     cache.insert(stream.to_owned(), v);
     Ok(v)
 }
-/// The newest version of every stream with an event in `(from, to]`.
-fn appended_since(conn: &mut Conn, from: i64, to: i64) -> QueryResult<Vec<(String, i64)>> {
-    use diesel::sql_types::{BigInt, Text};
-    #[derive(QueryableByName)]
-    struct Latest {
-        #[diesel(sql_type = Text)]
-        stream_id: String,
-        #[diesel(sql_type = BigInt)]
-        version: i64,
-    }
-    Ok(diesel::sql_query(
-        "SELECT stream_id, max(stream_version) AS version FROM events \
-         WHERE position > $1 AND position <= $2 GROUP BY stream_id",
-    )
-    .bind::<BigInt, _>(from)
-    .bind::<BigInt, _>(to)
-    .load::<Latest>(conn)?
-    .into_iter()
-    .map(|l| (l.stream_id, l.version))
-    .collect())
-}
-
 /// Indexes the events in `(from, to]`, sorted by stream so that each stream's entries go in
 /// together, and moves the mark to `to`. Returns `to`.
 fn index_tail(conn: &mut Conn, from: i64, to: i64) -> QueryResult<i64> {

@@ -1,0 +1,2 @@
+DROP TRIGGER actorbus_appended ON events;
+DROP FUNCTION actorbus_appended();
