@@ -55,6 +55,18 @@ async fn worker() {
         )
         .build()
         .unwrap();
+    // `go` on stdin starts the load; stdin closing shuts the bus down.
+    let (go_tx, go) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = go_tx.send(());
+            while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {}
+        }
+        let _ = closed_tx.send(());
+    });
+    let _ = go.await;
     let mut out = std::io::stdout();
     for i in 0..EVENTS {
         // Streams shared by every worker: their events interleave in the log.
@@ -70,13 +82,7 @@ async fn worker() {
     writeln!(out, "published").unwrap();
     out.flush().unwrap();
     // Wait for stdin to close (or the kill), handling the share this process owns.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {}
-        let _ = tx.send(());
-    });
-    let _ = rx.await;
+    let _ = closed.await;
     bus.shutdown(Duration::from_secs(30)).await.unwrap();
 }
 
@@ -107,6 +113,13 @@ impl Worker {
             }
         });
         Self { child, lines }
+    }
+
+    /// Starts its load.
+    fn go(&mut self) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "go").unwrap();
+        stdin.flush().unwrap();
     }
 
     /// Collects the positions it acknowledged, until `until` is printed (or it exits).
@@ -164,6 +177,20 @@ async fn three_processes_share_the_work_and_a_killed_one_loses_nothing() {
 
     let mut acked = BTreeSet::new();
     let mut workers: Vec<Worker> = (0..3).map(|id| Worker::spawn(&db.url, id)).collect();
+    // The load starts once each of the three owns a share, so the one killed is an owner.
+    let start = Instant::now();
+    while number(
+        &mut conn,
+        "SELECT count(DISTINCT member) AS n FROM partition_owners WHERE member IS NOT NULL",
+    ) < 3
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the partitions spread over the three processes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    workers.iter_mut().for_each(Worker::go);
     // Mid-load: once the first worker has 100 acknowledgements, kill it outright.
     let mut victim = workers.remove(0);
     let mut victim_acks = BTreeSet::new();
@@ -216,6 +243,7 @@ async fn three_processes_share_the_work_and_a_killed_one_loses_nothing() {
     acked.extend(&victim_acks);
     // Restarted, it publishes its events again (new ids: a new run of the application).
     workers.push(Worker::spawn(&db.url, 3));
+    workers.last_mut().unwrap().go();
     // A process that stalls past its lease (SIGSTOP) loses its partitions; when it comes
     // back (SIGCONT) whatever it still had in hand is fenced off: it cannot apply it twice.
     let stalled = workers[0].child.id().to_string();
