@@ -100,12 +100,21 @@ impl Dialect for diesel::PgConnection {
         &mut self,
         f: impl FnOnce(&mut Self) -> QueryResult<T>,
     ) -> QueryResult<T> {
-        self.transaction(|conn| {
-            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-                .bind::<diesel::sql_types::BigInt, _>(APPEND_LOCK)
-                .execute(conn)?;
-            f(conn)
-        })
+        use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+        // BEGIN and the lock in one round trip.
+        let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})");
+        if let Err(e) = AnsiTransactionManager::begin_transaction_sql(self, &begin) {
+            // The BEGIN may have run without the lock: leave no transaction open.
+            let _ = self.batch_execute("ROLLBACK");
+            return Err(e);
+        }
+        match f(self) {
+            Ok(value) => AnsiTransactionManager::commit_transaction(self).map(|()| value),
+            Err(e) => match AnsiTransactionManager::rollback_transaction(self) {
+                Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(e),
+                Err(rollback) => Err(rollback),
+            },
+        }
     }
 
     fn read_transaction<T>(
