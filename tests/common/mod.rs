@@ -226,9 +226,11 @@ impl PanickingHandler {
 
 impl EventHandler<OrderPlaced> for PanickingHandler {
     async fn handle(&mut self, e: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
-        let left = self.panics_left.load(Ordering::SeqCst);
-        if left > 0 {
-            self.panics_left.store(left - 1, Ordering::SeqCst);
+        // One decrement per panic, even when actors on two handler threads race for the last.
+        let took = (self.panics_left).fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        });
+        if took.is_ok() {
             panic!("handler blew up on seq {}", e.seq);
         }
         record(&self.log, e);
