@@ -2,12 +2,12 @@
 //! bounded intake and reads stats and dead letters; the actors do the rest.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::actors::letters::DeadLetters;
 use crate::actors::router::{Intake, Redrive, RouterActor};
@@ -123,13 +123,17 @@ impl EventBus {
             }
             let record = Record::new(event, options);
             let receipt = receipt(&record);
-            self.send(Intake::One(record, None)).await?;
+            let span = crate::telemetry::publish_span(&record);
+            self.send(Intake::One(record, None))
+                .instrument(span)
+                .await?;
             HandlerCounters::add(&self.shared.counters.published, 1);
             return Ok(receipt);
         }
         let expected_version = options.expected();
         let check_ids = options.has_event_id();
         let record = self.record(event, options)?;
+        let span = crate::telemetry::publish_span(&record);
         let (ack, acked) = oneshot::channel();
         let item = if expected_version.is_some() || check_ids {
             Intake::Many {
@@ -141,7 +145,7 @@ impl EventBus {
         } else {
             Intake::One(record, Some(ack))
         };
-        let receipts = self.send_and_wait(item, acked).await?;
+        let receipts = self.send_and_wait(item, acked).instrument(span).await?;
         receipts.into_iter().next().ok_or(Error::Stopped)
     }
 
@@ -331,13 +335,24 @@ impl EventBus {
         self.shared.lifecycle.check().is_ok()
     }
 
+    /// Whether the bus stores its events (SQLite or PostgreSQL), rather than keeping them
+    /// in memory only.
+    pub fn is_durable(&self) -> bool {
+        self.shared.durable
+    }
+
     /// A snapshot of every counter and latency histogram.
     pub fn stats(&self) -> Stats {
-        Stats {
-            published: self.shared.counters.published.load(Ordering::Relaxed),
-            unrouted: self.shared.counters.unrouted.load(Ordering::Relaxed),
-            handlers: self.shared.handlers.iter().map(|h| h.snapshot()).collect(),
-        }
+        let handlers = self.shared.handlers.iter().map(|h| &**h);
+        self.shared.counters.snapshot(self.shared.durable, handlers)
+    }
+
+    /// Copies [`stats`](Self::stats) into the `metrics` recorder the application installed
+    /// (see [`telemetry`](crate::telemetry)). A running bus does so every
+    /// [`REPORT_EVERY`](crate::telemetry::REPORT_EVERY); a scrape endpoint calls this first,
+    /// so what it renders is current.
+    pub fn report_metrics(&self) {
+        crate::telemetry::report(&self.stats());
     }
 
     /// The dead letters of `handler` (all handlers when `None`), oldest first. On a durable

@@ -74,6 +74,8 @@
 //!   where events are kept.
 //! - [`Store`], [`Replay`]: an operator's view of a store (what the `actorbus` command uses).
 //! - [`Stats`], [`DeadLetter`], [`Error`], [`StoreError`]: what the bus reports.
+//! - [`telemetry`]: its metrics (the `metrics` facade; Prometheus with feature `prometheus`)
+//!   and `tracing` spans; `web` (feature `web`): the live view to mount in an actix-web app.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -102,6 +104,9 @@ mod policy;
 mod projection;
 mod stats;
 mod storage;
+pub mod telemetry;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use crate::admin::{
     CheckpointInfo, DeadLetterInfo, EventFilter, HandlerSummary, Replay, RunningBus, Store,

@@ -32,6 +32,9 @@ pub struct Stats {
     pub published: u64,
     /// Published events of a type no handler subscribed to (counted, then dropped).
     pub unrouted: u64,
+    /// A durable bus: the newest stored position it has routed (its own events and, on a
+    /// shared store, other processes'); `None` in memory.
+    pub head: Option<u64>,
     /// One entry per subscription, in registration order.
     pub handlers: Vec<HandlerStats>,
 }
@@ -84,6 +87,15 @@ pub struct HandlerStats {
     pub mailbox_depth: u64,
     /// Whether the supervisor parked it after its restart budget was spent.
     pub parked: bool,
+    /// How far behind it is, in events. A durable bus: positions between the log's head
+    /// (as this bus has routed it) and the slowest of its handler actors' progress (those
+    /// this process owns, on a shared store); events of types it does not handle count too,
+    /// so this is an upper bound. In memory: `in_flight`.
+    pub lag: u64,
+    /// How far behind it is, in time: the publish -> handled time of the last event it
+    /// handled, while it still lags (zero once caught up).
+    #[serde(rename = "lag_us", serialize_with = "as_micros")]
+    pub lag_time: Duration,
     /// Publish -> handled latency of the events it handled.
     pub latency: Latency,
 }
@@ -134,7 +146,17 @@ pub(crate) struct HandlerCounters {
     pub(crate) restarts: AtomicU64,
     pub(crate) parked: AtomicBool,
     latency: Mutex<Histogram<u64>>,
+    /// Per handler actor: the position its checkpoint reached; [`NOT_HERE`] while another
+    /// process owns it (a shared store) or before it started.
+    reached: Vec<AtomicU64>,
+    /// The publish -> handled time of the last event handled, in nanoseconds.
+    last_latency: AtomicU64,
+    /// The same latencies, for the `metrics` recorder.
+    handled_seconds: metrics::Histogram,
 }
+
+/// A handler actor's progress when this process does not run it.
+const NOT_HERE: u64 = u64::MAX;
 
 impl HandlerCounters {
     pub(crate) fn new(name: &str, event_type: &str, concurrency: usize) -> Arc<Self> {
@@ -154,25 +176,61 @@ impl HandlerCounters {
             restarts: AtomicU64::new(0),
             parked: AtomicBool::new(false),
             latency: Mutex::new(histogram),
+            reached: (0..concurrency).map(|_| AtomicU64::new(NOT_HERE)).collect(),
+            last_latency: AtomicU64::new(0),
+            handled_seconds: crate::telemetry::handled_seconds(name),
         })
     }
 
     /// Records a batch of latencies (nanoseconds) under one lock.
     pub(crate) fn record_latencies(&self, nanos: &[u64]) {
-        if nanos.is_empty() {
-            return;
-        }
+        let Some(&last) = nanos.last() else { return };
+        self.last_latency.store(last, Relaxed);
         let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         for &n in nanos {
             h.saturating_record(n);
+            self.handled_seconds.record(n as f64 * 1e-9);
         }
+    }
+
+    /// Handler actor `partition` starts (or, on a shared store, starts here) after
+    /// `position`.
+    pub(crate) fn start_at(&self, partition: usize, position: u64) {
+        if let Some(reached) = self.reached.get(partition) {
+            reached.store(position, Relaxed);
+        }
+    }
+
+    /// Handler actor `partition` has handled everything up to `position` (unless it runs in
+    /// another process now: what it finishes after the hand-over does not count).
+    pub(crate) fn reach(&self, partition: usize, position: u64) {
+        if let Some(reached) = self.reached.get(partition) {
+            let _ = reached.fetch_update(Relaxed, Relaxed, |r| (r != NOT_HERE).then_some(position));
+        }
+    }
+
+    /// Handler actor `partition` runs in another process now.
+    pub(crate) fn gone_elsewhere(&self, partition: usize) {
+        self.start_at(partition, NOT_HERE);
+    }
+
+    /// Events between `head` and the slowest handler actor run here (see
+    /// [`HandlerStats::lag`]).
+    fn lag_behind(&self, head: u64) -> u64 {
+        (self.reached.iter())
+            .map(|r| r.load(Relaxed))
+            .filter(|&r| r != NOT_HERE)
+            .map(|r| head.saturating_sub(r))
+            .max()
+            .unwrap_or(0)
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> HandlerStats {
+    /// The subscription's numbers now; `head`: the log's head, on a durable bus.
+    pub(crate) fn snapshot(&self, head: Option<u64>) -> HandlerStats {
         // Read the "done" counters before "delivered", so a snapshot never shows
         // more done than delivered.
         let handled = self.handled.load(Relaxed);
@@ -182,6 +240,13 @@ impl HandlerCounters {
         let latency = {
             let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
             Latency::from_histogram(&h)
+        };
+        let in_flight = delivered.saturating_sub(handled + dead_letters);
+        let lag = head.map_or(in_flight, |head| self.lag_behind(head));
+        let lag_time = if lag > 0 {
+            Duration::from_nanos(self.last_latency.load(Relaxed))
+        } else {
+            Duration::ZERO
         };
         HandlerStats {
             name: self.name.clone(),
@@ -193,9 +258,11 @@ impl HandlerCounters {
             retries: self.retries.load(Relaxed),
             dead_letters,
             restarts: self.restarts.load(Relaxed),
-            in_flight: delivered.saturating_sub(handled + dead_letters),
+            in_flight,
             mailbox_depth: delivered.saturating_sub(taken),
             parked: self.parked.load(Relaxed),
+            lag,
+            lag_time,
             latency,
         }
     }
@@ -206,6 +273,28 @@ impl HandlerCounters {
 pub(crate) struct BusCounters {
     pub(crate) published: AtomicU64,
     pub(crate) unrouted: AtomicU64,
+    /// A durable bus: the newest stored position the router has routed.
+    pub(crate) head: AtomicU64,
+    /// The histograms recorded as commits are acknowledged.
+    pub(crate) metrics: crate::telemetry::BusMetrics,
+}
+
+impl BusCounters {
+    /// A snapshot of the bus: these counters and each subscription's; `durable`: the log's
+    /// head bounds each subscription's lag.
+    pub(crate) fn snapshot<'a>(
+        &self,
+        durable: bool,
+        handlers: impl Iterator<Item = &'a HandlerCounters>,
+    ) -> Stats {
+        let head = durable.then(|| self.head.load(Relaxed));
+        Stats {
+            published: self.published.load(Relaxed),
+            unrouted: self.unrouted.load(Relaxed),
+            head,
+            handlers: handlers.map(|h| h.snapshot(head)).collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -220,7 +309,7 @@ mod tests {
         HandlerCounters::add(&c.handled, 4);
         HandlerCounters::add(&c.dead_letters, 1);
         c.record_latencies(&[2_000, 4_000, 1_000_000]);
-        let s = c.snapshot();
+        let s = c.snapshot(None);
         assert_eq!((s.in_flight, s.mailbox_depth), (5, 3));
         assert_eq!(s.latency.count, 3);
         assert!(

@@ -168,6 +168,7 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
         if let (Some(board), Some(position)) = (&self.setup.checkpoints, position) {
             if position > self.seen {
                 self.seen = position;
+                self.setup.counters.reach(self.partition, position);
                 board.advance(
                     &self.setup.name,
                     self.partition,

@@ -150,6 +150,9 @@ impl RouterActor {
             partition_base.push(partition_base.last().copied().unwrap_or(0) + g.partitions.len());
         }
         let delivered_through = durable.as_ref().map_or(0, |d| d.head);
+        counters
+            .head
+            .store(delivered_through, std::sync::atomic::Ordering::Relaxed);
         let lanes: Vec<Lane> = match &durable {
             Some(d) if d.shared => subscriptions
                 .iter()
@@ -236,6 +239,12 @@ impl RouterActor {
         batches
     }
 
+    /// Every stored event up to `through` has been routed.
+    fn routed_through(&mut self, through: u64) {
+        self.delivered_through = through;
+        (self.counters.head).store(through, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The flat partition index's (subscription, partition within it).
     fn locate(&self, flat: usize) -> (usize, usize) {
         let g = self.partition_base.partition_point(|&base| base <= flat) - 1;
@@ -318,6 +327,15 @@ impl Actor for RouterActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // The system is being dropped before the router ever ran (the application failed
+            // right after building the bus): there is nothing to start, and no timer could.
+            return;
+        }
+        ctx.run_interval(crate::telemetry::REPORT_EVERY, |act, _| {
+            let handlers = act.subscriptions.iter().map(|s| &*s.counters);
+            crate::telemetry::report(&act.counters.snapshot(act.durable.is_some(), handlers));
+        });
         match &self.durable {
             Some(durable) => {
                 let storage = durable.storage.clone();

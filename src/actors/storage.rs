@@ -145,6 +145,8 @@ pub(crate) struct StorageActor {
     /// once the current layout has passed them.
     relayouts: Vec<(String, usize)>,
     retention: Retention,
+    /// Each group commit's size and duration.
+    metrics: crate::telemetry::BusMetrics,
 }
 
 /// The actix system may stop before the application calls `shutdown` (a signal handler that
@@ -274,13 +276,38 @@ impl Handler<Append> for StorageActor {
     fn handle(&mut self, Append(units): Append, _ctx: &mut Context<Self>) -> Self::Result {
         // Checkpoints and dead letters are written by FlushCheckpoints, on a timer: carrying
         // them in every append would cost each small commit a few more page writes.
+        let events: usize = units.iter().map(|u| u.records.len()).sum();
+        let span = crate::telemetry::commit_span(events);
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
         let result = self.writer.append(&units);
-        if let Err(e) = &result {
-            log::error!(
+        match &result {
+            Ok(outcomes) => {
+                let metrics = &self.metrics;
+                metrics
+                    .commit_seconds
+                    .record(started.elapsed().as_secs_f64());
+                metrics.commit_events.record(events as f64);
+                metrics.commits.increment(1);
+                let positions = outcomes.iter().flat_map(|o| match o {
+                    UnitOutcome::Stored(places) => places.as_slice(),
+                    _ => &[],
+                });
+                let (mut first, mut last, mut stored) = (None, None, 0);
+                for &(position, _) in positions {
+                    first = first.or(Some(position));
+                    last = Some(position);
+                    stored += 1;
+                }
+                metrics.committed.increment(stored);
+                span.record("first_position", first);
+                span.record("last_position", last);
+            }
+            Err(e) => log::error!(
                 "append of {} unit(s) failed: {}",
                 units.len(),
                 crate::error::chain(e)
-            );
+            ),
         }
         MessageResult((units, result))
     }
@@ -348,6 +375,7 @@ impl StorageActor {
             board: Arc::clone(&board),
             subscriptions: layouts,
             relayouts,
+            metrics: crate::telemetry::BusMetrics::default(),
             retention,
         };
         let (arbiter, thread) = ActorThread::spawn("actorbus-writer")?;

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
+use tracing::Instrument;
+
 use super::HandlerSetup;
 use crate::actors::panics::{caught, panic_message};
 use crate::error::HandlerError;
@@ -126,7 +128,8 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
                 let many = handler.handle_many(&run);
                 takes_runs = many.is_some();
                 if let Some(many) = many {
-                    let (applied, failure) = many.await;
+                    let span = crate::telemetry::run_span(&setup.name, &batch[i..i + run.len()]);
+                    let (applied, failure) = many.instrument(span).await;
                     if failure.as_deref().is_some_and(lost_the_partition) {
                         // Nothing of the run was stored: the partition's new owner does it.
                         break;
@@ -180,24 +183,31 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
             // while it runs: both are caught.
             let instance = &mut *handler;
             let event = &envelope;
-            let outcome = match caught(|| {
-                std::panic::catch_unwind(AssertUnwindSafe(move || {
-                    let instance = instance; // moved, so the future may keep the borrow
-                    instance.handle(event)
-                }))
-            }) {
-                Ok(future) => {
-                    let mut future = std::pin::pin!(future);
-                    std::future::poll_fn(|cx| {
-                        caught(|| {
-                            std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)))
+            let span = crate::telemetry::handle_span(&setup.name, record, attempt);
+            let outcome = async {
+                match caught(|| {
+                    std::panic::catch_unwind(AssertUnwindSafe(move || {
+                        let instance = instance; // moved, so the future may keep the borrow
+                        instance.handle(event)
+                    }))
+                }) {
+                    Ok(future) => {
+                        let mut future = std::pin::pin!(future);
+                        std::future::poll_fn(|cx| {
+                            caught(|| {
+                                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                    future.as_mut().poll(cx)
+                                }))
+                            })
+                            .map_or_else(|panic| std::task::Poll::Ready(Err(panic)), |p| p.map(Ok))
                         })
-                        .map_or_else(|panic| std::task::Poll::Ready(Err(panic)), |p| p.map(Ok))
-                    })
-                    .await
+                        .await
+                    }
+                    Err(panic) => Err(panic),
                 }
-                Err(panic) => Err(panic),
-            };
+            }
+            .instrument(span)
+            .await;
             match outcome {
                 Ok(Ok(())) => {
                     latencies.push(record.published_at.elapsed().as_nanos() as u64);

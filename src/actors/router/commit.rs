@@ -64,6 +64,10 @@ impl RouterActor {
         for (reply, acks) in self.committed.arrived(ticket, result) {
             self.gate.leave(acks.len());
             let stored = acknowledge(reply, acks);
+            let ack_seconds = &self.counters.metrics.ack_seconds;
+            for record in &stored {
+                ack_seconds.record(record.published_at.elapsed().as_secs_f64());
+            }
             // Positions grow with every commit: the newest of this one covers all before.
             let through = stored.iter().filter_map(|r| r.meta.position).max();
             self.deliver_live(stored, through, ctx);

@@ -62,6 +62,10 @@ impl RouterActor {
     /// Every actor of a durable bus begins behind, at its checkpoint.
     pub(super) fn start_lanes(&mut self, ctx: &mut Context<Self>) {
         for flat in 0..self.lanes.len() {
+            if let Lane::Behind { after, .. } = self.lanes[flat] {
+                let (g, partition) = self.locate(flat);
+                self.subscriptions[g].counters.start_at(partition, after);
+            }
             self.read_next_page(flat, ctx);
         }
     }
@@ -76,7 +80,7 @@ impl RouterActor {
     ) {
         let before = self.delivered_through;
         let Some(through) = through else { return };
-        self.delivered_through = before.max(through);
+        self.routed_through(before.max(through));
         let batches = self.route(records.into_iter(), None);
         for (flat, mut records) in batches.into_iter().enumerate() {
             if records.is_empty() {
@@ -291,6 +295,9 @@ impl RouterActor {
     ) {
         let (g, partition) = self.locate(flat);
         self.fences[flat] = Some(token);
+        self.subscriptions[g]
+            .counters
+            .start_at(partition, checkpoint);
         self.subscriptions[g].partitions[partition]
             .control
             .do_send(crate::actors::handler::Control::Claimed { checkpoint });
@@ -300,6 +307,8 @@ impl RouterActor {
 
     /// Another process owns the partition `flat` now: nothing more goes to its actor.
     pub(super) fn released(&mut self, flat: usize, ctx: &mut Context<Self>) {
+        let (g, partition) = self.locate(flat);
+        self.subscriptions[g].counters.gone_elsewhere(partition);
         self.lanes[flat] = Lane::Elsewhere;
         self.fences[flat] = None;
         self.drain_if_settled(ctx);

@@ -69,7 +69,7 @@ impl RouterActor {
             self.read_tail(ctx);
         } else {
             // No actor takes live events: those that read the store read up to here.
-            self.delivered_through = head;
+            self.routed_through(head);
         }
     }
 
@@ -161,6 +161,6 @@ impl RouterActor {
         self.tail.held_events = 0;
         self.tail.reading = false;
         self.fall_behind(before, ctx);
-        self.delivered_through = before.max(newest.unwrap_or(0)).max(self.tail.announced);
+        self.routed_through(before.max(newest.unwrap_or(0)).max(self.tail.announced));
     }
 }

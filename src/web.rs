@@ -1,0 +1,473 @@
+//! The live web view (feature `web`): one page that shows the supervision tree, each
+//! handler's throughput, lag, mailbox depth, retries, restarts and dead letters, updated by
+//! server-sent events, and the dead letters with redrive and purge buttons.
+//!
+//! It is mounted in any actix-web app ([`WebView::configure`]); `actorbus serve` and
+//! `actorbus demo --serve` mount it at `/`. It watches either a running bus in the same
+//! process ([`WebView::of_bus`]: every number, live) or a store another process writes
+//! ([`WebView::of_store`]: what the store holds; progress is each subscription's slowest
+//! checkpoint).
+//!
+//! Routes, relative to where it is mounted:
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /` | the page (server-rendered HTML, a little script) |
+//! | `GET /api/state` | the snapshot the page shows, as JSON |
+//! | `GET /api/events` | the same snapshot every [`PUSH_EVERY`], as server-sent events |
+//! | `POST /api/redrive?handler=NAME` | redrive a handler's dead letters |
+//! | `POST /api/purge?handler=NAME` | delete a handler's dead letters |
+//! | `GET /metrics` | Prometheus text format, when a renderer is given ([`WebView::metrics`]) |
+//!
+//! A change (redrive, purge) needs the token the view was given ([`WebView::token`]) in the
+//! `X-Actorbus-Token` header; without a token the view is read-only. Bind the server to
+//! 127.0.0.1 unless the network in front of it is trusted.
+//!
+//! ```no_run
+//! # async fn run(bus: actorbus::EventBus) -> std::io::Result<()> {
+//! use actix_web::{App, HttpServer};
+//!
+//! let view = actorbus::web::WebView::of_bus(bus).token("s3cret");
+//! HttpServer::new(move || App::new().service(actix_web::web::scope("/bus").configure(|c| view.configure(c))))
+//!     .bind(("127.0.0.1", 8080))?
+//!     .run()
+//!     .await
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use crate::{EventBus, Store};
+
+/// How often `/api/events` sends a snapshot.
+pub const PUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// The header a change must carry the token in.
+pub const TOKEN_HEADER: &str = "X-Actorbus-Token";
+
+/// Dead letters listed on the page (the counts cover all of them).
+const LISTED_LETTERS: usize = 50;
+
+const PAGE: &str = include_str!("web/page.html");
+
+/// What the view watches.
+enum Source {
+    Bus(EventBus),
+    Store(Arc<Store>),
+}
+
+struct Inner {
+    source: Source,
+    token: Option<String>,
+    metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+}
+
+/// The live view of a bus or a store, to mount in an actix-web app. Cheap to clone.
+#[derive(Clone)]
+pub struct WebView {
+    inner: Arc<Inner>,
+}
+
+/// Shows what it watches, never the token.
+impl std::fmt::Debug for WebView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let watches = match &self.inner.source {
+            Source::Bus(_) => "a bus",
+            Source::Store(_) => "a store",
+        };
+        f.debug_struct("WebView")
+            .field("watches", &watches)
+            .field("token", &self.inner.token.as_ref().map(|_| "…"))
+            .field("metrics", &self.inner.metrics.is_some())
+            .finish()
+    }
+}
+
+impl WebView {
+    /// Watches `bus`, running in this process: counters, lag and mailboxes as they are now.
+    pub fn of_bus(bus: EventBus) -> Self {
+        Self::new(Source::Bus(bus))
+    }
+
+    /// Watches the store another process (or none) writes: head, checkpoints, dead letters
+    /// and the buses running on it.
+    pub fn of_store(store: Store) -> Self {
+        Self::new(Source::Store(Arc::new(store)))
+    }
+
+    fn new(source: Source) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                token: None,
+                metrics: None,
+            }),
+        }
+    }
+
+    /// Allows changes (redrive, purge) to requests that carry `token` in
+    /// [`TOKEN_HEADER`]. Without it the view is read-only.
+    pub fn token(self, token: impl Into<String>) -> Self {
+        self.with(|inner| inner.token = Some(token.into()))
+    }
+
+    /// Serves `/metrics` with what `render` returns (Prometheus's text format; e.g. a
+    /// `metrics_exporter_prometheus::PrometheusHandle::render`). A bus's counters are
+    /// copied into the recorder just before ([`EventBus::report_metrics`]).
+    pub fn metrics(self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.with(|inner| inner.metrics = Some(Box::new(render)))
+    }
+
+    fn with(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("WebView is configured before it is cloned into a server"));
+        change(&mut inner);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Registers the view's routes on `config` (relative to its scope).
+    pub fn configure(&self, config: &mut web::ServiceConfig) {
+        config
+            .app_data(web::Data::new(self.clone()))
+            .route("/", web::get().to(page))
+            .route("/api/state", web::get().to(state))
+            .route("/api/events", web::get().to(events))
+            .route("/api/redrive", web::post().to(redrive))
+            .route("/api/purge", web::post().to(purge))
+            .route("/metrics", web::get().to(metrics));
+    }
+
+    /// The snapshot the page shows (`/api/state`).
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn snapshot(&self) -> crate::Result<Value> {
+        match &self.inner.source {
+            Source::Bus(bus) => bus_snapshot(bus).await,
+            Source::Store(store) => {
+                let store = Arc::clone(store);
+                match actix_web::rt::task::spawn_blocking(move || store_snapshot(&store)).await {
+                    Ok(snapshot) => snapshot,
+                    Err(_) => Err(crate::Error::Stopped),
+                }
+            }
+        }
+    }
+
+    /// Why `request` may not change anything (no token given to the view, or not this one).
+    fn refusal(&self, request: &HttpRequest) -> Option<&'static str> {
+        let Some(token) = &self.inner.token else {
+            return Some("read-only: this view was started without a token\n");
+        };
+        let given = request
+            .headers()
+            .get(TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        (!same(given, token.as_bytes())).then_some("refused: a change needs the view's token\n")
+    }
+}
+
+/// Equal, in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+async fn bus_snapshot(bus: &EventBus) -> crate::Result<Value> {
+    let stats = bus.stats();
+    let letters = if bus.is_durable() {
+        bus.list_dead_letters(None, None, LISTED_LETTERS).await?
+    } else {
+        bus.dead_letters(None)?
+    };
+    let handlers: Vec<Value> = stats
+        .handlers
+        .iter()
+        .map(|h| {
+            json!({
+                "name": h.name, "event_type": h.event_type, "concurrency": h.concurrency,
+                "progress": h.handled, "handled": h.handled, "lag": h.lag,
+                "lag_ms": h.lag_time.as_secs_f64() * 1e3, "mailbox_depth": h.mailbox_depth,
+                "in_flight": h.in_flight, "retries": h.retries, "restarts": h.restarts,
+                "dead_letters": letters.iter().filter(|l| l.handler() == h.name).count(),
+                "dead_letters_ever": h.dead_letters, "parked": h.parked,
+                "p99_ms": h.latency.p99.as_secs_f64() * 1e3,
+            })
+        })
+        .collect();
+    let listed: Vec<Value> = letters
+        .iter()
+        .take(LISTED_LETTERS)
+        .map(|l| {
+            let meta = l.event();
+            json!({
+                "id": l.id(), "handler": l.handler(), "attempts": l.attempts(),
+                "last_error": l.last_error(), "position": meta.position,
+                "event_type": meta.event_type, "stream": meta.stream_id,
+                "redrive_requested": false,
+            })
+        })
+        .collect();
+    let layout: Vec<(String, u64, bool)> = (stats.handlers.iter())
+        .map(|h| (h.name.clone(), h.concurrency as u64, h.parked))
+        .collect();
+    Ok(json!({
+        "source": "bus",
+        "store": if bus.is_durable() { "durable" } else { "in memory" },
+        "head": stats.head,
+        "published": stats.published,
+        "running": [],
+        "tree": tree(&layout, bus.is_durable()),
+        "handlers": handlers,
+        "dead_letters": listed,
+    }))
+}
+
+fn store_snapshot(store: &Store) -> crate::Result<Value> {
+    let head = store.head()?;
+    let checkpoints = store.checkpoints()?;
+    let letters = store.dead_letters(None)?;
+    let running = store.running()?;
+    let names = store.handlers()?;
+    let handlers: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let current: Vec<_> = checkpoints.iter().filter(|c| &c.handler == name).collect();
+            // The current layout is the one with the most recent checkpoint.
+            let partitions = current
+                .iter()
+                .max_by_key(|c| c.updated_at)
+                .map_or(0, |c| c.partitions);
+            let progress = current
+                .iter()
+                .filter(|c| c.partitions == partitions)
+                .map(|c| c.position)
+                .min()
+                .unwrap_or(0);
+            let waiting = letters
+                .iter()
+                .filter(|l| &l.handler == name && !l.redrive_requested)
+                .count();
+            json!({
+                "name": name, "concurrency": partitions, "progress": progress,
+                "lag": head.saturating_sub(progress),
+                "dead_letters": waiting,
+            })
+        })
+        .collect();
+    let listed: Vec<Value> = letters
+        .iter()
+        .take(LISTED_LETTERS)
+        .map(|l| {
+            json!({
+                "id": l.id, "handler": l.handler, "attempts": l.attempts,
+                "last_error": l.last_error, "position": l.event.position,
+                "event_type": l.event.event_type, "stream": l.event.stream_id,
+                "redrive_requested": l.redrive_requested,
+            })
+        })
+        .collect();
+    let layout: Vec<(String, u64, bool)> = (handlers.iter())
+        .map(|h| {
+            let name = h["name"].as_str().unwrap_or_default().to_owned();
+            (name, h["concurrency"].as_u64().unwrap_or(0), false)
+        })
+        .collect();
+    let running: Vec<String> = (running.iter())
+        .map(|r| match r.partitions {
+            Some(p) => format!("{} ({p} partitions)", r.label),
+            None => r.label.clone(),
+        })
+        .collect();
+    Ok(json!({
+        "source": "store",
+        "store": store.path().display().to_string(),
+        "head": head,
+        "running": running,
+        "tree": tree(&layout, true),
+        "handlers": handlers,
+        "dead_letters": listed,
+    }))
+}
+
+/// The supervision tree: the supervisor owns the router, the storage actor (durable) and
+/// each subscription's handler actors.
+fn tree(subscriptions: &[(String, u64, bool)], durable: bool) -> Value {
+    let node = |name: &str, role: &str| json!({"name": name, "role": role});
+    let mut children = vec![node(
+        "RouterActor",
+        "routes each event to its subscriptions",
+    )];
+    if durable {
+        children.push(node(
+            "StorageActor",
+            "group commits, checkpoints, dead letters",
+        ));
+    }
+    for (name, actors, parked) in subscriptions {
+        children.push(json!({
+            "name": format!("HandlerActor × {actors}"),
+            "role": format!("subscription `{name}`"),
+            "parked": parked,
+        }));
+    }
+    json!({"name": "SupervisorActor", "children": children})
+}
+
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::html())
+        .body(PAGE)
+}
+
+async fn state(view: web::Data<WebView>) -> HttpResponse {
+    match view.snapshot().await {
+        Ok(snapshot) => HttpResponse::Ok().json(snapshot),
+        Err(e) => {
+            HttpResponse::InternalServerError().body(format!("{}\n", crate::error::chain(&e)))
+        }
+    }
+}
+
+async fn events(view: web::Data<WebView>) -> HttpResponse {
+    let view = view.into_inner();
+    let stream = futures_util::stream::unfold(true, move |first| {
+        let view = Arc::clone(&view);
+        async move {
+            if !first {
+                actix_web::rt::time::sleep(PUSH_EVERY).await;
+            }
+            let data = match view.snapshot().await {
+                Ok(snapshot) => snapshot.to_string(),
+                Err(e) => json!({"error": crate::error::chain(&e)}).to_string(),
+            };
+            let message = web::Bytes::from(format!("data: {data}\n\n"));
+            Some((Ok::<_, actix_web::Error>(message), false))
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(CacheControl(vec![CacheDirective::NoCache]))
+        .streaming(stream)
+}
+
+/// `?handler=NAME` of a change.
+#[derive(serde::Deserialize)]
+struct Target {
+    handler: String,
+}
+
+async fn redrive(
+    view: web::Data<WebView>,
+    request: HttpRequest,
+    target: web::Query<Target>,
+) -> HttpResponse {
+    if let Some(why) = view.refusal(&request) {
+        return HttpResponse::Forbidden().body(why);
+    }
+    let done = match &view.inner.source {
+        Source::Bus(bus) => bus.redrive(&target.handler).await,
+        Source::Store(store) => {
+            let (store, handler) = (Arc::clone(store), target.handler.clone());
+            blocking(move || {
+                store.require_handler(&handler)?;
+                store.request_redrive(Some(&handler))
+            })
+            .await
+        }
+    };
+    answer(done, "redriven")
+}
+
+async fn purge(
+    view: web::Data<WebView>,
+    request: HttpRequest,
+    target: web::Query<Target>,
+) -> HttpResponse {
+    if let Some(why) = view.refusal(&request) {
+        return HttpResponse::Forbidden().body(why);
+    }
+    let done = match &view.inner.source {
+        Source::Bus(bus) => bus.purge_dead_letters(Some(&target.handler)).await,
+        Source::Store(store) => {
+            let (store, handler) = (Arc::clone(store), target.handler.clone());
+            blocking(move || {
+                store.require_handler(&handler)?;
+                store.purge_dead_letters(Some(&handler))
+            })
+            .await
+        }
+    };
+    answer(done, "purged")
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> crate::Result<T> {
+    actix_web::rt::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(crate::Error::Stopped))
+}
+
+fn answer(done: crate::Result<usize>, what: &str) -> HttpResponse {
+    match done {
+        Ok(n) => HttpResponse::Ok().json(json!({ what: n })),
+        Err(e @ crate::Error::UnknownHandler(_)) => HttpResponse::NotFound().body(format!("{e}\n")),
+        Err(e) => {
+            HttpResponse::InternalServerError().body(format!("{}\n", crate::error::chain(&e)))
+        }
+    }
+}
+
+/// What a store shows, as gauges: its head, and each subscription's lag (positions behind
+/// the head) and dead letters waiting.
+fn report_store(snapshot: &Value) {
+    let head = snapshot["head"].as_u64().unwrap_or(0);
+    metrics::gauge!("actorbus_store_head").set(head as f64);
+    for h in snapshot["handlers"].as_array().into_iter().flatten() {
+        let name = h["name"].as_str().unwrap_or_default().to_owned();
+        let lag = h["lag"].as_u64().unwrap_or(0) as f64;
+        let letters = h["dead_letters"].as_u64().unwrap_or(0) as f64;
+        metrics::gauge!("actorbus_lag_events", "handler" => name.clone()).set(lag);
+        metrics::gauge!("actorbus_dead_letters_waiting", "handler" => name).set(letters);
+    }
+}
+
+async fn metrics(view: web::Data<WebView>) -> HttpResponse {
+    let Some(render) = &view.inner.metrics else {
+        return HttpResponse::NotFound().body("no metrics recorder was given to this view\n");
+    };
+    match &view.inner.source {
+        Source::Bus(bus) => bus.report_metrics(),
+        Source::Store(_) => match view.snapshot().await {
+            Ok(snapshot) => report_store(&snapshot),
+            Err(e) => {
+                let why = crate::error::chain(&e);
+                return HttpResponse::InternalServerError().body(format!("{why}\n"));
+            }
+        },
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"s3cret", b"s3cret"));
+        assert!(!same(b"s3cre", b"s3cret"));
+        assert!(!same(b"s3crex", b"s3cret"));
+        assert!(!same(b"", b"s3cret"));
+    }
+}
