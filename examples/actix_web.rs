@@ -2,6 +2,8 @@
 //! places an order (409 if it exists), `POST /orders/{id}/pay` pays it (409 unless placed and
 //! unpaid), `GET /orders/{id}` reads the projection (404 if unknown), `GET /stats` is the
 //! bus's counters as JSON; 503 when the bus is full or the store cannot take the write.
+//! `/bus/` is the bus's live web view (`actorbus::web`); its redrive and purge buttons work
+//! with the token in `ACTORBUS_TOKEN`, and without one the view is read-only.
 //!
 //! `cargo run --example actix_web -- [--db PATH] [--addr 127.0.0.1:8080]`
 //!
@@ -222,6 +224,11 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .build()?;
+    let view = actorbus::web::WebView::of_bus(bus.clone());
+    let view = match std::env::var("ACTORBUS_TOKEN") {
+        Ok(token) => view.token(token),
+        Err(_) => view,
+    };
     let state = AppState {
         bus: bus.clone(),
         store: std::sync::Arc::new(store),
@@ -233,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
             .route("/orders/{id}/pay", web::post().to(pay))
             .route("/orders/{id}", web::get().to(order))
             .route("/stats", web::get().to(stats))
+            .service(web::scope("/bus").configure(|c| view.configure(c)))
     })
     .workers(2)
     .bind(&addr)?;

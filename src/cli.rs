@@ -17,6 +17,7 @@ mod dlq;
 mod events;
 mod migrate;
 mod replay;
+pub(crate) mod serve;
 mod stats;
 
 use std::path::Path;
@@ -53,6 +54,8 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Measure throughput and latency against a baseline run in the same process.
     Bench(bench::BenchArgs),
+    /// A live web view of a store: handlers, lag, dead letters (redrive, purge), `/metrics`.
+    Serve(serve::ServeArgs),
 }
 
 impl Cli {
@@ -75,6 +78,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(args) => done(stats::run(args)),
         Command::Migrate(args) => done(migrate::run(args)),
         Command::Bench(args) => done(bench::run(args)),
+        Command::Serve(args) => done(serve::run(args)),
     };
     quiet_broken_pipe(result)
 }

@@ -120,6 +120,13 @@ fn sigterm_under_load_drains_the_bus_and_flushes_every_checkpoint() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The live view is mounted in the service, read-only without a token.
+    assert_eq!(request(&addr, "GET", "/bus/api/state", ""), Some(200));
+    assert_eq!(request(&addr, "GET", "/bus/", ""), Some(200));
+    assert_eq!(
+        request(&addr, "POST", "/bus/api/purge?handler=mailer", ""),
+        Some(403)
+    );
     // Under load: SIGTERM.
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

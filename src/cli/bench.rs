@@ -120,6 +120,10 @@ pub(crate) struct BenchArgs {
     /// Skip the baseline run.
     #[arg(long)]
     no_baseline: bool,
+    /// Install the Prometheus recorder first, as `serve` and `demo --serve` do, so the run
+    /// pays for every metric it records (without it the `metrics` calls find no recorder).
+    #[arg(long)]
+    prometheus: bool,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -133,6 +137,22 @@ struct Measured {
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.prometheus {
+        let prometheus = actorbus::telemetry::Prometheus::install()?;
+        let result = run_mode(args);
+        // Rendered once, as a scrape would: what was recorded is really there.
+        let samples = prometheus
+            .render()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .count();
+        log::info!("the Prometheus recorder holds {samples} samples");
+        return result;
+    }
+    run_mode(args)
+}
+
+fn run_mode(args: BenchArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Sqlite {
         return sqlite::run_sqlite(&args);
     }

@@ -58,6 +58,11 @@ pub(crate) struct DemoArgs {
     /// No progress bar (for logs and scripts).
     #[arg(long)]
     quiet: bool,
+    /// Serves the live web view of the running demo on this address (e.g. 127.0.0.1:8080),
+    /// with `/metrics`; the token its buttons need is printed (or taken from
+    /// `ACTORBUS_TOKEN`).
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<String>,
 }
 
 /// Runs the demo. On SIGINT or SIGTERM it stores no more events, lets the handlers finish
@@ -213,6 +218,16 @@ async fn run_bus(
 ) -> anyhow::Result<Outcome> {
     // Before the bus starts, so that no signal finds the demo without its handler.
     let mut signals = StopSignals::catch()?;
+    // Before the bus is built: it takes its histograms from the recorder; and the address
+    // is taken first, so that a bad one fails before anything starts.
+    let serving = match &args.serve {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            Some((listener, actorbus::telemetry::Prometheus::install()?))
+        }
+        None => None,
+    };
     let seed = args.seed;
     let fail_rate = args.fail_rate;
     let panic_rate = args.panic_rate;
@@ -306,6 +321,24 @@ async fn run_bus(
         .progress_chars("=> "),
     );
     bar.set_position(already);
+    let server = match serving {
+        Some((listener, prometheus)) => {
+            let addr = listener.local_addr()?;
+            let token =
+                std::env::var("ACTORBUS_TOKEN").unwrap_or_else(|_| crate::cli::serve::new_token());
+            let view = actorbus::web::WebView::of_bus(bus.clone())
+                .token(token.clone())
+                .metrics(move || prometheus.render());
+            let server = crate::cli::serve::server(view, listener, false)?;
+            let handle = server.handle();
+            actix_rt::spawn(server);
+            bar.println(format!(
+                "live view on http://{addr}/ (changes need the token {token})"
+            ));
+            Some(handle)
+        }
+        None => None,
+    };
     let ticker = {
         let bar = bar.clone();
         let bus = bus.clone();
@@ -358,6 +391,9 @@ async fn run_bus(
         }
     };
     ticker.abort();
+    if let Some(server) = server {
+        server.stop(true).await;
+    }
     bar.finish_and_clear();
     let drained = drained?;
     Ok(Outcome {

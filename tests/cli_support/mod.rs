@@ -312,6 +312,7 @@ pub fn every_command() -> Vec<Vec<&'static str>> {
         vec!["replay", "--db", "{db}", "--handler", "recorder"],
         vec!["stats", "--db", "{db}"],
         vec!["stats", "--db", "{db}", "--json"],
+        vec!["serve", "--db", "{db}", "--addr", "127.0.0.1:0"],
     ]
 }
 
