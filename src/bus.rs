@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
 
 use crate::actors::letters::DeadLetters;
 use crate::actors::router::{Intake, Redrive, RouterActor};
@@ -124,9 +123,7 @@ impl EventBus {
             let record = Record::new(event, options);
             let receipt = receipt(&record);
             let span = crate::telemetry::publish_span(&record);
-            self.send(Intake::One(record, None))
-                .instrument(span)
-                .await?;
+            crate::telemetry::within!(span, self.send(Intake::One(record, None)))?;
             HandlerCounters::add(&self.shared.counters.published, 1);
             return Ok(receipt);
         }
@@ -145,7 +142,7 @@ impl EventBus {
         } else {
             Intake::One(record, Some(ack))
         };
-        let receipts = self.send_and_wait(item, acked).instrument(span).await?;
+        let receipts = crate::telemetry::within!(span, self.send_and_wait(item, acked))?;
         receipts.into_iter().next().ok_or(Error::Stopped)
     }
 
@@ -353,6 +350,10 @@ impl EventBus {
     /// so what it renders is current.
     pub fn report_metrics(&self) {
         crate::telemetry::report(&self.stats());
+        self.shared
+            .handlers
+            .iter()
+            .for_each(|h| h.report_latencies());
     }
 
     /// The dead letters of `handler` (all handlers when `None`), oldest first. On a durable

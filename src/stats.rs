@@ -151,8 +151,11 @@ pub(crate) struct HandlerCounters {
     reached: Vec<AtomicU64>,
     /// The publish -> handled time of the last event handled, in nanoseconds.
     last_latency: AtomicU64,
-    /// The same latencies, for the `metrics` recorder.
+    /// The same latencies, for the `metrics` recorder: handed over by bucket when reported
+    /// (not per event: see [`report_latencies`](Self::report_latencies)), with how many of
+    /// each bucket were handed over so far.
     handled_seconds: metrics::Histogram,
+    reported: Mutex<Vec<u64>>,
 }
 
 /// A handler actor's progress when this process does not run it.
@@ -179,6 +182,7 @@ impl HandlerCounters {
             reached: (0..concurrency).map(|_| AtomicU64::new(NOT_HERE)).collect(),
             last_latency: AtomicU64::new(0),
             handled_seconds: crate::telemetry::handled_seconds(name),
+            reported: Mutex::new(vec![0; crate::telemetry::SECONDS_BUCKETS.len() + 1]),
         })
     }
 
@@ -189,7 +193,37 @@ impl HandlerCounters {
         let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         for &n in nanos {
             h.saturating_record(n);
-            self.handled_seconds.record(n as f64 * 1e-9);
+        }
+    }
+
+    /// Hands the latencies recorded since the last call to the `metrics` recorder, as many
+    /// observations per bucket of [`SECONDS_BUCKETS`](crate::telemetry::SECONDS_BUCKETS)
+    /// (each at the bucket's middle): a recorder per event would cost every handling an
+    /// atomic push; this costs one pass over the buckets a second. Counts and buckets are
+    /// exact, the sum is to the bucket.
+    pub(crate) fn report_latencies(&self) {
+        let buckets = &crate::telemetry::SECONDS_BUCKETS;
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let mut low = 0u64;
+        for (i, &upper) in buckets.iter().enumerate() {
+            let high = (upper * 1e9) as u64;
+            let now = h.count_between(low, high);
+            if now > reported[i] {
+                let middle = (low as f64 * 1e-9 + upper) / 2.0;
+                (self.handled_seconds).record_many(middle, (now - reported[i]) as usize);
+                reported[i] = now;
+            }
+            low = high + 1;
+        }
+        let above = h
+            .len()
+            .saturating_sub(h.count_between(0, low.saturating_sub(1)));
+        let last = buckets.len();
+        if above > reported[last] {
+            let beyond = buckets[last - 1] * 2.0;
+            (self.handled_seconds).record_many(beyond, (above - reported[last]) as usize);
+            reported[last] = above;
         }
     }
 

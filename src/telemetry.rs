@@ -2,13 +2,13 @@
 //! [`metrics`] facade (the application installs the exporter it uses, e.g. Prometheus's,
 //! before it builds the bus), and spans through [`tracing`].
 //!
-//! Counters and gauges are copied from the bus's own counters ([`report`]), every
-//! [`REPORT_EVERY`] on the router's arbiter and whenever
+//! Counters and gauges are copied from the bus's own counters every [`REPORT_EVERY`] on
+//! the router's arbiter and whenever
 //! [`EventBus::report_metrics`](crate::EventBus::report_metrics) is called (a scrape
-//! endpoint calls it first): the hot path carries nothing for them. Histograms are recorded
-//! where the time is measured: each group commit's size and duration (storage actor), each
-//! publish's wait for its commit (router), each event's publish -> handled time (handler
-//! actors).
+//! endpoint calls it first): the hot path carries nothing for them. So are the publish ->
+//! handled times, from the bus's own histogram, by bucket of [`SECONDS_BUCKETS`]. Each
+//! group commit's size and duration (storage actor) and each publish's wait for its commit
+//! (router) are recorded as they happen.
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
@@ -35,7 +35,8 @@
 //! id, stream, position, correlation and causation ids, attempt), entered around the user's
 //! handler, so its own spans and logs nest under the event they handle; a projection that
 //! takes a run of events in one transaction gets one `handle_run` (handler, events, first
-//! and last position). The `log` records the bus writes are unchanged.
+//! and last position). Spans are made once a `tracing` subscriber has been set (install it
+//! before publishing); the `log` records the bus writes are unchanged.
 
 use std::time::Duration;
 
@@ -47,6 +48,12 @@ use crate::stats::Stats;
 
 /// How often a running bus copies its counters into the `metrics` recorder.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// The upper bounds of the `_seconds` histograms' buckets, from 50 µs to 10 s.
+pub const SECONDS_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
 
 /// The label naming a subscription.
 const HANDLER: &str = "handler";
@@ -175,10 +182,34 @@ fn describe() {
     }
 }
 
+/// Whether spans are worth making: a `tracing` subscriber was ever set. Without one, a
+/// disabled span still evaluates its fields for the `log` crate (actix turns on `tracing`'s
+/// `log` feature), which costs each event more than the rest of its telemetry.
+fn tracing_on() -> bool {
+    tracing::dispatcher::has_been_set()
+}
+
+/// Awaits `work` inside the span `$span` gives (an `Option`), or as it is when there is
+/// none: then no span lives across the await, which costs a handling more than its other
+/// telemetry together. A macro, so that the await is the caller's own.
+macro_rules! within {
+    ($span:expr, $work:expr) => {{
+        let work = $work;
+        match $span {
+            Some(span) => tracing::Instrument::instrument(work, span).await,
+            None => work.await,
+        }
+    }};
+}
+pub(crate) use within;
+
 /// The span of one publish.
-pub(crate) fn publish_span(record: &Record) -> tracing::Span {
+pub(crate) fn publish_span(record: &Record) -> Option<tracing::Span> {
+    if !tracing_on() {
+        return None;
+    }
     let meta = &record.meta;
-    tracing::info_span!(
+    Some(tracing::info_span!(
         target: "actorbus",
         "publish",
         event_id = %meta.id,
@@ -186,13 +217,16 @@ pub(crate) fn publish_span(record: &Record) -> tracing::Span {
         event_type = %meta.event_type,
         correlation_id = meta.correlation_id.map(tracing::field::display),
         causation_id = meta.causation_id.map(tracing::field::display),
-    )
+    ))
 }
 
 /// The span of one attempt at handling `record` by subscription `handler`.
-pub(crate) fn handle_span(handler: &str, record: &Record, attempt: u32) -> tracing::Span {
+pub(crate) fn handle_span(handler: &str, record: &Record, attempt: u32) -> Option<tracing::Span> {
+    if !tracing_on() {
+        return None;
+    }
     let meta = &record.meta;
-    tracing::info_span!(
+    Some(tracing::info_span!(
         target: "actorbus",
         "handle",
         handler,
@@ -202,32 +236,38 @@ pub(crate) fn handle_span(handler: &str, record: &Record, attempt: u32) -> traci
         correlation_id = meta.correlation_id.map(tracing::field::display),
         causation_id = meta.causation_id.map(tracing::field::display),
         attempt,
-    )
+    ))
 }
 
 /// The span of one run of `records` handled together by subscription `handler` (a
 /// projection's transaction).
-pub(crate) fn run_span(handler: &str, records: &[Record]) -> tracing::Span {
+pub(crate) fn run_span(handler: &str, records: &[Record]) -> Option<tracing::Span> {
+    if !tracing_on() {
+        return None;
+    }
     let position = |r: Option<&Record>| r.and_then(|r| r.meta.position);
-    tracing::info_span!(
+    Some(tracing::info_span!(
         target: "actorbus",
         "handle_run",
         handler,
         events = records.len(),
         first_position = position(records.first()),
         last_position = position(records.last()),
-    )
+    ))
 }
 
 /// The span of one group commit of `events` events.
-pub(crate) fn commit_span(events: usize) -> tracing::Span {
-    tracing::info_span!(
+pub(crate) fn commit_span(events: usize) -> Option<tracing::Span> {
+    if !tracing_on() {
+        return None;
+    }
+    Some(tracing::info_span!(
         target: "actorbus",
         "commit",
         events,
         first_position = tracing::field::Empty,
         last_position = tracing::field::Empty,
-    )
+    ))
 }
 
 /// A Prometheus recorder installed as this process's `metrics` recorder (feature
@@ -253,10 +293,6 @@ impl Prometheus {
     /// [`Error::Config`](crate::Error::Config) when another recorder is installed already.
     pub fn install() -> crate::Result<Self> {
         use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-        const SECONDS: [f64; 16] = [
-            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-            0.25, 0.5, 1.0, 2.5, 10.0,
-        ];
         const EVENTS: [f64; 13] = [
             1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
         ];
@@ -264,7 +300,7 @@ impl Prometheus {
             crate::Error::Config(format!("cannot install the Prometheus recorder: {e}"))
         };
         let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
             .map_err(bad)?
             .set_buckets_for_metric(Matcher::Full("actorbus_commit_events".into()), &EVENTS)
             .map_err(bad)?

@@ -132,6 +132,14 @@ async fn metrics_and_spans_follow_what_the_bus_does() {
         value("actorbus_publish_handled_seconds_count{handler=\"recorder\"}"),
         50.0
     );
+    // Its buckets are cumulative and end with every event.
+    let buckets: Vec<f64> = (text.lines())
+        .filter(|l| l.starts_with("actorbus_publish_handled_seconds_bucket{handler=\"recorder\""))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+        .collect();
+    assert!(buckets.len() > 10, "{text}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(buckets.last(), Some(&50.0));
     assert_eq!(value("actorbus_lag_events{handler=\"recorder\"}"), 0.0);
     assert_eq!(value("actorbus_lag_events{handler=\"held\"}"), 50.0);
     assert_eq!(value("actorbus_in_flight{handler=\"held\"}"), 50.0);

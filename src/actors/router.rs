@@ -335,6 +335,9 @@ impl Actor for RouterActor {
         ctx.run_interval(crate::telemetry::REPORT_EVERY, |act, _| {
             let handlers = act.subscriptions.iter().map(|s| &*s.counters);
             crate::telemetry::report(&act.counters.snapshot(act.durable.is_some(), handlers));
+            act.subscriptions
+                .iter()
+                .for_each(|s| s.counters.report_latencies());
         });
         match &self.durable {
             Some(durable) => {

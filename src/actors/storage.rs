@@ -278,7 +278,7 @@ impl Handler<Append> for StorageActor {
         // them in every append would cost each small commit a few more page writes.
         let events: usize = units.iter().map(|u| u.records.len()).sum();
         let span = crate::telemetry::commit_span(events);
-        let _entered = span.enter();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let started = std::time::Instant::now();
         let result = self.writer.append(&units);
         match &result {
@@ -300,8 +300,10 @@ impl Handler<Append> for StorageActor {
                     stored += 1;
                 }
                 metrics.committed.increment(stored);
-                span.record("first_position", first);
-                span.record("last_position", last);
+                if let Some(span) = &span {
+                    span.record("first_position", first);
+                    span.record("last_position", last);
+                }
             }
             Err(e) => log::error!(
                 "append of {} unit(s) failed: {}",

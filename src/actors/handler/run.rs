@@ -5,8 +5,6 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
-use tracing::Instrument;
-
 use super::HandlerSetup;
 use crate::actors::panics::{caught, panic_message};
 use crate::error::HandlerError;
@@ -129,7 +127,7 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
                 takes_runs = many.is_some();
                 if let Some(many) = many {
                     let span = crate::telemetry::run_span(&setup.name, &batch[i..i + run.len()]);
-                    let (applied, failure) = many.instrument(span).await;
+                    let (applied, failure) = crate::telemetry::within!(span, many);
                     if failure.as_deref().is_some_and(lost_the_partition) {
                         // Nothing of the run was stored: the partition's new owner does it.
                         break;
@@ -184,7 +182,7 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
             let instance = &mut *handler;
             let event = &envelope;
             let span = crate::telemetry::handle_span(&setup.name, record, attempt);
-            let outcome = async {
+            let attempt_at = async {
                 match caught(|| {
                     std::panic::catch_unwind(AssertUnwindSafe(move || {
                         let instance = instance; // moved, so the future may keep the borrow
@@ -205,9 +203,8 @@ pub(super) async fn run_batch<E: DomainEvent, H: RunsEvents<E>>(
                     }
                     Err(panic) => Err(panic),
                 }
-            }
-            .instrument(span)
-            .await;
+            };
+            let outcome = crate::telemetry::within!(span, attempt_at);
             match outcome {
                 Ok(Ok(())) => {
                     latencies.push(record.published_at.elapsed().as_nanos() as u64);
