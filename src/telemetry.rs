@@ -111,73 +111,128 @@ pub(crate) fn report(stats: &Stats) {
     }
 }
 
+/// What a metric is, for its description.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric the bus reports: name, kind, unit and help text.
+const DESCRIBED: [(&str, Kind, Unit, &str); 17] = [
+    (
+        "actorbus_published_total",
+        Kind::Counter,
+        Unit::Count,
+        "Events accepted by publish",
+    ),
+    (
+        "actorbus_committed_total",
+        Kind::Counter,
+        Unit::Count,
+        "Events stored by group commits",
+    ),
+    (
+        "actorbus_commits_total",
+        Kind::Counter,
+        Unit::Count,
+        "Group commits",
+    ),
+    (
+        "actorbus_handled_total",
+        Kind::Counter,
+        Unit::Count,
+        "Events a handler accepted",
+    ),
+    (
+        "actorbus_failed_attempts_total",
+        Kind::Counter,
+        Unit::Count,
+        "Attempts that failed or panicked",
+    ),
+    (
+        "actorbus_retries_total",
+        Kind::Counter,
+        Unit::Count,
+        "Attempts that retried a failure",
+    ),
+    (
+        "actorbus_restarts_total",
+        Kind::Counter,
+        Unit::Count,
+        "Handler restarts after a panic",
+    ),
+    (
+        "actorbus_dead_letters_total",
+        Kind::Counter,
+        Unit::Count,
+        "Events given up on, ever",
+    ),
+    (
+        "actorbus_handler_parked",
+        Kind::Gauge,
+        Unit::Count,
+        "1 while the handler is parked",
+    ),
+    (
+        "actorbus_mailbox_depth",
+        Kind::Gauge,
+        Unit::Count,
+        "Events waiting in its mailboxes",
+    ),
+    (
+        "actorbus_in_flight",
+        Kind::Gauge,
+        Unit::Count,
+        "Delivered, not yet handled or dead-lettered",
+    ),
+    (
+        "actorbus_lag_events",
+        Kind::Gauge,
+        Unit::Count,
+        "Log positions between the head and the slowest actor",
+    ),
+    (
+        "actorbus_lag_seconds",
+        Kind::Gauge,
+        Unit::Seconds,
+        "Publish to handled time of the last event, while lagging",
+    ),
+    (
+        "actorbus_commit_events",
+        Kind::Histogram,
+        Unit::Count,
+        "Events per group commit",
+    ),
+    (
+        "actorbus_commit_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Duration of a group commit",
+    ),
+    (
+        "actorbus_publish_ack_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Publish to acknowledgement",
+    ),
+    (
+        "actorbus_publish_handled_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Publish to handled",
+    ),
+];
+
 /// The help texts, given to the recorder (each time one is installed: a recorder installed
 /// after the first bus was built still gets them).
 fn describe() {
-    {
-        let counters = [
-            ("actorbus_published_total", "Events accepted by publish"),
-            ("actorbus_committed_total", "Events stored by group commits"),
-            ("actorbus_commits_total", "Group commits"),
-            ("actorbus_handled_total", "Events a handler accepted"),
-            (
-                "actorbus_failed_attempts_total",
-                "Handler attempts that failed or panicked",
-            ),
-            (
-                "actorbus_retries_total",
-                "Handler attempts that retried a failure",
-            ),
-            ("actorbus_restarts_total", "Handler restarts after a panic"),
-            ("actorbus_dead_letters_total", "Events given up on, ever"),
-        ];
-        for (name, help) in counters {
-            describe_counter!(name, Unit::Count, help);
-        }
-        let gauges = [
-            (
-                "actorbus_handler_parked",
-                "1 while the supervisor keeps the handler parked",
-            ),
-            (
-                "actorbus_mailbox_depth",
-                "Events waiting in the handler's mailboxes",
-            ),
-            (
-                "actorbus_in_flight",
-                "Events delivered, not yet handled or dead-lettered",
-            ),
-            (
-                "actorbus_lag_events",
-                "Log positions between the head and the slowest actor",
-            ),
-        ];
-        for (name, help) in gauges {
-            describe_gauge!(name, Unit::Count, help);
-        }
-        describe_gauge!(
-            "actorbus_lag_seconds",
-            Unit::Seconds,
-            "Publish to handled time of the last event handled, while lagging"
-        );
-        describe_histogram!(
-            "actorbus_commit_events",
-            Unit::Count,
-            "Events per group commit"
-        );
-        let seconds = [
-            ("actorbus_commit_seconds", "Duration of a group commit"),
-            (
-                "actorbus_publish_ack_seconds",
-                "Publish to acknowledgement (durable)",
-            ),
-            (
-                "actorbus_publish_handled_seconds",
-                "Publish to handled, per event",
-            ),
-        ];
-        for (name, help) in seconds {
-            describe_histogram!(name, Unit::Seconds, help);
+    for (name, kind, unit, help) in DESCRIBED {
+        match kind {
+            Kind::Counter => describe_counter!(name, unit, help),
+            Kind::Gauge => describe_gauge!(name, unit, help),
+            Kind::Histogram => describe_histogram!(name, unit, help),
         }
     }
 }

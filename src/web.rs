@@ -364,26 +364,19 @@ struct Target {
     handler: String,
 }
 
+/// What a POST asks for.
+#[derive(Clone, Copy)]
+enum Change {
+    Redrive,
+    Purge,
+}
+
 async fn redrive(
     view: web::Data<WebView>,
     request: HttpRequest,
     target: web::Query<Target>,
 ) -> HttpResponse {
-    if let Some(why) = view.refusal(&request) {
-        return HttpResponse::Forbidden().body(why);
-    }
-    let done = match &view.inner.source {
-        Source::Bus(bus) => bus.redrive(&target.handler).await,
-        Source::Store(store) => {
-            let (store, handler) = (Arc::clone(store), target.handler.clone());
-            blocking(move || {
-                store.require_handler(&handler)?;
-                store.request_redrive(Some(&handler))
-            })
-            .await
-        }
-    };
-    answer(done, "redriven")
+    change(view, request, target, Change::Redrive).await
 }
 
 async fn purge(
@@ -391,21 +384,40 @@ async fn purge(
     request: HttpRequest,
     target: web::Query<Target>,
 ) -> HttpResponse {
+    change(view, request, target, Change::Purge).await
+}
+
+/// A redrive or a purge of one handler's dead letters: through the bus (it redrives at
+/// once) or the store (the bus running on it, or the next one, redrives).
+async fn change(
+    view: web::Data<WebView>,
+    request: HttpRequest,
+    target: web::Query<Target>,
+    what: Change,
+) -> HttpResponse {
     if let Some(why) = view.refusal(&request) {
         return HttpResponse::Forbidden().body(why);
     }
-    let done = match &view.inner.source {
-        Source::Bus(bus) => bus.purge_dead_letters(Some(&target.handler)).await,
-        Source::Store(store) => {
-            let (store, handler) = (Arc::clone(store), target.handler.clone());
+    let handler = target.into_inner().handler;
+    let done = match (&view.inner.source, what) {
+        (Source::Bus(bus), Change::Redrive) => bus.redrive(&handler).await,
+        (Source::Bus(bus), Change::Purge) => bus.purge_dead_letters(Some(&handler)).await,
+        (Source::Store(store), _) => {
+            let store = Arc::clone(store);
             blocking(move || {
                 store.require_handler(&handler)?;
-                store.purge_dead_letters(Some(&handler))
+                match what {
+                    Change::Redrive => store.request_redrive(Some(&handler)),
+                    Change::Purge => store.purge_dead_letters(Some(&handler)),
+                }
             })
             .await
         }
     };
-    answer(done, "purged")
+    match what {
+        Change::Redrive => answer(done, "redriven"),
+        Change::Purge => answer(done, "purged"),
+    }
 }
 
 async fn blocking<T: Send + 'static>(

@@ -151,6 +151,22 @@ fn number(conn: &mut PgConnection, sql: &str) -> i64 {
     diesel::sql_query(sql).get_result::<N>(conn).unwrap().n
 }
 
+/// Waits (30 s at most) until three members own partitions.
+fn three_own_a_share(conn: &mut PgConnection) {
+    let start = Instant::now();
+    while number(
+        conn,
+        "SELECT count(DISTINCT member) AS n FROM partition_owners WHERE member IS NOT NULL",
+    ) < 3
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the partitions spread over three live processes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[derive(QueryableByName)]
 struct Row {
     #[diesel(sql_type = BigInt)]
@@ -178,18 +194,7 @@ async fn three_processes_share_the_work_and_a_killed_one_loses_nothing() {
     let mut acked = BTreeSet::new();
     let mut workers: Vec<Worker> = (0..3).map(|id| Worker::spawn(&db.url, id)).collect();
     // The load starts once each of the three owns a share, so the one killed is an owner.
-    let start = Instant::now();
-    while number(
-        &mut conn,
-        "SELECT count(DISTINCT member) AS n FROM partition_owners WHERE member IS NOT NULL",
-    ) < 3
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the partitions spread over the three processes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    three_own_a_share(&mut conn);
     workers.iter_mut().for_each(Worker::go);
     // Mid-load: once the first worker has 100 acknowledgements, kill it outright.
     let mut victim = workers.remove(0);
@@ -318,17 +323,7 @@ async fn three_processes_share_the_work_and_a_killed_one_loses_nothing() {
 
     // Three live processes: each owns a share (two partitions each, within a few beats).
     let spread = Instant::now();
-    while number(
-        &mut conn,
-        "SELECT count(DISTINCT member) AS n FROM partition_owners WHERE member IS NOT NULL",
-    ) < 3
-    {
-        assert!(
-            spread.elapsed() < Duration::from_secs(30),
-            "the partitions spread over the three live processes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    three_own_a_share(&mut conn);
 
     // Operators see the same through Store::running (a partition may be between owners
     // for a moment: a beat).
