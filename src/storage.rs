@@ -11,6 +11,7 @@ pub(crate) mod pool;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod registry;
+pub(crate) mod rows;
 pub(crate) mod schema;
 pub(crate) mod sql;
 pub(crate) mod sqlite;

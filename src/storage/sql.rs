@@ -76,15 +76,7 @@ impl Dialect for SqliteConnection {
     }
 
     fn insert_events(&mut self, rows: &[NewStoredEvent<'_>]) -> QueryResult<()> {
-        use crate::storage::schema::events;
-        // One cached prepared statement, executed per row: a multi-row VALUES list differs in
-        // length from commit to commit, so SQLite would parse it again every time.
-        for row in rows {
-            diesel::insert_into(events::table)
-                .values(row)
-                .execute(self)?;
-        }
-        Ok(())
+        crate::storage::rows::insert(self, rows)
     }
 
     fn tx(&mut self) -> Tx<'_> {
