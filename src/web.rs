@@ -50,8 +50,12 @@ pub const PUSH_EVERY: Duration = Duration::from_millis(500);
 /// The header a change must carry the token in.
 pub const TOKEN_HEADER: &str = "X-Actorbus-Token";
 
-/// Dead letters listed on the page (the counts cover all of them).
+/// Dead letters listed on the page (the counts cover all of them, up to
+/// [`COUNTED_LETTERS`]).
 const LISTED_LETTERS: usize = 50;
+/// Dead letters a bus's snapshot reads to count them, at most, and how many per read.
+const COUNTED_LETTERS: usize = 100_000;
+const LETTER_PAGE: usize = 1_000;
 
 const PAGE: &str = include_str!("web/page.html");
 
@@ -183,7 +187,17 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 async fn bus_snapshot(bus: &EventBus) -> crate::Result<Value> {
     let stats = bus.stats();
     let letters = if bus.is_durable() {
-        bus.list_dead_letters(None, None, LISTED_LETTERS).await?
+        // Every letter, a page at a time (they are counted per handler), up to a bound.
+        let mut letters = Vec::new();
+        loop {
+            let after = letters.last().map(crate::DeadLetter::id);
+            let page = bus.list_dead_letters(None, after, LETTER_PAGE).await?;
+            let done = page.len() < LETTER_PAGE;
+            letters.extend(page);
+            if done || letters.len() >= COUNTED_LETTERS {
+                break letters;
+            }
+        }
     } else {
         bus.dead_letters(None)?
     };

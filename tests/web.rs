@@ -298,3 +298,38 @@ fn serve_refuses_an_address_it_cannot_listen_on_in_one_line() {
     ]);
     assert!(msg.contains(&addr), "{msg}");
 }
+
+/// A bus's own view counts every dead letter, however many there are, and lists the first.
+#[actix::test]
+async fn the_view_of_a_bus_counts_every_dead_letter() {
+    use actorbus::{EventBus, HandlerOptions};
+    let tmp = TempStore::new();
+    let bus = EventBus::builder()
+        .sqlite(tmp.path())
+        .handler_with(
+            "doomed",
+            HandlerOptions::new().retry(common::fast_retry(1)),
+            || common::FailingHandler {
+                failures_left: 1 << 20,
+                log: common::new_log(),
+            },
+        )
+        .build()
+        .unwrap();
+    for seq in 0..1_500 {
+        bus.publish(common::placed(seq % 9, seq)).await.unwrap();
+    }
+    let view = actorbus::web::WebView::of_bus(bus.clone());
+    let start = Instant::now();
+    loop {
+        let state = view.snapshot().await.unwrap();
+        if state["handlers"][0]["dead_letters"] == json!(1_500) {
+            assert_eq!(state["dead_letters"].as_array().unwrap().len(), 50);
+            assert_eq!(state["dead_letters"][0]["handler"], "doomed");
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "{state}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    bus.shutdown(common::DRAIN).await.unwrap();
+}
