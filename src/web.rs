@@ -60,15 +60,17 @@ const LETTER_PAGE: usize = 1_000;
 const PAGE: &str = include_str!("web/page.html");
 
 /// What the view watches.
+#[derive(Clone)]
 enum Source {
     Bus(EventBus),
     Store(Arc<Store>),
 }
 
+#[derive(Clone)]
 struct Inner {
     source: Source,
     token: Option<String>,
-    metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// The live view of a bus or a store, to mount in an actix-web app. Cheap to clone.
@@ -124,12 +126,12 @@ impl WebView {
     /// `metrics_exporter_prometheus::PrometheusHandle::render`). A bus's counters are
     /// copied into the recorder just before ([`EventBus::report_metrics`]).
     pub fn metrics(self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
-        self.with(|inner| inner.metrics = Some(Box::new(render)))
+        self.with(|inner| inner.metrics = Some(Arc::new(render)))
     }
 
+    /// A view changed by `change` (its clones, already in a server, stay as they were).
     fn with(self, change: impl FnOnce(&mut Inner)) -> Self {
-        let mut inner = Arc::try_unwrap(self.inner)
-            .unwrap_or_else(|_| panic!("WebView is configured before it is cloned into a server"));
+        let mut inner = Arc::unwrap_or_clone(self.inner);
         change(&mut inner);
         Self {
             inner: Arc::new(inner),
