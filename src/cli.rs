@@ -22,6 +22,7 @@ mod stats;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -149,6 +150,33 @@ pub(crate) fn shown(path: &Path) -> String {
         Some(url) if url.contains("://") => actorbus::PostgresOptions::new(url).redacted_url(),
         _ => path.display().to_string(),
     }
+}
+
+/// The CPU time the threads of this process named `name` have run (Linux: their
+/// `schedstat`); `None` elsewhere, or when there is no such thread.
+pub(crate) fn thread_cpu(name: &str) -> Option<Duration> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let ran = schedstat(&task.path().join("schedstat"))?;
+            total = Some(total.unwrap_or(Duration::ZERO) + ran);
+        }
+    }
+    total
+}
+
+/// The CPU time the calling thread has run so far (Linux), if known.
+pub(crate) fn own_cpu() -> Option<Duration> {
+    schedstat(Path::new("/proc/thread-self/schedstat"))
+}
+
+/// The first field of a `schedstat` file: nanoseconds spent on a CPU.
+fn schedstat(path: &Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(Duration::from_nanos(
+        text.split_whitespace().next()?.parse().ok()?,
+    ))
 }
 
 /// Peak and current resident set size in MiB, from /proc (Linux); `None` elsewhere.

@@ -40,6 +40,14 @@ fn sqlite_bench_leaves_a_consistent_store_and_reports_both_baselines() {
             "{ratio} is events/s over {rate}"
         );
     }
+    // The CPU time of the writer's thread per event, beside the baseline's per row (Linux).
+    for cpu in ["writer_cpu_us_per_event", "baseline_cpu_us_per_row"] {
+        let us = report[cpu]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{cpu}: {report}"));
+        assert!(us > 0.0 && us < 10_000.0, "{cpu}: {report}");
+    }
+    assert!(out.contains("writer thread CPU"), "{out}");
     // What the bench published is stored once, indexed, and checks out.
     let stats = json(&["stats", "--db", path(db), "--json"]);
     assert_eq!(stats["events"], 3000);

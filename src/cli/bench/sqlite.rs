@@ -49,6 +49,7 @@ pub(super) fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         p50,
         p99,
         ack_us: [p99_ack, p999_ack, max_ack],
+        writer_cpu,
     } = sqlite_run(args, &db, durability, args.fail_rate)?;
     use actorbus::baseline::StreamIndex;
     let baselines = if args.no_baseline {
@@ -91,12 +92,21 @@ pub(super) fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             published / without
         );
     }
-    if let Some((same, per_event)) = baselines {
+    let per_event_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / args.events as f64;
+    if let Some(((same, same_cpu), (per_event, _))) = baselines {
         say!(
             "baseline (raw rusqlite, the same rows, tables and bulk stream index, prepared INSERT, transactions of {}): {same:.0} rows/s; ratio {:.2}",
             args.baseline_batch,
             eps / same
         );
+        if let (Some(writer), Some(raw)) = (writer_cpu, same_cpu) {
+            say!(
+                "writer thread CPU {:.2} us per event; the baseline's {:.2} us per row; ratio {:.2}",
+                per_event_us(writer),
+                per_event_us(raw),
+                writer.as_secs_f64() / raw.as_secs_f64()
+            );
+        }
         say!(
             "baseline (raw rusqlite, the same event rows into one table whose UNIQUE (stream, version) index every insert keeps, transactions of {}): {per_event:.0} rows/s; ratio {:.2}",
             args.baseline_batch,
@@ -124,7 +134,13 @@ pub(super) fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             "peak_rss_mb": peak_rss,
             "file_bytes": size,
         });
-        if let Some((same, per_event)) = baselines {
+        if let Some(writer) = writer_cpu {
+            json["writer_cpu_us_per_event"] = per_event_us(writer).into();
+        }
+        if let Some(((same, same_cpu), (per_event, _))) = baselines {
+            if let Some(raw) = same_cpu {
+                json["baseline_cpu_us_per_row"] = per_event_us(raw).into();
+            }
             json["baseline_rows_per_sec"] = same.into();
             json["baseline_batch"] = args.baseline_batch.into();
             json["ratio_to_baseline"] = (eps / same).into();
@@ -151,6 +167,8 @@ pub(super) struct SqliteRun {
     pub(super) p99: Duration,
     /// p99, p99.9 and max publish -> ack, in µs.
     pub(super) ack_us: [f64; 3],
+    /// The CPU time of the writer's thread until every publish was acknowledged, if known.
+    pub(super) writer_cpu: Option<Duration>,
 }
 
 /// Publishes `--events` with `--publishers` tasks into a bus on `db` whose first subscription
@@ -181,6 +199,8 @@ pub(super) fn durable_run(
         let start = Instant::now();
         let (publish_seconds, ack_us) =
             publish_shares(&bus, args.events, args.publishers, args.streams).await?;
+        // Every event is stored: what the writer spent on them (it is gone after shutdown).
+        let writer_cpu = crate::cli::thread_cpu("actorbus-writer");
         bus.shutdown(Duration::from_secs(3600)).await?;
         let seconds = start.elapsed().as_secs_f64();
         check_all_seen(&seen, args.events)?;
@@ -191,6 +211,7 @@ pub(super) fn durable_run(
             p50,
             p99,
             ack_us,
+            writer_cpu,
         })
     })
 }
@@ -268,14 +289,19 @@ fn baseline_rusqlite(
     durability: actorbus::Durability,
     db: &std::path::Path,
     index: actorbus::baseline::StreamIndex,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Option<Duration>)> {
     let path = baseline_path(db);
     refuse_existing(&path)?;
+    let before = crate::cli::own_cpu();
     let rate = raw_inserts_rate(args, durability, &path, index);
+    // The raw inserts run on this thread: its CPU time is theirs (and the schema's, once).
+    let cpu = crate::cli::own_cpu()
+        .zip(before)
+        .map(|(after, before)| after - before);
     for file in sqlite_files(&path) {
         let _ = std::fs::remove_file(file);
     }
-    rate
+    Ok((rate?, cpu))
 }
 
 /// One baseline run in the new file `path`.
