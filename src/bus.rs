@@ -349,11 +349,8 @@ impl EventBus {
     /// [`REPORT_EVERY`](crate::telemetry::REPORT_EVERY); a scrape endpoint calls this first,
     /// so what it renders is current.
     pub fn report_metrics(&self) {
-        crate::telemetry::report(&self.stats());
-        self.shared
-            .handlers
-            .iter()
-            .for_each(|h| h.report_latencies());
+        let handlers = self.shared.handlers.iter().map(|h| &**h);
+        crate::telemetry::report_bus(&self.shared.counters, self.shared.durable, handlers);
     }
 
     /// The dead letters of `handler` (all handlers when `None`), oldest first. On a durable

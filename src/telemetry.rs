@@ -44,7 +44,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics::{Counter, Histogram, Unit};
 
 use crate::event::Record;
-use crate::stats::Stats;
+use crate::stats::{BusCounters, HandlerCounters, Stats};
 
 /// How often a running bus copies its counters into the `metrics` recorder.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -92,9 +92,21 @@ pub(crate) fn handled_seconds(name: &str) -> Histogram {
     histogram!("actorbus_publish_handled_seconds", HANDLER => name.to_owned())
 }
 
+/// Copies the bus's counters into the recorder (a bus `durable` or not, with the counters of
+/// its subscriptions): a snapshot's counters and gauges, and the publish -> handled times
+/// recorded since the last report.
+pub(crate) fn report_bus<'a>(
+    bus: &BusCounters,
+    durable: bool,
+    handlers: impl Iterator<Item = &'a HandlerCounters> + Clone,
+) {
+    report(&bus.snapshot(durable, handlers.clone()));
+    handlers.for_each(HandlerCounters::report_latencies);
+}
+
 /// Copies a snapshot of the bus into the recorder: counters as their absolute values,
 /// gauges as they are now.
-pub(crate) fn report(stats: &Stats) {
+fn report(stats: &Stats) {
     counter!("actorbus_published_total").absolute(stats.published);
     for h in &stats.handlers {
         let label = || [(HANDLER, h.name.clone())];

@@ -334,10 +334,7 @@ impl Actor for RouterActor {
         }
         ctx.run_interval(crate::telemetry::REPORT_EVERY, |act, _| {
             let handlers = act.subscriptions.iter().map(|s| &*s.counters);
-            crate::telemetry::report(&act.counters.snapshot(act.durable.is_some(), handlers));
-            act.subscriptions
-                .iter()
-                .for_each(|s| s.counters.report_latencies());
+            crate::telemetry::report_bus(&act.counters, act.durable.is_some(), handlers);
         });
         match &self.durable {
             Some(durable) => {

@@ -55,6 +55,18 @@ impl Lane {
     }
 }
 
+/// The position up to which a page read after `after`, of at most `limit` events, covers the
+/// log: a short page read everything stored up to the head of its snapshot; a full one, up
+/// to its last event.
+pub(super) fn covered(stored: &[Record], limit: usize, head: u64, after: u64) -> u64 {
+    if stored.len() < limit {
+        head
+    } else {
+        stored.last().and_then(|r| r.meta.position).unwrap_or(after)
+    }
+    .max(after)
+}
+
 /// The longest a failed catch-up read waits before it is tried again.
 const READ_RETRY: Duration = Duration::from_secs(1);
 
@@ -231,13 +243,7 @@ impl RouterActor {
                 return;
             }
         };
-        // A short page read everything stored up to the head of its snapshot.
-        let covered = if stored.len() < room {
-            head
-        } else {
-            stored.last().and_then(|r| r.meta.position).unwrap_or(after)
-        }
-        .max(after);
+        let covered = covered(&stored, room, head, after);
         let (g, partition) = self.locate(flat);
         let subscription = &self.subscriptions[g];
         let partitions = subscription.partitions.len() as u64;

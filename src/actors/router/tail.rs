@@ -124,13 +124,7 @@ impl RouterActor {
                 act.tail.reading = false;
                 match read {
                     Ok((stored, head)) => {
-                        // A short page read everything up to the head of its snapshot.
-                        let covered = if stored.len() < TAIL_PAGE {
-                            head
-                        } else {
-                            stored.last().and_then(|r| r.meta.position).unwrap_or(after)
-                        }
-                        .max(after);
+                        let covered = super::lanes::covered(&stored, TAIL_PAGE, head, after);
                         act.route_live(stored, Some(covered), ctx);
                     }
                     Err(e) => {
