@@ -55,24 +55,25 @@ impl<const N: usize> QueryFragment<Sqlite> for EventRows<'_, N> {
 
 impl<const N: usize> diesel::RunQueryDsl<diesel::SqliteConnection> for EventRows<'_, N> {}
 
-/// Inserts `rows`: `WIDE` at a time while that many are left, then `NARROW`, then one.
+/// Inserts `rows`: 32 at a time while that many are left, then 4, then one by one.
 pub(crate) fn insert(
     conn: &mut diesel::SqliteConnection,
     rows: &[NewStoredEvent<'_>],
 ) -> QueryResult<()> {
+    let rest = insert_by::<32>(conn, rows)?;
+    let rest = insert_by::<4>(conn, rest)?;
+    insert_by::<1>(conn, rest).map(drop)
+}
+
+/// Inserts `N` rows per statement while `N` are left; returns the rows left over.
+fn insert_by<'r, 'e, const N: usize>(
+    conn: &mut diesel::SqliteConnection,
+    rows: &'r [NewStoredEvent<'e>],
+) -> QueryResult<&'r [NewStoredEvent<'e>]> {
     use diesel::RunQueryDsl;
-    const WIDE: usize = 32;
-    const NARROW: usize = 4;
-    let mut wide = rows.chunks_exact(WIDE);
-    for chunk in &mut wide {
-        EventRows::<WIDE>(chunk.try_into().expect("exact chunks")).execute(conn)?;
+    let mut chunks = rows.chunks_exact(N);
+    for chunk in &mut chunks {
+        EventRows::<N>(chunk.try_into().expect("exact chunks")).execute(conn)?;
     }
-    let mut narrow = wide.remainder().chunks_exact(NARROW);
-    for chunk in &mut narrow {
-        EventRows::<NARROW>(chunk.try_into().expect("exact chunks")).execute(conn)?;
-    }
-    for row in narrow.remainder() {
-        EventRows::<1>(std::array::from_ref(row)).execute(conn)?;
-    }
-    Ok(())
+    Ok(chunks.remainder())
 }

@@ -44,16 +44,31 @@ impl Marks {
     }
 }
 
+/// The columns `head`, `pruned` and `indexed` of [`marks`] (a macro, so that `concat!` can
+/// put them into more than one statement).
+macro_rules! marks_columns {
+    () => {
+        "coalesce((SELECT max(position) FROM events), 0) AS head, \
+         coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'pruned_through'), 0) AS pruned, \
+         coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'indexed_through'), 0) AS indexed"
+    };
+}
+
+impl Marks {
+    /// The marks as stored: the head never goes below what retention pruned.
+    fn read(head: i64, pruned: i64, indexed: i64) -> Self {
+        Self {
+            head: head.max(pruned),
+            pruned,
+            indexed,
+        }
+    }
+}
+
 /// [`head`], [`pruned_through`] and [`indexed_through`] in one round trip.
 pub(crate) fn marks(conn: &mut Conn) -> QueryResult<Marks> {
-    let mut marks = diesel::sql_query(
-        "SELECT coalesce((SELECT max(position) FROM events), 0) AS head, \
-         coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'pruned_through'), 0) AS pruned, \
-         coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'indexed_through'), 0) AS indexed",
-    )
-    .get_result::<Marks>(conn)?;
-    marks.head = marks.head.max(marks.pruned);
-    Ok(marks)
+    let read = diesel::sql_query(concat!("SELECT ", marks_columns!())).get_result::<Marks>(conn)?;
+    Ok(Marks::read(read.head, read.pruned, read.indexed))
 }
 
 /// [`marks`], and the newest version of every stream with an event past `since`, in one
@@ -76,9 +91,12 @@ pub(crate) fn marks_and_streams_since(
         indexed: i64,
     }
     // The marks' row has no stream; each stream's row carries its version as `head`.
-    let rows = diesel::sql_query(
-        "SELECT NULL AS stream_id,          coalesce((SELECT max(position) FROM events), 0) AS head,          coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'pruned_through'), 0) AS pruned,          coalesce((SELECT CAST(value AS BIGINT) FROM store_meta WHERE key = 'indexed_through'), 0) AS indexed          UNION ALL          SELECT stream_id, max(stream_version), 0, 0 FROM events          WHERE position > $1 AND position <= $2 GROUP BY stream_id",
-    )
+    let rows = diesel::sql_query(concat!(
+        "SELECT NULL AS stream_id, ",
+        marks_columns!(),
+        " UNION ALL SELECT stream_id, max(stream_version), 0, 0 FROM events \
+         WHERE position > $1 AND position <= $2 GROUP BY stream_id"
+    ))
     // Bounded on both sides: a plan made for any `$1` (PostgreSQL's generic plan of a
     // prepared statement) then still expects a narrow range, and reads the position index
     // rather than the whole table.
@@ -90,13 +108,7 @@ pub(crate) fn marks_and_streams_since(
     for row in rows {
         match row.stream_id {
             Some(stream) => streams.push((stream, row.head)),
-            None => {
-                marks = Some(Marks {
-                    head: row.head.max(row.pruned),
-                    pruned: row.pruned,
-                    indexed: row.indexed,
-                })
-            }
+            None => marks = Some(Marks::read(row.head, row.pruned, row.indexed)),
         }
     }
     let marks = marks.ok_or(diesel::result::Error::NotFound)?;
