@@ -221,11 +221,7 @@ async fn run_bus(
     // Before the bus is built: it takes its histograms from the recorder; and the address
     // is taken first, so that a bad one fails before anything starts.
     let serving = match &args.serve {
-        Some(addr) => {
-            let listener = std::net::TcpListener::bind(addr)
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            Some((listener, actorbus::telemetry::Prometheus::install()?))
-        }
+        Some(addr) => Some(crate::cli::serve::prepare(addr)?),
         None => None,
     };
     let seed = args.seed;
@@ -324,11 +320,9 @@ async fn run_bus(
     let server = match serving {
         Some((listener, prometheus)) => {
             let addr = listener.local_addr()?;
-            let token =
-                std::env::var("ACTORBUS_TOKEN").unwrap_or_else(|_| crate::cli::serve::new_token());
-            let view = actorbus::web::WebView::of_bus(bus.clone())
-                .token(token.clone())
-                .metrics(move || prometheus.render());
+            let token = crate::cli::serve::token(None);
+            let view = actorbus::web::WebView::of_bus(bus.clone());
+            let view = crate::cli::serve::equip(view, &token, prometheus);
             let server = crate::cli::serve::server(view, listener, false)?;
             let handle = server.handle();
             actix_rt::spawn(server);

@@ -27,15 +27,9 @@ pub(crate) struct ServeArgs {
 /// Serves the view of a store until SIGINT or SIGTERM.
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = crate::cli::open_store(&args.db)?;
-    let prometheus = Prometheus::install()?;
-    let token = (args.token)
-        .or_else(|| std::env::var("ACTORBUS_TOKEN").ok())
-        .unwrap_or_else(new_token);
-    let view = WebView::of_store(store)
-        .token(token.clone())
-        .metrics(move || prometheus.render());
-    let listener = std::net::TcpListener::bind(&args.addr)
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let (listener, prometheus) = prepare(&args.addr)?;
+    let token = token(args.token);
+    let view = equip(WebView::of_store(store), &token, prometheus);
     let addr = listener.local_addr()?;
     actix::System::new().block_on(async move {
         let server = server(view, listener, true)?;
@@ -45,6 +39,27 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         server.await.context("the web server failed")
     })
+}
+
+/// What serving needs before anything else starts: the address `addr`, taken (a bad or
+/// taken one fails here, in one line), and the Prometheus recorder (a bus built after it
+/// records into it).
+pub(crate) fn prepare(addr: &str) -> anyhow::Result<(std::net::TcpListener, Prometheus)> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    Ok((listener, Prometheus::install()?))
+}
+
+/// The token changes need: the one `given`, else `ACTORBUS_TOKEN`, else a new one.
+pub(crate) fn token(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("ACTORBUS_TOKEN").ok())
+        .unwrap_or_else(new_token)
+}
+
+/// `view` with `token` for its changes and `prometheus` behind its `/metrics`.
+pub(crate) fn equip(view: WebView, token: &str, prometheus: Prometheus) -> WebView {
+    view.token(token).metrics(move || prometheus.render())
 }
 
 /// An HTTP server with `view` at `/`, on `listener`, with one worker (the view's work is
@@ -68,7 +83,7 @@ pub(crate) fn server(
 }
 
 /// A token no one can guess: 128 bits from the system's random source.
-pub(crate) fn new_token() -> String {
+fn new_token() -> String {
     use std::io::Read as _;
     let mut bytes = [0u8; 16];
     let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
