@@ -247,33 +247,21 @@ async fn bus_snapshot(bus: &EventBus) -> crate::Result<Value> {
 }
 
 fn store_snapshot(store: &Store) -> crate::Result<Value> {
-    let head = store.head()?;
-    let checkpoints = store.checkpoints()?;
+    // Checkpoints and lag as `actorbus stats` reads them (the current layout's slowest
+    // actor); the letters waiting are those no redrive was asked for yet.
+    let (head, summaries) = store.handler_summaries()?;
     let letters = store.dead_letters(None)?;
     let running = store.running()?;
-    let names = store.handlers()?;
-    let handlers: Vec<Value> = names
+    let handlers: Vec<Value> = summaries
         .iter()
-        .map(|name| {
-            let current: Vec<_> = checkpoints.iter().filter(|c| &c.handler == name).collect();
-            // The current layout is the one with the most recent checkpoint.
-            let partitions = current
-                .iter()
-                .max_by_key(|c| c.updated_at)
-                .map_or(0, |c| c.partitions);
-            let progress = current
-                .iter()
-                .filter(|c| c.partitions == partitions)
-                .map(|c| c.position)
-                .min()
-                .unwrap_or(0);
+        .map(|h| {
             let waiting = letters
                 .iter()
-                .filter(|l| &l.handler == name && !l.redrive_requested)
+                .filter(|l| l.handler == h.name && !l.redrive_requested)
                 .count();
             json!({
-                "name": name, "concurrency": partitions, "progress": progress,
-                "lag": head.saturating_sub(progress),
+                "name": h.name, "concurrency": h.partitions.unwrap_or(0),
+                "progress": h.checkpoint.unwrap_or(0), "lag": h.lag,
                 "dead_letters": waiting,
             })
         })
@@ -290,11 +278,8 @@ fn store_snapshot(store: &Store) -> crate::Result<Value> {
             })
         })
         .collect();
-    let layout: Vec<(String, u64, bool)> = (handlers.iter())
-        .map(|h| {
-            let name = h["name"].as_str().unwrap_or_default().to_owned();
-            (name, h["concurrency"].as_u64().unwrap_or(0), false)
-        })
+    let layout: Vec<(String, u64, bool)> = (summaries.iter())
+        .map(|h| (h.name.clone(), u64::from(h.partitions.unwrap_or(0)), false))
         .collect();
     let running: Vec<String> = (running.iter())
         .map(|r| match r.partitions {

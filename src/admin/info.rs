@@ -171,6 +171,8 @@ pub struct HandlerSummary {
     pub lag: u64,
     /// Its dead letters.
     pub dead_letters: u64,
+    /// Its current concurrency, as the buses registered it (`None`: not registered).
+    pub partitions: Option<u32>,
 }
 
 impl From<StoredEvent> for StoredEventInfo {

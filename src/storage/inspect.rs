@@ -21,8 +21,14 @@ pub(crate) struct Tally {
     pub(crate) events: i64,
     /// Streams ever written (the index keeps each stream's newest entry after retention).
     pub(crate) streams: i64,
-    pub(crate) head: i64,
     pub(crate) schema_version: i64,
+    pub(crate) standing: Standing,
+}
+
+/// Where each subscription is, without counting the log: what a live view reads often.
+#[derive(Debug)]
+pub(crate) struct Standing {
+    pub(crate) head: i64,
     pub(crate) checkpoints: Vec<CheckpointRow>,
     /// (subscription, partitions) of the registered subscriptions.
     pub(crate) layouts: Vec<(String, i32)>,

@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 
 use super::{queries, Conn};
-use crate::storage::inspect::{Selection, Tally};
+use crate::storage::inspect::{Selection, Standing, Tally};
 use crate::storage::models::{CheckpointRow, StoredEvent};
 use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, subscriptions};
 
@@ -185,8 +185,15 @@ pub(crate) fn tally(conn: &mut Conn) -> QueryResult<Tally> {
         .bind::<diesel::sql_types::BigInt, _>(indexed)
         .sql(") AS s")
         .get_result(conn)?,
-        head: queries::head(conn)?,
         schema_version: schema_version(conn)?,
+        standing: standing(conn)?,
+    })
+}
+
+/// Reads where each subscription is (inside a transaction: in one snapshot).
+pub(crate) fn standing(conn: &mut Conn) -> QueryResult<Standing> {
+    Ok(Standing {
+        head: queries::head(conn)?,
         checkpoints: queries::load_all_checkpoints(conn)?,
         layouts: subscriptions::table
             .select((subscriptions::name, subscriptions::partitions))
