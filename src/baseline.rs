@@ -3,8 +3,9 @@
 //! thing: [`BenchEvent`], the counting subscriptions of [`counting_bus`], and how publishers
 //! share the events ([`publisher_share`], [`BenchEvent::of_publisher`]).
 //!
-//! [`raw_actix_send`]: plain actix message passing (`actorbus bench --mode memory`,
-//! `benches/pipeline.rs`). The raw-SQLite baselines of `actorbus bench --mode sqlite` and
+//! [`raw_actix_send`]: plain actix message passing with bounded mailboxes (`actorbus bench
+//! --mode memory`, `benches/pipeline.rs`); [`raw_actix_do_send`]: unbounded fan-out, the
+//! ceiling of actix messaging. The raw-SQLite baselines of `actorbus bench --mode sqlite` and
 //! `benches/storage.rs`, with no actors: the rows the bus writes into the same tables,
 //! indexed the same way ([`StreamIndex::Bulk`]); or the same event rows into one table with
 //! a UNIQUE (stream, version) index, as a store built by hand would ([`StreamIndex::PerEvent`]).
@@ -398,4 +399,78 @@ pub async fn raw_actix_send(
         r?;
     }
     Ok(start.elapsed())
+}
+
+/// Counts what it receives and says when it has had `until`.
+struct CountingSink {
+    seen: u64,
+    until: u64,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Actor for CountingSink {
+    type Context = Context<Self>;
+}
+
+impl Handler<Msg> for CountingSink {
+    type Result = ();
+    fn handle(&mut self, _msg: Msg, _ctx: &mut Context<Self>) {
+        self.seen += 1;
+        if self.seen == self.until {
+            if let Some(done) = self.done.take() {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Raw actix fan-out with no backpressure, the ceiling of actix message passing: one sender
+/// `do_send`s every event to each of `actors` actors with unbounded mailboxes, spread over
+/// `threads` arbiters of their own (as the bus spreads its handler actors over its handler
+/// threads); an event is done once every actor handled it. Returns the time until the last
+/// actor handled the last event. Its memory grows with the events not yet handled: it is a
+/// measure of speed, not of a way to run. Run inside an actix system.
+///
+/// # Errors
+/// An actor stopped before it handled every event.
+pub async fn raw_actix_do_send(
+    events: u64,
+    actors: usize,
+    threads: usize,
+) -> Result<Duration, MailboxError> {
+    let arbiters: Vec<actix_rt::Arbiter> = (0..threads.max(1))
+        .map(|_| actix_rt::Arbiter::new())
+        .collect();
+    let mut done = Vec::with_capacity(actors);
+    let sinks: Vec<Addr<CountingSink>> = (0..actors)
+        .map(|a| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            done.push(rx);
+            let sink = CountingSink {
+                seen: 0,
+                until: events,
+                done: Some(tx),
+            };
+            // `do_send` queues whatever the mailbox's capacity: it never waits for room.
+            CountingSink::start_in_arbiter(&arbiters[a % arbiters.len()].handle(), move |_| sink)
+        })
+        .collect();
+    let start = Instant::now();
+    for seq in 0..events {
+        let event = Arc::new([seq, seq]);
+        for sink in &sinks {
+            sink.do_send(Msg(Arc::clone(&event)));
+        }
+    }
+    for rx in done {
+        if events > 0 {
+            rx.await.map_err(|_| MailboxError::Closed)?;
+        }
+    }
+    let took = start.elapsed();
+    for arbiter in arbiters {
+        arbiter.stop();
+        let _ = arbiter.join();
+    }
+    Ok(took)
 }

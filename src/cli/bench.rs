@@ -166,7 +166,16 @@ fn run_mode(args: BenchArgs) -> anyhow::Result<()> {
     let baseline = if args.no_baseline {
         None
     } else {
-        Some(system.block_on(baseline_actix(args.events, args.handlers))?)
+        let threads = args
+            .handler_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let send = system.block_on(baseline_actix(args.events, args.handlers))?;
+        let took = system.block_on(actorbus::baseline::raw_actix_do_send(
+            args.events,
+            args.handlers,
+            threads,
+        ))?;
+        Some((send, args.events as f64 / took.as_secs_f64(), threads))
     };
     let m = system.block_on(run_memory(&args))?;
     let (peak_rss, _) = crate::cli::rss_mb().unwrap_or((0.0, 0.0));
@@ -193,14 +202,21 @@ fn run_mode(args: BenchArgs) -> anyhow::Result<()> {
         "peak_rss_mb": peak_rss,
         "rss_growth_mb": m.rss_growth_mb,
     });
-    if let Some(base) = baseline {
+    if let Some((base, unbounded, threads)) = baseline {
         let ratio = eps / base;
         say!(
             "baseline (raw actix send, 1 sender -> {} bounded actors, 1024 in flight): {:.0} events/s; ratio {:.2}",
             args.handlers, base, ratio
         );
+        say!(
+            "baseline (raw actix do_send, 1 sender -> {} unbounded actors on {threads} threads): {unbounded:.0} events/s; ratio {:.2}",
+            args.handlers,
+            eps / unbounded
+        );
         json["baseline_events_per_sec"] = base.into();
         json["ratio_to_baseline"] = ratio.into();
+        json["do_send_events_per_sec"] = unbounded.into();
+        json["ratio_to_do_send"] = (eps / unbounded).into();
     }
     if args.json {
         say!("{json}");
