@@ -35,6 +35,9 @@ pub struct Stats {
     /// A durable bus: the newest stored position it has routed (its own events and, on a
     /// shared store, other processes'); `None` in memory.
     pub head: Option<u64>,
+    /// A durable bus: the group commits it has made (one transaction each); `published /
+    /// commits` is the mean number of events per commit. 0 in memory.
+    pub commits: u64,
     /// One entry per subscription, in registration order.
     pub handlers: Vec<HandlerStats>,
 }
@@ -309,6 +312,8 @@ pub(crate) struct BusCounters {
     pub(crate) unrouted: AtomicU64,
     /// A durable bus: the newest stored position the router has routed.
     pub(crate) head: AtomicU64,
+    /// Group commits made.
+    pub(crate) commits: AtomicU64,
     /// The histograms recorded as commits are acknowledged.
     pub(crate) metrics: crate::telemetry::BusMetrics,
 }
@@ -326,6 +331,7 @@ impl BusCounters {
             published: self.published.load(Relaxed),
             unrouted: self.unrouted.load(Relaxed),
             head,
+            commits: self.commits.load(Relaxed),
             handlers: handlers.map(|h| h.snapshot(head)).collect(),
         }
     }

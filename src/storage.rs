@@ -10,6 +10,7 @@ pub(crate) mod models;
 pub(crate) mod pool;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+pub(crate) mod prepared;
 pub(crate) mod registry;
 pub(crate) mod rows;
 pub(crate) mod schema;

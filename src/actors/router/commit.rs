@@ -63,6 +63,9 @@ impl RouterActor {
     fn commit_done(&mut self, ticket: u64, result: Committed, ctx: &mut Context<Self>) {
         for (reply, acks) in self.committed.arrived(ticket, result) {
             self.gate.leave(acks.len());
+            if matches!(reply, Ok((_, Ok(_)))) {
+                (self.counters.commits).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let stored = acknowledge(reply, acks);
             let ack_seconds = &self.counters.metrics.ack_seconds;
             for record in &stored {

@@ -81,6 +81,7 @@ pub(super) fn run_postgres(args: &BenchArgs) -> anyhow::Result<()> {
         seconds,
         publish_seconds,
         ack_us: [p99_ack, p999_ack, max_ack],
+        commit_size,
     } = run;
     let eps = args.events as f64 / seconds;
     let published = args.events as f64 / publish_seconds;
@@ -89,7 +90,7 @@ pub(super) fn run_postgres(args: &BenchArgs) -> anyhow::Result<()> {
         args.processes, args.events, args.publishers, args.handlers, args.concurrency
     );
     say!(
-        "publish->ack (this process) p99 {p99_ack:.0} us, p99.9 {p999_ack:.0} us, max {max_ack:.0} us"
+        "publish->ack (this process) p99 {p99_ack:.0} us, p99.9 {p999_ack:.0} us, max {max_ack:.0} us; group commits of {commit_size:.1} events on average"
     );
     if let Some(raw) = baseline {
         say!(
@@ -110,6 +111,7 @@ pub(super) fn run_postgres(args: &BenchArgs) -> anyhow::Result<()> {
             "events_per_sec": eps,
             "published_per_sec": published,
             "ack_p99_us": p99_ack,
+            "mean_commit_events": commit_size,
             "baseline_rows_per_sec": baseline,
             "ratio_to_baseline": baseline.map(|raw| eps / raw),
         });
@@ -126,6 +128,8 @@ struct SharedRun {
     publish_seconds: f64,
     /// This process's p99, p99.9 and max publish -> ack, in µs.
     ack_us: [f64; 3],
+    /// This process's events per group commit, on average.
+    commit_size: f64,
 }
 
 /// The bench processes other than this one, and what they print.
@@ -277,11 +281,13 @@ fn shared_run(args: &BenchArgs, url: &str) -> anyhow::Result<SharedRun> {
             actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let seconds = start.elapsed().as_secs_f64();
+        let stats = bus.stats();
         bus.shutdown(std::time::Duration::from_secs(3600)).await?;
         Ok::<_, anyhow::Error>(SharedRun {
             seconds,
             publish_seconds,
             ack_us,
+            commit_size: stats.published as f64 / stats.commits.max(1) as f64,
         })
     })?;
     joined.finish()?;

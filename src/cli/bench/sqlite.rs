@@ -50,14 +50,31 @@ pub(super) fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         p99,
         ack_us: [p99_ack, p999_ack, max_ack],
         writer_cpu,
+        commit_size,
     } = sqlite_run(args, &db, durability, args.fail_rate)?;
     use actorbus::baseline::StreamIndex;
+    // The bus's own mean commit size, rounded: the baseline's transactions of that size pay
+    // the same per-commit work.
+    let own_batch = (commit_size.round() as u64).max(1);
     let baselines = if args.no_baseline {
         None
     } else {
         Some((
-            baseline_rusqlite(args, durability, &db, StreamIndex::Bulk)?,
-            baseline_rusqlite(args, durability, &db, StreamIndex::PerEvent)?,
+            baseline_rusqlite(
+                args,
+                args.baseline_batch,
+                durability,
+                &db,
+                StreamIndex::Bulk,
+            )?,
+            baseline_rusqlite(args, own_batch, durability, &db, StreamIndex::Bulk)?,
+            baseline_rusqlite(
+                args,
+                args.baseline_batch,
+                durability,
+                &db,
+                StreamIndex::PerEvent,
+            )?,
         ))
     };
     let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0)
@@ -82,6 +99,7 @@ pub(super) fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         size as f64 / 1e6 / (args.events as f64 / 1e6),
     );
     let published = args.events as f64 / publish_seconds;
+    say!("group commits of {commit_size:.1} events on average");
     if let Some(reference) = &reference {
         let without = args.events as f64 / reference.publish_seconds;
         say!(
@@ -93,19 +111,25 @@ pub(super) fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     let per_event_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / args.events as f64;
-    if let Some(((same, same_cpu), (per_event, _))) = baselines {
+    if let Some(((same, same_cpu), (own, own_cpu), (per_event, _))) = baselines {
         say!(
             "baseline (raw rusqlite, the same rows, tables and bulk stream index, prepared INSERT, transactions of {}): {same:.0} rows/s; ratio {:.2}",
             args.baseline_batch,
             eps / same
         );
-        if let (Some(writer), Some(raw)) = (writer_cpu, same_cpu) {
-            say!(
-                "writer thread CPU {:.2} us per event; the baseline's {:.2} us per row; ratio {:.2}",
-                per_event_us(writer),
-                per_event_us(raw),
-                writer.as_secs_f64() / raw.as_secs_f64()
-            );
+        say!(
+            "baseline as above, in transactions of the bus's mean commit size ({own_batch}): {own:.0} rows/s; ratio {:.2}",
+            eps / own
+        );
+        for (raw, batch) in [(same_cpu, args.baseline_batch), (own_cpu, own_batch)] {
+            if let (Some(writer), Some(raw)) = (writer_cpu, raw) {
+                say!(
+                    "writer thread CPU {:.2} us per event; the baseline's (transactions of {batch}) {:.2} us per row; ratio {:.2}",
+                    per_event_us(writer),
+                    per_event_us(raw),
+                    writer.as_secs_f64() / raw.as_secs_f64()
+                );
+            }
         }
         say!(
             "baseline (raw rusqlite, the same event rows into one table whose UNIQUE (stream, version) index every insert keeps, transactions of {}): {per_event:.0} rows/s; ratio {:.2}",
@@ -133,14 +157,21 @@ pub(super) fn run_sqlite(args: &BenchArgs) -> anyhow::Result<()> {
             "max_ack_us": max_ack,
             "peak_rss_mb": peak_rss,
             "file_bytes": size,
+            "mean_commit_events": commit_size,
         });
         if let Some(writer) = writer_cpu {
             json["writer_cpu_us_per_event"] = per_event_us(writer).into();
         }
-        if let Some(((same, same_cpu), (per_event, _))) = baselines {
+        if let Some(((same, same_cpu), (own, own_cpu), (per_event, _))) = baselines {
             if let Some(raw) = same_cpu {
                 json["baseline_cpu_us_per_row"] = per_event_us(raw).into();
             }
+            if let Some(raw) = own_cpu {
+                json["own_batch_baseline_cpu_us_per_row"] = per_event_us(raw).into();
+            }
+            json["own_batch"] = own_batch.into();
+            json["own_batch_baseline_rows_per_sec"] = own.into();
+            json["ratio_to_own_batch_baseline"] = (eps / own).into();
             json["baseline_rows_per_sec"] = same.into();
             json["baseline_batch"] = args.baseline_batch.into();
             json["ratio_to_baseline"] = (eps / same).into();
@@ -169,6 +200,8 @@ pub(super) struct SqliteRun {
     pub(super) ack_us: [f64; 3],
     /// The CPU time of the writer's thread until every publish was acknowledged, if known.
     pub(super) writer_cpu: Option<Duration>,
+    /// Events per group commit, on average.
+    pub(super) commit_size: f64,
 }
 
 /// Publishes `--events` with `--publishers` tasks into a bus on `db` whose first subscription
@@ -201,6 +234,8 @@ pub(super) fn durable_run(
             publish_shares(&bus, args.events, args.publishers, args.streams).await?;
         // Every event is stored: what the writer spent on them (it is gone after shutdown).
         let writer_cpu = crate::cli::thread_cpu("actorbus-writer");
+        let stats = bus.stats();
+        let commit_size = stats.published as f64 / stats.commits.max(1) as f64;
         bus.shutdown(Duration::from_secs(3600)).await?;
         let seconds = start.elapsed().as_secs_f64();
         check_all_seen(&seen, args.events)?;
@@ -212,6 +247,7 @@ pub(super) fn durable_run(
             p99,
             ack_us,
             writer_cpu,
+            commit_size,
         })
     })
 }
@@ -286,6 +322,7 @@ fn refuse_existing(path: &std::path::Path) -> anyhow::Result<()> {
 /// deleted afterwards, whatever the outcome.
 fn baseline_rusqlite(
     args: &BenchArgs,
+    batch: u64,
     durability: actorbus::Durability,
     db: &std::path::Path,
     index: actorbus::baseline::StreamIndex,
@@ -293,7 +330,7 @@ fn baseline_rusqlite(
     let path = baseline_path(db);
     refuse_existing(&path)?;
     let before = crate::cli::own_cpu();
-    let rate = raw_inserts_rate(args, durability, &path, index);
+    let rate = raw_inserts_rate(args, batch, durability, &path, index);
     // The raw inserts run on this thread: its CPU time is theirs (and the schema's, once).
     let cpu = crate::cli::own_cpu()
         .zip(before)
@@ -307,6 +344,7 @@ fn baseline_rusqlite(
 /// One baseline run in the new file `path`.
 fn raw_inserts_rate(
     args: &BenchArgs,
+    batch: u64,
     durability: actorbus::Durability,
     path: &std::path::Path,
     index: actorbus::baseline::StreamIndex,
@@ -320,7 +358,7 @@ fn raw_inserts_rate(
         &actorbus::baseline::RawInserts {
             events: args.events,
             streams: args.streams,
-            batch: args.baseline_batch,
+            batch,
             durability,
             event_type: BenchEvent::EVENT_TYPE,
             index,

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 
 use super::Conn;
 use crate::storage::models::{CheckpointRow, DeadLetterRow, StoredEvent};
+use crate::storage::prepared::{statement, Prepared};
 use crate::storage::schema::{checkpoints, dead_letters, events, store_meta, stream_events};
 
 /// The `store_meta` key of the last position `stream_events` covers.
@@ -67,7 +68,8 @@ impl Marks {
 
 /// [`head`], [`pruned_through`] and [`indexed_through`] in one round trip.
 pub(crate) fn marks(conn: &mut Conn) -> QueryResult<Marks> {
-    let read = diesel::sql_query(concat!("SELECT ", marks_columns!())).get_result::<Marks>(conn)?;
+    statement!(ReadMarks = concat!("SELECT ", marks_columns!()));
+    let read = Prepared::<ReadMarks, 0>::new([]).get_result::<Marks>(conn)?;
     Ok(Marks::read(read.head, read.pruned, read.indexed))
 }
 
@@ -91,18 +93,19 @@ pub(crate) fn marks_and_streams_since(
         indexed: i64,
     }
     // The marks' row has no stream; each stream's row carries its version as `head`.
-    let rows = diesel::sql_query(concat!(
-        "SELECT NULL AS stream_id, ",
-        marks_columns!(),
-        " UNION ALL SELECT stream_id, max(stream_version), 0, 0 FROM events \
+    statement!(
+        MarksAndStreams = concat!(
+            "SELECT NULL AS stream_id, ",
+            marks_columns!(),
+            " UNION ALL SELECT stream_id, max(stream_version), 0, 0 FROM events \
          WHERE position > $1 AND position <= $2 GROUP BY stream_id"
-    ))
+        )
+    );
     // Bounded on both sides: a plan made for any `$1` (PostgreSQL's generic plan of a
     // prepared statement) then still expects a narrow range, and reads the position index
     // rather than the whole table.
-    .bind::<BigInt, _>(since.unwrap_or(i64::MAX))
-    .bind::<BigInt, _>(i64::MAX)
-    .load::<Row>(conn)?;
+    let rows = Prepared::<MarksAndStreams, 2>::new([since.unwrap_or(i64::MAX), i64::MAX])
+        .load::<Row>(conn)?;
     let mut marks = None;
     let mut streams = Vec::with_capacity(rows.len().saturating_sub(1));
     for row in rows {

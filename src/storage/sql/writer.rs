@@ -16,6 +16,7 @@ use crate::storage::backend::{LetterChange, Unit, UnitOutcome};
 use crate::storage::convert::{encode_metadata, micros};
 use crate::storage::error::{classify, classify_connection};
 use crate::storage::models::NewStoredEvent;
+use crate::storage::prepared::{statement, Prepared};
 use crate::storage::schema::{events, stream_events};
 use crate::storage::StoreError;
 
@@ -430,14 +431,11 @@ fn indexed_version(
 /// Indexes the events in `(from, to]`, sorted by stream so that each stream's entries go in
 /// together, and moves the mark to `to`. Returns `to`.
 fn index_tail(conn: &mut Conn, from: i64, to: i64) -> QueryResult<i64> {
-    use diesel::sql_types::BigInt;
     if to <= from {
         return Ok(from);
     }
-    diesel::sql_query(INDEX_TAIL_SQL)
-        .bind::<BigInt, _>(from)
-        .bind::<BigInt, _>(to)
-        .execute(conn)?;
+    statement!(IndexTail = INDEX_TAIL_SQL);
+    Prepared::<IndexTail, 2>::new([from, to]).execute(conn)?;
     set_meta_number(conn, INDEXED_THROUGH, to)?;
     Ok(to)
 }
