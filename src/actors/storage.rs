@@ -315,10 +315,40 @@ impl Handler<Append> for StorageActor {
     }
 }
 
+/// Write the next piece of the stream index's pass (sent to itself, so that the appends
+/// waiting meanwhile run first).
+struct IndexTail;
+
+impl Message for IndexTail {
+    type Result = ();
+}
+
+impl Handler<IndexTail> for StorageActor {
+    type Result = ();
+
+    fn handle(&mut self, _: IndexTail, ctx: &mut Context<Self>) {
+        self.index_tail(ctx);
+    }
+}
+
+impl StorageActor {
+    /// One piece of the stream index; the next one after what waits in the mailbox.
+    fn index_tail(&mut self, ctx: &mut Context<Self>) {
+        match self.writer.index_tail() {
+            Ok(true) => ctx.notify(IndexTail),
+            Ok(false) => {}
+            Err(e) => log::warn!(
+                "indexing the newest events by stream failed (retried later): {}",
+                crate::error::chain(&e)
+            ),
+        }
+    }
+}
+
 impl Handler<FlushCheckpoints> for StorageActor {
     type Result = Result<(), StoreError>;
 
-    fn handle(&mut self, _: FlushCheckpoints, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: FlushCheckpoints, ctx: &mut Context<Self>) -> Self::Result {
         let (letters, checkpoints) = self.board.take();
         let result = self.writer.save_progress(&checkpoints, &letters);
         if result.is_err() {
@@ -326,12 +356,7 @@ impl Handler<FlushCheckpoints> for StorageActor {
             return result;
         }
         // The same timer keeps the un-indexed tail a moment's worth of events.
-        if let Err(e) = self.writer.index_tail() {
-            log::warn!(
-                "indexing the newest events by stream failed (retried later): {}",
-                crate::error::chain(&e)
-            );
-        }
+        self.index_tail(ctx);
         let relayouts = std::mem::take(&mut self.relayouts);
         for (handler, partitions) in relayouts {
             match self.writer.drop_covered_layouts(&handler, partitions) {

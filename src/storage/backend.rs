@@ -152,8 +152,10 @@ pub(crate) trait LogWriter: Send + 'static {
         letters: &[LetterChange],
     ) -> Result<(), StoreError>;
 
-    /// Brings the by-stream index up to the newest events (timer work; may do nothing).
-    fn index_tail(&mut self) -> Result<(), StoreError>;
+    /// Brings the by-stream index toward the newest events, one short transaction at a time
+    /// (timer work; may do nothing). Answers whether more is left of the pass it began: the
+    /// caller calls again once whatever waits (appends) has run.
+    fn index_tail(&mut self) -> Result<bool, StoreError>;
 
     /// Deletes the checkpoints of `subscription` of another concurrency than `partitions`
     /// that the current layout has passed; answers whether any remain.

@@ -1,11 +1,17 @@
-//! A group commit's event rows as fixed-width multi-row INSERTs (SQLite): `N` rows per
-//! statement, so each width is one prepared statement that diesel caches, parses once and
-//! binds again at every commit. One row per statement pays the statement's own work (diesel's
-//! query building and cache lookup, SQLite's step and reset) on every event; one VALUES list
-//! of the commit's own length would be a new statement, parsed again, at every commit.
+//! Multi-row INSERTs of fixed width: `N` rows per statement, so each width is one prepared
+//! statement that diesel caches, parses once and binds again at every use. One row per
+//! statement pays the statement's own work (diesel's query building and cache lookup, the
+//! database's step and reset) on every row; one VALUES list of the batch's own length would
+//! be a new statement, parsed again, at every batch.
+//!
+//! - [`EventRows`]: a group commit's event rows (SQLite; PostgreSQL copies them in).
+//! - [`IndexRows`]: entries of the stream index, written in pieces by the writer (both
+//!   databases).
 
+use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{BigInt, Binary, HasSqlType, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::QueryResult;
 
@@ -53,27 +59,99 @@ impl<const N: usize> QueryFragment<Sqlite> for EventRows<'_, N> {
     }
 }
 
-impl<const N: usize> diesel::RunQueryDsl<diesel::SqliteConnection> for EventRows<'_, N> {}
+/// One entry of the stream index: (stream, version, position).
+pub(crate) type IndexEntry = (String, i64, i64);
 
-/// Inserts `rows`: 32 at a time while that many are left, then 4, then one by one.
-pub(crate) fn insert(
-    conn: &mut diesel::SqliteConnection,
-    rows: &[NewStoredEvent<'_>],
-) -> QueryResult<()> {
-    let rest = insert_by::<32>(conn, rows)?;
-    let rest = insert_by::<4>(conn, rest)?;
-    insert_by::<1>(conn, rest).map(drop)
+/// `N` entries of the stream index, inserted by one statement.
+pub(crate) struct IndexRows<'a, const N: usize>(pub(crate) &'a [IndexEntry; N]);
+
+/// What tells each width's statement apart in diesel's cache.
+pub(crate) struct IndexRowsOf<const N: usize>;
+
+impl<const N: usize> QueryId for IndexRows<'_, N> {
+    type QueryId = IndexRowsOf<N>;
+    const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-/// Inserts `N` rows per statement while `N` are left; returns the rows left over.
-fn insert_by<'r, 'e, const N: usize>(
-    conn: &mut diesel::SqliteConnection,
-    rows: &'r [NewStoredEvent<'e>],
-) -> QueryResult<&'r [NewStoredEvent<'e>]> {
-    use diesel::RunQueryDsl;
+impl<DB, const N: usize> QueryFragment<DB> for IndexRows<'_, N>
+where
+    DB: Backend + HasSqlType<Text> + HasSqlType<BigInt>,
+    str: ToSql<Text, DB>,
+    i64: ToSql<BigInt, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO stream_events (stream_id, stream_version, position) VALUES ");
+        for (i, (stream, version, position)) in self.0.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            out.push_bind_param::<Text, _>(stream.as_str())?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(version)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(position)?;
+            out.push_sql(")");
+        }
+        Ok(())
+    }
+}
+
+/// A statement that writes `N` rows of type `Row` at a time.
+pub(crate) trait FixedWidth<Conn> {
+    /// One row.
+    type Row;
+    /// Writes exactly `N` rows with one statement.
+    fn write<const N: usize>(conn: &mut Conn, rows: &[Self::Row; N]) -> QueryResult<()>;
+}
+
+/// Writes `rows` through `W`: 32 at a time while that many are left, then 4, then one by one.
+pub(crate) fn write_all<W: FixedWidth<Conn>, Conn>(
+    conn: &mut Conn,
+    rows: &[W::Row],
+) -> QueryResult<()> {
+    let rest = write_by::<W, Conn, 32>(conn, rows)?;
+    let rest = write_by::<W, Conn, 4>(conn, rest)?;
+    write_by::<W, Conn, 1>(conn, rest).map(drop)
+}
+
+/// Writes `N` rows per statement while `N` are left; returns the rows left over.
+fn write_by<'r, W: FixedWidth<Conn>, Conn, const N: usize>(
+    conn: &mut Conn,
+    rows: &'r [W::Row],
+) -> QueryResult<&'r [W::Row]> {
     let mut chunks = rows.chunks_exact(N);
     for chunk in &mut chunks {
-        EventRows::<N>(chunk.try_into().expect("exact chunks")).execute(conn)?;
+        W::write::<N>(conn, chunk.try_into().expect("exact chunks"))?;
     }
     Ok(chunks.remainder())
+}
+
+/// The event rows of a group commit (SQLite).
+pub(crate) struct Events<'e>(std::marker::PhantomData<&'e ()>);
+
+impl<'e> FixedWidth<diesel::SqliteConnection> for Events<'e> {
+    type Row = NewStoredEvent<'e>;
+    fn write<const N: usize>(
+        conn: &mut diesel::SqliteConnection,
+        rows: &[Self::Row; N],
+    ) -> QueryResult<()> {
+        use diesel::Connection;
+        conn.execute_returning_count(&EventRows::<N>(rows))
+            .map(drop)
+    }
+}
+
+/// Entries of the stream index (either database).
+pub(crate) struct Index;
+
+impl<Conn> FixedWidth<Conn> for Index
+where
+    Conn: diesel::Connection,
+    Conn::Backend: HasSqlType<Text> + HasSqlType<BigInt>,
+    str: ToSql<Text, Conn::Backend>,
+    i64: ToSql<BigInt, Conn::Backend>,
+{
+    type Row = IndexEntry;
+    fn write<const N: usize>(conn: &mut Conn, rows: &[Self::Row; N]) -> QueryResult<()> {
+        conn.execute_returning_count(&IndexRows::<N>(rows))
+            .map(drop)
+    }
 }

@@ -14,6 +14,7 @@ use diesel::prelude::*;
 
 use crate::storage::backend::Tx;
 use crate::storage::models::NewStoredEvent;
+use crate::storage::rows::IndexEntry;
 
 /// What the store's SQL needs that the databases spell differently.
 pub(crate) trait Dialect: Connection + Sized {
@@ -46,6 +47,12 @@ pub(crate) trait Dialect: Connection + Sized {
     /// Inserts a group commit's events.
     fn insert_events(&mut self, rows: &[NewStoredEvent<'_>]) -> QueryResult<()>;
 
+    /// Inserts entries of the stream index.
+    fn insert_index(&mut self, entries: &[IndexEntry]) -> QueryResult<()>;
+
+    /// Copies the WAL back into the database ([`crate::storage::pool::WalRestart`]; SQLite).
+    fn checkpoint_wal(&mut self) -> QueryResult<()>;
+
     /// The connection as a projection's work takes it.
     fn tx(&mut self) -> Tx<'_>;
 }
@@ -76,7 +83,15 @@ impl Dialect for SqliteConnection {
     }
 
     fn insert_events(&mut self, rows: &[NewStoredEvent<'_>]) -> QueryResult<()> {
-        crate::storage::rows::insert(self, rows)
+        crate::storage::rows::write_all::<crate::storage::rows::Events<'_>, _>(self, rows)
+    }
+
+    fn insert_index(&mut self, entries: &[IndexEntry]) -> QueryResult<()> {
+        crate::storage::rows::write_all::<crate::storage::rows::Index, _>(self, entries)
+    }
+
+    fn checkpoint_wal(&mut self) -> QueryResult<()> {
+        diesel::connection::SimpleConnection::batch_execute(self, "PRAGMA wal_checkpoint(PASSIVE)")
     }
 
     fn tx(&mut self) -> Tx<'_> {
@@ -136,6 +151,14 @@ impl Dialect for diesel::PgConnection {
             .from_insertable(rows)
             .execute(self)
             .map(drop)
+    }
+
+    fn insert_index(&mut self, entries: &[IndexEntry]) -> QueryResult<()> {
+        crate::storage::rows::write_all::<crate::storage::rows::Index, _>(self, entries)
+    }
+
+    fn checkpoint_wal(&mut self) -> QueryResult<()> {
+        Ok(())
     }
 
     fn tx(&mut self) -> Tx<'_> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::storage::backend::Opened;
 use crate::storage::lock::BusLock;
-use crate::storage::pool::{self, WalCheckpointer};
+use crate::storage::pool::{self, WalCheckpointer, WalRestart};
 use crate::storage::registry::SubscriptionSpec;
 use crate::storage::sql::sqlite::store::{self, SqlReader, SqlWriter};
 use crate::storage::sql::sqlite::writer::Writer;
@@ -24,13 +24,15 @@ pub(crate) fn open(
     pool::inspect(options)?;
     let lock = BusLock::acquire(path)?;
     let pool = pool::open(options)?;
-    let mut writer = Writer::new(pool.clone(), path.to_path_buf())?;
+    let restart = Arc::new(WalRestart::default());
+    let mut writer =
+        Writer::new(pool.clone(), path.to_path_buf())?.restarting_wal(Arc::clone(&restart));
     let (head, resumes) = store::register(&mut writer, &mut subscriptions)?;
     Ok(Opened {
         writer: Box::new(SqlWriter {
             writer,
             _guards: vec![
-                Box::new(WalCheckpointer::start(pool.clone())),
+                Box::new(WalCheckpointer::start(pool.clone(), restart)),
                 Box::new(lock),
             ],
         }),

@@ -124,7 +124,7 @@ impl LogWriter for SqlWriter {
         self.writer.save_checkpoints(checkpoints, letters)
     }
 
-    fn index_tail(&mut self) -> Result<(), StoreError> {
+    fn index_tail(&mut self) -> Result<bool, StoreError> {
         self.writer.index_tail()
     }
 

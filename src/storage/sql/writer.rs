@@ -17,6 +17,7 @@ use crate::storage::convert::{encode_metadata, micros};
 use crate::storage::error::{classify, classify_connection};
 use crate::storage::models::NewStoredEvent;
 use crate::storage::prepared::{statement, Prepared};
+use crate::storage::rows::IndexEntry;
 use crate::storage::schema::{events, stream_events};
 use crate::storage::StoreError;
 
@@ -25,12 +26,25 @@ use crate::storage::StoreError;
 const VERSION_CACHE_LIMIT: usize = 100_000;
 /// An append that leaves more events than this past `indexed_through` indexes the tail in its
 /// own transaction. The storage actor's timer normally indexes it long before (every 200 ms).
-const INDEX_TAIL_LIMIT: i64 = 65_536;
-/// Indexes the events in `($1, $2]` by stream, sorted so each stream's entries go in together.
+const INDEX_TAIL_LIMIT: i64 = 131_072;
+/// Indexes the events in `($1, $2]` by stream, sorted so each stream's entries go in together
+/// (the raw baseline of `actorbus bench` indexes this way).
 pub(crate) const INDEX_TAIL_SQL: &str =
     "INSERT INTO stream_events (stream_id, stream_version, position) \
      SELECT stream_id, stream_version, position FROM events \
      WHERE position > $1 AND position <= $2 ORDER BY stream_id, stream_version";
+/// The writer's [`INDEX_TAIL_SQL`]: an entry already there for the same event (pieces of a
+/// pass that did not finish wrote it) is left as it is. Another event's entry with the same
+/// version still fails the insert: a version stored twice stops appends, with a clear error.
+const REINDEX_TAIL_SQL: &str = "INSERT INTO stream_events (stream_id, stream_version, position) \
+     SELECT e.stream_id, e.stream_version, e.position FROM events e \
+     WHERE e.position > $1 AND e.position <= $2 AND NOT EXISTS (SELECT 1 FROM stream_events s \
+     WHERE s.stream_id = e.stream_id AND s.stream_version = e.stream_version \
+     AND s.position = e.position) ORDER BY e.stream_id, e.stream_version";
+/// Stream-index entries per piece of a pass over the tail: each piece is a short transaction
+/// of its own (a few milliseconds), and appends run between pieces. One statement for the
+/// whole tail held the writer for tens of milliseconds every flush.
+const INDEX_PIECE: usize = 1024;
 /// The single writer's connection and what it remembers between commits.
 pub(crate) struct Writer {
     conn: PooledConnection<ConnectionManager<Conn>>,
@@ -42,6 +56,15 @@ pub(crate) struct Writer {
     /// Invariant: every stream with an event past it is in `versions`.
     indexed: i64,
     versions: HashMap<String, i64>,
+    /// The entries this writer appended past `indexed` (or past the pass under way), in
+    /// position order, while they are all the events there: then the tail is indexed from
+    /// them, in pieces. Emptied whenever the tail is indexed some other way.
+    pending: Vec<IndexEntry>,
+    /// A pass over the tail under way: its entries, sorted by stream, how many are written,
+    /// and the position it brings `indexed` to once all are.
+    pass: Option<Pass>,
+    /// SQLite: raised when the writer should checkpoint the WAL between two commits.
+    wal_restart: Option<std::sync::Arc<crate::storage::pool::WalRestart>>,
     /// The bus's member id where it shares a PostgreSQL store with other processes: the
     /// checkpoints it writes are fenced by its claims.
     member: Option<String>,
@@ -72,6 +95,9 @@ impl Writer {
             head: -1,
             indexed: -1,
             versions: HashMap::new(),
+            pending: Vec::new(),
+            pass: None,
+            wal_restart: None,
             member: None,
         })
     }
@@ -112,6 +138,16 @@ impl Writer {
         self
     }
 
+    /// Checkpoints the WAL after a commit when `restart` says so (SQLite).
+    #[allow(dead_code)] // compiled for PostgreSQL too, which has no WAL of this kind
+    pub(crate) fn restarting_wal(
+        mut self,
+        restart: std::sync::Arc<crate::storage::pool::WalRestart>,
+    ) -> Self {
+        self.wal_restart = Some(restart);
+        self
+    }
+
     /// The member whose claims fence this writer's checkpoints.
     pub(crate) fn member(&self) -> Option<&str> {
         self.member.as_deref()
@@ -143,6 +179,8 @@ impl Writer {
             let since = (indexed >= 0).then_some(cached_head);
             let (marks, appended) = marks_and_streams_since(conn, since)?;
             let (head, mark) = (marks.head, marks.indexed);
+            // Whether the tail past `indexed` is no longer this writer's appends alone.
+            let restart = indexed < 0 || head != cached_head;
             if indexed < 0 || marks.pruned_since(cached_head) {
                 // The first commit, or another writer's events since the last one may have
                 // been pruned already: cached versions may be stale. Index the tail first, so
@@ -244,17 +282,45 @@ impl Writer {
                 .into_iter()
                 .map(|(s, v)| (s.to_owned(), v))
                 .collect();
-            Ok::<_, diesel::result::Error>((outcomes, next_position, changed, reindexed))
+            let entries: Vec<IndexEntry> = if reindexed {
+                Vec::new()
+            } else {
+                (rows.iter())
+                    .map(|&(u, r, position, version)| {
+                        (
+                            units[u].records[r].meta.stream_id.clone(),
+                            version,
+                            position,
+                        )
+                    })
+                    .collect()
+            };
+            Ok::<_, diesel::result::Error>((
+                outcomes,
+                next_position,
+                changed,
+                restart || reindexed,
+                entries,
+            ))
         });
         match result {
-            Ok((outcomes, head, changed, reindexed)) => {
+            Ok((outcomes, head, changed, restart, entries)) => {
                 self.versions = versions;
                 self.indexed = indexed;
                 self.head = head;
-                if reindexed {
+                if restart {
+                    self.pending.clear();
+                    self.pass = None;
                     self.indexed_tail();
                 }
+                self.pending.extend(entries);
                 self.versions.extend(changed);
+                if self.wal_restart.as_ref().is_some_and(|r| r.due()) {
+                    // After the commit, which is answered either way.
+                    if let Err(e) = self.conn.checkpoint_wal() {
+                        log::debug!("WAL checkpoint skipped: {e}");
+                    }
+                }
                 Ok(outcomes)
             }
             Err(e) => {
@@ -264,16 +330,78 @@ impl Writer {
         }
     }
 
-    /// Writes the stream index for every event past `indexed_through` (one sorted bulk insert,
-    /// a few pages per stream rather than one random page per event). Called by the storage
-    /// actor's timer, so the tail per-stream reads must scan stays short.
+    /// Writes the stream index for the events past `indexed_through`, sorted by stream (a few
+    /// pages per stream rather than one random page per event). Called by the storage actor's
+    /// timer, so the tail per-stream reads must scan stays short, and again while it answers
+    /// that more is left.
+    ///
+    /// When the tail is this writer's own appends (always on SQLite, where one bus owns the
+    /// store), a pass takes them from memory, sorted, and writes them in pieces of
+    /// [`INDEX_PIECE`], one short transaction each; the mark moves with the last piece. An
+    /// entry past the mark is harmless to readers (they also scan the tail past it), and a
+    /// pass cut short is written again by [`REINDEX_TAIL_SQL`], over what is there.
+    /// Otherwise (another process appended on a shared store) that one statement indexes the
+    /// whole tail.
     ///
     /// # Errors
     /// A database error: the tail stays as it was, to be indexed by a later call.
-    pub(crate) fn index_tail(&mut self) -> Result<(), StoreError> {
-        if self.head < 0 || self.indexed < 0 || self.indexed >= self.head {
-            return Ok(());
+    pub(crate) fn index_tail(&mut self) -> Result<bool, StoreError> {
+        if self.head < 0 || self.indexed < 0 {
+            return Ok(false);
         }
+        if self.pass.is_none() {
+            if self.indexed >= self.head {
+                return Ok(false);
+            }
+            if !self.pending_covers(self.indexed) {
+                return self.index_whole_tail().map(|()| false);
+            }
+            let mut entries = std::mem::take(&mut self.pending);
+            entries.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            self.pass = Some(Pass {
+                entries,
+                written: 0,
+                through: self.head,
+            });
+        }
+        let mut pass = self.pass.take().expect("a pass is under way");
+        let end = (pass.written + INDEX_PIECE).min(pass.entries.len());
+        let last = end == pass.entries.len();
+        let piece = &pass.entries[pass.written..end];
+        let through = pass.through;
+        let result = self.run(Kind::Append, |conn| {
+            conn.insert_index(piece)?;
+            if last {
+                set_meta_number(conn, INDEXED_THROUGH, through)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            self.forget();
+            return Err(e);
+        }
+        if last {
+            self.indexed = through;
+            self.indexed_tail();
+            Ok(false)
+        } else {
+            pass.written = end;
+            self.pass = Some(pass);
+            Ok(true)
+        }
+    }
+
+    /// Whether `pending` holds every event past `from` up to the head: this writer's own
+    /// appends, nobody else's.
+    fn pending_covers(&self, from: i64) -> bool {
+        let span = self.head - from;
+        span >= 0
+            && self.pending.len() as i64 == span
+            && self.pending.first().is_none_or(|e| e.2 == from + 1)
+    }
+
+    /// Indexes everything from the store's mark to its head in one statement.
+    fn index_whole_tail(&mut self) -> Result<(), StoreError> {
         let cached_head = self.head;
         let result = self.run(Kind::Append, |conn| {
             let marks = marks(conn)?;
@@ -290,6 +418,9 @@ impl Writer {
         match result {
             Ok(Some(indexed)) => {
                 self.indexed = indexed;
+                // What was pending is indexed now; the next append starts anew (the store's
+                // head may be past this writer's).
+                self.pending.clear();
                 self.indexed_tail();
                 Ok(())
             }
@@ -304,10 +435,14 @@ impl Writer {
         }
     }
 
-    /// After the tail was indexed: the cache may start over without breaking its invariant.
+    /// After the mark moved: the cache may start over, keeping the streams with events still
+    /// past the mark (its invariant).
     fn indexed_tail(&mut self) {
         if self.versions.len() > VERSION_CACHE_LIMIT {
-            self.versions.clear();
+            let past: std::collections::HashSet<&str> =
+                self.pending.iter().map(|e| e.0.as_str()).collect();
+            self.versions
+                .retain(|stream, _| past.contains(stream.as_str()));
         }
     }
 
@@ -316,6 +451,8 @@ impl Writer {
         self.head = -1;
         self.indexed = -1;
         self.versions.clear();
+        self.pending.clear();
+        self.pass = None;
     }
 
     /// Runs `f` in one write transaction; an `Err` rolls it back.
@@ -348,6 +485,16 @@ impl Writer {
         })
     }
 }
+/// A pass of [`Writer::index_tail`] over the tail, written in pieces.
+struct Pass {
+    /// Sorted by stream and version.
+    entries: Vec<IndexEntry>,
+    /// How many of `entries` are stored.
+    written: usize,
+    /// The position the mark moves to with the last piece.
+    through: i64,
+}
+
 /// Which transaction a write runs in (see [`Dialect`]).
 #[derive(Clone, Copy)]
 enum Kind {
@@ -434,7 +581,7 @@ fn index_tail(conn: &mut Conn, from: i64, to: i64) -> QueryResult<i64> {
     if to <= from {
         return Ok(from);
     }
-    statement!(IndexTail = INDEX_TAIL_SQL);
+    statement!(IndexTail = REINDEX_TAIL_SQL);
     Prepared::<IndexTail, 2>::new([from, to]).execute(conn)?;
     set_meta_number(conn, INDEXED_THROUGH, to)?;
     Ok(to)
