@@ -21,6 +21,11 @@ pub(crate) trait Dialect: Connection + Sized {
     /// The SQL function for the larger of two values.
     const GREATEST: &'static str;
 
+    /// Whether the bus's writer is the store's only appender while it runs (SQLite: one bus
+    /// per store, held by its lock file), so that it need not read the head and the index
+    /// mark at each commit: nothing else moves them.
+    const SOLE_APPENDER: bool;
+
     /// Runs `f` in a transaction that no other appender of the store runs beside, so that
     /// positions are given out, and become visible, in order: no reader ever passes over a
     /// position whose transaction commits later. SQLite: `BEGIN IMMEDIATE`. PostgreSQL: a
@@ -59,6 +64,7 @@ pub(crate) trait Dialect: Connection + Sized {
 
 impl Dialect for SqliteConnection {
     const GREATEST: &'static str = "max";
+    const SOLE_APPENDER: bool = true;
 
     fn append_transaction<T>(
         &mut self,
@@ -102,6 +108,7 @@ impl Dialect for SqliteConnection {
 #[cfg(feature = "postgres")]
 impl Dialect for diesel::PgConnection {
     const GREATEST: &'static str = "greatest";
+    const SOLE_APPENDER: bool = false;
 
     fn append_transaction<T>(
         &mut self,

@@ -173,15 +173,21 @@ impl Writer {
             })
             .collect();
         let result = self.run(Kind::Append, |conn| {
-            // One round trip for the head, both marks and the streams another writer
-            // appended to since the last commit: on a shared store this runs while the other
-            // appenders wait for the lock.
-            let since = (indexed >= 0).then_some(cached_head);
-            let (marks, appended) = marks_and_streams_since(conn, since)?;
-            let (head, mark) = (marks.head, marks.indexed);
+            let (head, mark, appended, pruned_since) = if Conn::SOLE_APPENDER && indexed >= 0 {
+                // Nothing but this writer moves the head or the mark.
+                (cached_head, indexed, Vec::new(), false)
+            } else {
+                // One round trip for the head, both marks and the streams another writer
+                // appended to since the last commit: on a shared store this runs while the
+                // other appenders wait for the lock.
+                let since = (indexed >= 0).then_some(cached_head);
+                let (marks, appended) = marks_and_streams_since(conn, since)?;
+                let pruned_since = marks.pruned_since(cached_head);
+                (marks.head, marks.indexed, appended, pruned_since)
+            };
             // Whether the tail past `indexed` is no longer this writer's appends alone.
             let restart = indexed < 0 || head != cached_head;
-            if indexed < 0 || marks.pruned_since(cached_head) {
+            if indexed < 0 || pruned_since {
                 // The first commit, or another writer's events since the last one may have
                 // been pruned already: cached versions may be stale. Index the tail first, so
                 // every version not cached is in the index.
@@ -208,6 +214,8 @@ impl Writer {
             let mut outcomes = Vec::with_capacity(units.len());
             let mut rows: Vec<(usize, usize, i64, i64)> = Vec::new(); // (unit, record, position, version)
             let mut next_position = head;
+            // One unit's streams, cleared for each (it keeps its allocation).
+            let mut local: HashMap<&str, i64> = HashMap::new();
             for (u, unit) in units.iter().enumerate() {
                 if unit.check_ids {
                     if let Some(existing) = already_stored(conn, &unit.records)? {
@@ -215,7 +223,7 @@ impl Writer {
                         continue;
                     }
                 }
-                let mut local: HashMap<&str, i64> = HashMap::new();
+                local.clear();
                 let mut assigned = Vec::with_capacity(unit.records.len());
                 let mut conflict = None;
                 for record in &unit.records {
@@ -241,7 +249,7 @@ impl Writer {
                     outcomes.push(c);
                     continue;
                 }
-                changed.extend(local);
+                changed.extend(local.drain());
                 let mut stored = Vec::with_capacity(assigned.len());
                 for (r, version) in assigned.into_iter().enumerate() {
                     next_position += 1;
