@@ -259,3 +259,41 @@ async fn a_version_stored_twice_by_another_process_stops_appends_with_a_clear_er
         Vec::<String>::new()
     );
 }
+
+/// A row written behind the running bus's back at its next position (no bus does that; a
+/// hand-made repair might): the commit that meets it fails with a clear, one-line error and
+/// stores nothing, and the next publish goes on after the row. The failed statement rolls the
+/// whole transaction back (`INSERT OR ROLLBACK`, which spares SQLite a statement journal):
+/// the writer must still be usable after it.
+#[actix::test]
+async fn a_row_written_behind_the_running_bus_fails_one_commit_and_the_next_goes_on() {
+    let tmp = TempStore::new();
+    let db = tmp.path();
+    let bus = EventBus::builder().sqlite(db).build().expect("bus builds");
+    for seq in 0..2 {
+        bus.publish(Deposited { account: 1, seq }).await.unwrap();
+    }
+    insert_foreign(db, 3, "account-5", 1);
+    let err = bus
+        .publish(Deposited { account: 1, seq: 2 })
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains('\n'), "{err}");
+    assert!(matches!(err, actorbus::Error::Store(_)), "{err}");
+    let receipt = bus.publish(Deposited { account: 1, seq: 3 }).await.unwrap();
+    assert_eq!(
+        (receipt.position, receipt.stream_version),
+        (Some(4), Some(3))
+    );
+    let receipt = bus.publish(Deposited { account: 5, seq: 1 }).await.unwrap();
+    assert_eq!(
+        (receipt.position, receipt.stream_version),
+        (Some(5), Some(2))
+    );
+    bus.shutdown(DRAIN).await.unwrap();
+    assert_eq!(versions_of(db, "account-1"), vec![1, 2, 3]);
+    assert_eq!(versions_of(db, "account-5"), vec![1, 2]);
+    let store = Store::open(db).unwrap();
+    assert_eq!(store.head().unwrap(), 5);
+    assert_eq!(store.check().unwrap(), Vec::<String>::new());
+}

@@ -17,7 +17,10 @@ use diesel::QueryResult;
 
 use crate::storage::models::NewStoredEvent;
 
-/// `N` event rows, inserted by one statement.
+/// `N` event rows, inserted by one statement. `OR ROLLBACK`: a failing row ends the whole
+/// transaction at once, as the writer would anyway, so SQLite keeps no statement journal to
+/// undo the statement alone (about 5% of the writer thread's samples; bench --mode sqlite
+/// 2-4% more events/s).
 pub(crate) struct EventRows<'a, const N: usize>(pub(crate) &'a [NewStoredEvent<'a>; N]);
 
 /// What tells each width's statement apart in diesel's cache.
@@ -31,7 +34,7 @@ impl<const N: usize> QueryId for EventRows<'_, N> {
 impl<const N: usize> QueryFragment<Sqlite> for EventRows<'_, N> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         out.push_sql(
-            "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+            "INSERT OR ROLLBACK INTO events (position, event_id, stream_id, stream_version, event_type, \
              schema_version, payload, metadata, recorded_at) VALUES ",
         );
         for (i, row) in self.0.iter().enumerate() {
