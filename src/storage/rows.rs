@@ -63,10 +63,10 @@ impl<const N: usize> QueryFragment<Sqlite> for EventRows<'_, N> {
 }
 
 /// One entry of the stream index: (stream, version, position).
-pub(crate) type IndexEntry = (String, i64, i64);
+pub(crate) type IndexEntry<'a> = (&'a str, i64, i64);
 
 /// `N` entries of the stream index, inserted by one statement.
-pub(crate) struct IndexRows<'a, const N: usize>(pub(crate) &'a [IndexEntry; N]);
+pub(crate) struct IndexRows<'a, const N: usize>(pub(crate) &'a [IndexEntry<'a>; N]);
 
 /// What tells each width's statement apart in diesel's cache.
 pub(crate) struct IndexRowsOf<const N: usize>;
@@ -86,7 +86,7 @@ where
         out.push_sql("INSERT INTO stream_events (stream_id, stream_version, position) VALUES ");
         for (i, (stream, version, position)) in self.0.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
-            out.push_bind_param::<Text, _>(stream.as_str())?;
+            out.push_bind_param::<Text, _>(*stream)?;
             out.push_sql(", ");
             out.push_bind_param::<BigInt, _>(version)?;
             out.push_sql(", ");
@@ -143,16 +143,16 @@ impl<'e> FixedWidth<diesel::SqliteConnection> for Events<'e> {
 }
 
 /// Entries of the stream index (either database).
-pub(crate) struct Index;
+pub(crate) struct Index<'e>(std::marker::PhantomData<&'e ()>);
 
-impl<Conn> FixedWidth<Conn> for Index
+impl<'e, Conn> FixedWidth<Conn> for Index<'e>
 where
     Conn: diesel::Connection,
     Conn::Backend: HasSqlType<Text> + HasSqlType<BigInt>,
     str: ToSql<Text, Conn::Backend>,
     i64: ToSql<BigInt, Conn::Backend>,
 {
-    type Row = IndexEntry;
+    type Row = IndexEntry<'e>;
     fn write<const N: usize>(conn: &mut Conn, rows: &[Self::Row; N]) -> QueryResult<()> {
         conn.execute_returning_count(&IndexRows::<N>(rows))
             .map(drop)

@@ -53,7 +53,7 @@ pub(crate) trait Dialect: Connection + Sized {
     fn insert_events(&mut self, rows: &[NewStoredEvent<'_>]) -> QueryResult<()>;
 
     /// Inserts entries of the stream index.
-    fn insert_index(&mut self, entries: &[IndexEntry]) -> QueryResult<()>;
+    fn insert_index(&mut self, entries: &[IndexEntry<'_>]) -> QueryResult<()>;
 
     /// Copies the WAL back into the database ([`crate::storage::pool::WalRestart`]; SQLite).
     fn checkpoint_wal(&mut self) -> QueryResult<()>;
@@ -92,8 +92,8 @@ impl Dialect for SqliteConnection {
         crate::storage::rows::write_all::<crate::storage::rows::Events<'_>, _>(self, rows)
     }
 
-    fn insert_index(&mut self, entries: &[IndexEntry]) -> QueryResult<()> {
-        crate::storage::rows::write_all::<crate::storage::rows::Index, _>(self, entries)
+    fn insert_index(&mut self, entries: &[IndexEntry<'_>]) -> QueryResult<()> {
+        crate::storage::rows::write_all::<crate::storage::rows::Index<'_>, _>(self, entries)
     }
 
     fn checkpoint_wal(&mut self) -> QueryResult<()> {
@@ -160,8 +160,8 @@ impl Dialect for diesel::PgConnection {
             .map(drop)
     }
 
-    fn insert_index(&mut self, entries: &[IndexEntry]) -> QueryResult<()> {
-        crate::storage::rows::write_all::<crate::storage::rows::Index, _>(self, entries)
+    fn insert_index(&mut self, entries: &[IndexEntry<'_>]) -> QueryResult<()> {
+        crate::storage::rows::write_all::<crate::storage::rows::Index<'_>, _>(self, entries)
     }
 
     fn checkpoint_wal(&mut self) -> QueryResult<()> {

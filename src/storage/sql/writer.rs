@@ -56,12 +56,12 @@ pub(crate) struct Writer {
     /// Invariant: every stream with an event past it is in `versions`.
     indexed: i64,
     versions: HashMap<String, i64>,
-    /// The entries this writer appended past `indexed` (or past the pass under way), in
-    /// position order, while they are all the events there: then the tail is indexed from
-    /// them, in pieces. Emptied whenever the tail is indexed some other way.
-    pending: Vec<IndexEntry>,
-    /// A pass over the tail under way: its entries, sorted by stream, how many are written,
-    /// and the position it brings `indexed` to once all are.
+    /// This writer's appends past `indexed` (or past the pass under way), by stream, while
+    /// they are all the events there: then the tail is indexed from them, in pieces.
+    /// Emptied whenever the tail is indexed some other way.
+    pending: Pending,
+    /// A pass over the tail under way: its entries by stream, how far it got, and the
+    /// position it brings `indexed` to once all are written.
     pass: Option<Pass>,
     /// SQLite: raised when the writer should checkpoint the WAL between two commits.
     wal_restart: Option<std::sync::Arc<crate::storage::pool::WalRestart>>,
@@ -95,7 +95,7 @@ impl Writer {
             head: -1,
             indexed: -1,
             versions: HashMap::new(),
-            pending: Vec::new(),
+            pending: Pending::default(),
             pass: None,
             wal_restart: None,
             member: None,
@@ -290,29 +290,17 @@ impl Writer {
                 .into_iter()
                 .map(|(s, v)| (s.to_owned(), v))
                 .collect();
-            let entries: Vec<IndexEntry> = if reindexed {
-                Vec::new()
-            } else {
-                (rows.iter())
-                    .map(|&(u, r, position, version)| {
-                        (
-                            units[u].records[r].meta.stream_id.clone(),
-                            version,
-                            position,
-                        )
-                    })
-                    .collect()
-            };
+            let rows = if reindexed { Vec::new() } else { rows };
             Ok::<_, diesel::result::Error>((
                 outcomes,
                 next_position,
                 changed,
                 restart || reindexed,
-                entries,
+                rows,
             ))
         });
         match result {
-            Ok((outcomes, head, changed, restart, entries)) => {
+            Ok((outcomes, head, changed, restart, rows)) => {
                 self.versions = versions;
                 self.indexed = indexed;
                 self.head = head;
@@ -321,7 +309,9 @@ impl Writer {
                     self.pass = None;
                     self.indexed_tail();
                 }
-                self.pending.extend(entries);
+                for (u, r, position, version) in rows {
+                    (self.pending).push(&units[u].records[r].meta.stream_id, version, position);
+                }
                 self.versions.extend(changed);
                 if self.wal_restart.as_ref().is_some_and(|r| r.due()) {
                     // After the commit, which is answered either way.
@@ -344,7 +334,7 @@ impl Writer {
     /// that more is left.
     ///
     /// When the tail is this writer's own appends (always on SQLite, where one bus owns the
-    /// store), a pass takes them from memory, sorted, and writes them in pieces of
+    /// store), a pass takes them from memory, stream by stream, and writes them in pieces of
     /// [`INDEX_PIECE`], one short transaction each; the mark moves with the last piece. An
     /// entry past the mark is harmless to readers (they also scan the tail past it), and a
     /// pass cut short is written again by [`REINDEX_TAIL_SQL`], over what is there.
@@ -361,24 +351,21 @@ impl Writer {
             if self.indexed >= self.head {
                 return Ok(false);
             }
-            if !self.pending_covers(self.indexed) {
+            if !self.pending.covers(self.indexed, self.head) {
                 return self.index_whole_tail().map(|()| false);
             }
-            let mut entries = std::mem::take(&mut self.pending);
-            entries.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
             self.pass = Some(Pass {
-                entries,
-                written: 0,
+                streams: self.pending.take(),
+                at: (0, 0),
                 through: self.head,
             });
         }
         let mut pass = self.pass.take().expect("a pass is under way");
-        let end = (pass.written + INDEX_PIECE).min(pass.entries.len());
-        let last = end == pass.entries.len();
-        let piece = &pass.entries[pass.written..end];
+        let (piece, at) = pass.piece(INDEX_PIECE);
+        let last = at.0 == pass.streams.len();
         let through = pass.through;
         let result = self.run(Kind::Append, |conn| {
-            conn.insert_index(piece)?;
+            conn.insert_index(&piece)?;
             if last {
                 set_meta_number(conn, INDEXED_THROUGH, through)?;
             }
@@ -393,19 +380,10 @@ impl Writer {
             self.indexed_tail();
             Ok(false)
         } else {
-            pass.written = end;
+            pass.at = at;
             self.pass = Some(pass);
             Ok(true)
         }
-    }
-
-    /// Whether `pending` holds every event past `from` up to the head: this writer's own
-    /// appends, nobody else's.
-    fn pending_covers(&self, from: i64) -> bool {
-        let span = self.head - from;
-        span >= 0
-            && self.pending.len() as i64 == span
-            && self.pending.first().is_none_or(|e| e.2 == from + 1)
     }
 
     /// Indexes everything from the store's mark to its head in one statement.
@@ -447,10 +425,9 @@ impl Writer {
     /// past the mark (its invariant).
     fn indexed_tail(&mut self) {
         if self.versions.len() > VERSION_CACHE_LIMIT {
-            let past: std::collections::HashSet<&str> =
-                self.pending.iter().map(|e| e.0.as_str()).collect();
+            let pending = &self.pending.streams;
             self.versions
-                .retain(|stream, _| past.contains(stream.as_str()));
+                .retain(|stream, _| pending.contains_key(stream));
         }
     }
 
@@ -493,14 +470,81 @@ impl Writer {
         })
     }
 }
-/// A pass of [`Writer::index_tail`] over the tail, written in pieces.
+/// This writer's appends past the index mark, grouped by stream as they come (no sort when
+/// a pass starts), with how many there are and the first position, which tell whether they
+/// are every event past the mark.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Each stream's (version, position), oldest first.
+    streams: HashMap<String, Vec<(i64, i64)>>,
+    count: usize,
+    first: Option<i64>,
+}
+
+impl Pending {
+    fn push(&mut self, stream: &str, version: i64, position: i64) {
+        self.first.get_or_insert(position);
+        self.count += 1;
+        match self.streams.get_mut(stream) {
+            Some(entries) => entries.push((version, position)),
+            None => {
+                self.streams
+                    .insert(stream.to_owned(), vec![(version, position)]);
+            }
+        }
+    }
+
+    /// Whether these are every event in `(from, head]`: this writer's, nobody else's.
+    fn covers(&self, from: i64, head: i64) -> bool {
+        let span = head - from;
+        span >= 0 && self.count as i64 == span && self.first.is_none_or(|f| f == from + 1)
+    }
+
+    /// Everything, by stream; `self` starts over empty.
+    fn take(&mut self) -> Vec<(String, Vec<(i64, i64)>)> {
+        self.count = 0;
+        self.first = None;
+        self.streams.drain().collect()
+    }
+
+    fn clear(&mut self) {
+        self.take();
+    }
+}
+
+/// A pass of [`Writer::index_tail`] over the tail, written in pieces, stream after stream
+/// (each piece touches the index pages of few streams).
 struct Pass {
-    /// Sorted by stream and version.
-    entries: Vec<IndexEntry>,
-    /// How many of `entries` are stored.
-    written: usize,
+    streams: Vec<(String, Vec<(i64, i64)>)>,
+    /// The next entry to write: (stream, entry of that stream).
+    at: (usize, usize),
     /// The position the mark moves to with the last piece.
     through: i64,
+}
+
+impl Pass {
+    /// Up to `n` entries from `at` on, and where the next piece starts (`streams.len()`
+    /// when this is the last).
+    fn piece(&self, n: usize) -> (Vec<IndexEntry<'_>>, (usize, usize)) {
+        let mut piece = Vec::with_capacity(n);
+        let (mut s, mut e) = self.at;
+        while let Some((stream, entries)) = self.streams.get(s) {
+            let take = (entries.len() - e).min(n - piece.len());
+            piece.extend(
+                entries[e..e + take]
+                    .iter()
+                    .map(|&(version, position)| (stream.as_str(), version, position)),
+            );
+            e += take;
+            if e == entries.len() {
+                (s, e) = (s + 1, 0);
+            }
+            if piece.len() == n {
+                break;
+            }
+        }
+        (piece, (s, e))
+    }
 }
 
 /// Which transaction a write runs in (see [`Dialect`]).
@@ -609,4 +653,64 @@ fn already_stored(conn: &mut Conn, records: &[Record]) -> QueryResult<Option<Vec
         }
     }
     Ok(Some(found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every entry of a pass is written once, in pieces of at most `n`, each stream's in
+    /// version order, and the last piece says so, whatever the streams' sizes.
+    #[test]
+    fn a_pass_writes_every_entry_once_in_pieces() {
+        for (sizes, n) in [
+            (vec![10_000], 1024),
+            (vec![3, 1, 4, 1, 5, 9, 2, 6], 4),
+            (vec![4, 4, 4], 4),
+            (vec![1; 100], 7),
+            (vec![5, 2000, 1], 1024),
+        ] {
+            let mut pending = Pending::default();
+            let mut position = 0;
+            for round in 0..*sizes.iter().max().unwrap() {
+                for (s, &size) in sizes.iter().enumerate() {
+                    if round < size {
+                        position += 1;
+                        pending.push(&format!("s{s}"), round as i64 + 1, position);
+                    }
+                }
+            }
+            assert!(pending.covers(0, position));
+            assert!(!pending.covers(1, position), "a gap is seen");
+            let mut pass = Pass {
+                streams: pending.take(),
+                at: (0, 0),
+                through: position,
+            };
+            assert!(pending.covers(position, position), "empty afterwards");
+            let mut written: HashMap<String, Vec<i64>> = HashMap::new();
+            let mut pieces = 0;
+            loop {
+                let (piece, at) = pass.piece(n);
+                assert!(!piece.is_empty() && piece.len() <= n, "{sizes:?}");
+                for (stream, version, _) in &piece {
+                    written
+                        .entry((*stream).to_owned())
+                        .or_default()
+                        .push(*version);
+                }
+                pieces += 1;
+                pass.at = at;
+                if at.0 == pass.streams.len() {
+                    break;
+                }
+            }
+            let total: usize = sizes.iter().sum();
+            assert_eq!(pieces, total.div_ceil(n), "{sizes:?} in pieces of {n}");
+            for (s, &size) in sizes.iter().enumerate() {
+                let expected: Vec<i64> = (1..=size as i64).collect();
+                assert_eq!(written[&format!("s{s}")], expected);
+            }
+        }
+    }
 }
