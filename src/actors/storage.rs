@@ -2,7 +2,8 @@
 //! its blocking database calls stall nothing else, and shutdown can join the thread). The
 //! router sends it each intake chunk as one [`Append`] (group commit, two outstanding at
 //! most); checkpoints, dead letters and the stream index of the newest events are written
-//! on the router's 200 ms timer ([`FlushCheckpoints`]).
+//! on the router's 200 ms timer ([`FlushCheckpoints`]), the index in pieces, each sent to
+//! itself ([`IndexTail`]) so that the appends waiting meanwhile go first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
