@@ -208,20 +208,22 @@ impl HandlerCounters {
         let buckets = &crate::telemetry::SECONDS_BUCKETS;
         let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let mut low = 0u64;
+        // Cumulative counts, so that each value lands in exactly one bucket: the histogram
+        // answers by its own sub-buckets, and two adjacent ranges asked one by one may both
+        // take a value at their common boundary.
+        let mut below = 0u64;
         for (i, &upper) in buckets.iter().enumerate() {
-            let high = (upper * 1e9) as u64;
-            let now = h.count_between(low, high);
+            let upto = h.count_between(0, (upper * 1e9) as u64).max(below);
+            let now = upto - below;
             if now > reported[i] {
-                let middle = (low as f64 * 1e-9 + upper) / 2.0;
-                (self.handled_seconds).record_many(middle, (now - reported[i]) as usize);
+                let low = if i == 0 { 0.0 } else { buckets[i - 1] };
+                (self.handled_seconds)
+                    .record_many((low + upper) / 2.0, (now - reported[i]) as usize);
                 reported[i] = now;
             }
-            low = high + 1;
+            below = upto;
         }
-        let above = h
-            .len()
-            .saturating_sub(h.count_between(0, low.saturating_sub(1)));
+        let above = h.len().saturating_sub(below);
         let last = buckets.len();
         if above > reported[last] {
             let beyond = buckets[last - 1] * 2.0;
@@ -340,6 +342,38 @@ impl BusCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Latencies at every bucket's upper bound, and just past it, reach the recorder once
+    /// each: asked range by range, the histogram's sub-buckets counted a value at a boundary
+    /// in both neighbours (a scrape once showed 51 of 50 events).
+    #[cfg(feature = "prometheus")]
+    #[test]
+    fn latencies_at_bucket_boundaries_reach_the_recorder_once_each() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&crate::telemetry::SECONDS_BUCKETS)
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        let nanos: Vec<u64> = (crate::telemetry::SECONDS_BUCKETS.iter())
+            .flat_map(|&s| {
+                let n = (s * 1e9) as u64;
+                [n - 1, n, n + 1]
+            })
+            .collect();
+        metrics::with_local_recorder(&recorder, || {
+            let c = HandlerCounters::new("h", "t", 1);
+            c.record_latencies(&nanos[..20]);
+            c.report_latencies();
+            c.record_latencies(&nanos[20..]);
+            c.report_latencies();
+            c.report_latencies();
+        });
+        let text = handle.render();
+        let count = (text.lines())
+            .find_map(|l| l.strip_prefix("actorbus_publish_handled_seconds_count{handler=\"h\"} "))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(count.parse::<f64>().unwrap(), nanos.len() as f64, "{text}");
+    }
 
     #[test]
     fn snapshot_derives_in_flight_and_depth() {
