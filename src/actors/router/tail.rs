@@ -33,6 +33,8 @@ pub(super) struct Tail {
     /// This process's commits not yet routed (records, newest position), in commit order.
     held: VecDeque<(Vec<Record>, Option<u64>)>,
     held_events: usize,
+    /// The held commits are routed once the arbiter has run what this turn woke.
+    routing_soon: bool,
 }
 
 impl Tail {
@@ -44,7 +46,11 @@ impl Tail {
 
 impl RouterActor {
     /// Routes a commit of this process (positions up to `through`) to the live lanes, after
-    /// whatever other processes stored before it.
+    /// whatever other processes stored before it, and after the tasks this turn of the
+    /// arbiter woke: the publishers just answered publish again first, so that the next
+    /// commit is gathered and on its way to the writer before handler actors on this arbiter
+    /// take its share of time (with `FULL`, where one commit takes every waiting publish, the
+    /// writer was idle meanwhile). Commits stay in order: they wait in `held`.
     pub(super) fn deliver_live(
         &mut self,
         records: Vec<Record>,
@@ -56,7 +62,15 @@ impl RouterActor {
         if self.tail.reading && self.tail.held_events > HOLD_AT_MOST {
             self.tail_falls_back(ctx);
         }
-        self.route_held(ctx);
+        if !self.tail.routing_soon {
+            self.tail.routing_soon = true;
+            ctx.spawn(actix::fut::wrap_future(tokio::task::yield_now()).map(
+                |(), act: &mut Self, ctx| {
+                    act.tail.routing_soon = false;
+                    act.route_held(ctx);
+                },
+            ));
+        }
     }
 
     /// Another process stored events up to `head`.
