@@ -164,12 +164,16 @@ impl Writer {
         let mut indexed = self.indexed;
         // Encoded before the transaction: on a shared store, the append lock is held from
         // its start to its commit.
-        let encoded: Vec<Vec<(Option<String>, i64)>> = units
-            .iter()
-            .map(|unit| {
-                (unit.records.iter())
-                    .map(|r| (encode_metadata(&r.meta), micros(r.meta.occurred_at)))
-                    .collect()
+        // One list for every record of the commit; `first[u]` is where unit `u`'s begin.
+        let encoded: Vec<(Option<String>, i64)> = (units.iter())
+            .flat_map(|unit| &unit.records)
+            .map(|r| (encode_metadata(&r.meta), micros(r.meta.occurred_at)))
+            .collect();
+        let first: Vec<usize> = (units.iter())
+            .scan(0, |at, unit| {
+                let here = *at;
+                *at += unit.records.len();
+                Some(here)
             })
             .collect();
         let result = self.run(Kind::Append, |conn| {
@@ -210,12 +214,14 @@ impl Writer {
                 .filter(|s| !versions.contains_key(*s))
                 .collect();
             load_versions(conn, &mut versions, missing)?;
-            let mut changed: HashMap<&str, i64> = HashMap::new();
+            // Versions are updated in the cache as units are stored: if the transaction fails,
+            // the writer forgets the whole cache anyway.
             let mut outcomes = Vec::with_capacity(units.len());
             let mut rows: Vec<(usize, usize, i64, i64)> = Vec::new(); // (unit, record, position, version)
             let mut next_position = head;
-            // One unit's streams, cleared for each (it keeps its allocation).
+            // One unit's streams and versions, cleared for each (they keep their allocation).
             let mut local: HashMap<&str, i64> = HashMap::new();
+            let mut assigned = Vec::new();
             for (u, unit) in units.iter().enumerate() {
                 if unit.check_ids {
                     if let Some(existing) = already_stored(conn, &unit.records)? {
@@ -224,11 +230,11 @@ impl Writer {
                     }
                 }
                 local.clear();
-                let mut assigned = Vec::with_capacity(unit.records.len());
+                assigned.clear();
                 let mut conflict = None;
                 for record in &unit.records {
                     let stream = record.meta.stream_id.as_str();
-                    let current = match local.get(stream).or(changed.get(stream)) {
+                    let current = match local.get(stream) {
                         Some(v) => *v,
                         None => indexed_version(conn, &mut versions, stream)?,
                     };
@@ -249,9 +255,16 @@ impl Writer {
                     outcomes.push(c);
                     continue;
                 }
-                changed.extend(local.drain());
+                for (stream, version) in local.drain() {
+                    match versions.get_mut(stream) {
+                        Some(v) => *v = version,
+                        None => {
+                            versions.insert(stream.to_owned(), version);
+                        }
+                    }
+                }
                 let mut stored = Vec::with_capacity(assigned.len());
-                for (r, version) in assigned.into_iter().enumerate() {
+                for (r, &version) in assigned.iter().enumerate() {
                     next_position += 1;
                     rows.push((u, r, next_position, version));
                     stored.push((next_position as u64, version as u64));
@@ -262,7 +275,7 @@ impl Writer {
                 .iter()
                 .map(|&(u, r, position, version)| {
                     let record = &units[u].records[r];
-                    let (metadata, recorded_at) = &encoded[u][r];
+                    let (metadata, recorded_at) = &encoded[first[u] + r];
                     NewStoredEvent {
                         position,
                         event_id: record.meta.id.as_bytes(),
@@ -280,39 +293,29 @@ impl Writer {
                 conn.insert_events(&new_rows)?;
             }
             let mut reindexed = false;
-            if next_position - indexed > INDEX_TAIL_LIMIT
-                || versions.len() + changed.len() > VERSION_CACHE_LIMIT
-            {
+            if next_position - indexed > INDEX_TAIL_LIMIT || versions.len() > VERSION_CACHE_LIMIT {
                 indexed = index_tail(conn, indexed, next_position)?;
                 reindexed = true;
             }
-            let changed: Vec<(String, i64)> = changed
-                .into_iter()
-                .map(|(s, v)| (s.to_owned(), v))
-                .collect();
             let rows = if reindexed { Vec::new() } else { rows };
-            Ok::<_, diesel::result::Error>((
-                outcomes,
-                next_position,
-                changed,
-                restart || reindexed,
-                rows,
-            ))
+            Ok::<_, diesel::result::Error>((outcomes, next_position, restart || reindexed, rows))
         });
         match result {
-            Ok((outcomes, head, changed, restart, rows)) => {
+            Ok((outcomes, head, restart, rows)) => {
                 self.versions = versions;
                 self.indexed = indexed;
                 self.head = head;
                 if restart {
                     self.pending.clear();
                     self.pass = None;
-                    self.indexed_tail();
                 }
                 for (u, r, position, version) in rows {
                     (self.pending).push(&units[u].records[r].meta.stream_id, version, position);
                 }
-                self.versions.extend(changed);
+                if restart {
+                    // After this commit's streams are pending: they stay cached.
+                    self.indexed_tail();
+                }
                 if self.wal_restart.as_ref().is_some_and(|r| r.due()) {
                     // After the commit, which is answered either way.
                     if let Err(e) = self.conn.checkpoint_wal() {
