@@ -1,7 +1,10 @@
 //! The single writer: group commit (positions, stream versions, optimistic concurrency,
 //! idempotent ids), the bulk stream index, checkpoints and dead-letter changes.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdMap;
+
+/// The writer's maps, keyed by stream id: looked up several times per event.
+type HashMap<K, V> = StdMap<K, V, foldhash::quality::RandomState>;
 use std::path::PathBuf;
 
 use diesel::prelude::*;
@@ -94,7 +97,7 @@ impl Writer {
             path,
             head: -1,
             indexed: -1,
-            versions: HashMap::new(),
+            versions: HashMap::default(),
             pending: Pending::default(),
             pass: None,
             wal_restart: None,
@@ -220,7 +223,7 @@ impl Writer {
             let mut rows: Vec<(usize, usize, i64, i64)> = Vec::new(); // (unit, record, position, version)
             let mut next_position = head;
             // One unit's streams and versions, cleared for each (they keep their allocation).
-            let mut local: HashMap<&str, i64> = HashMap::new();
+            let mut local: HashMap<&str, i64> = HashMap::default();
             let mut assigned = Vec::new();
             for (u, unit) in units.iter().enumerate() {
                 if unit.check_ids {
@@ -691,7 +694,7 @@ mod tests {
                 through: position,
             };
             assert!(pending.covers(position, position), "empty afterwards");
-            let mut written: HashMap<String, Vec<i64>> = HashMap::new();
+            let mut written: HashMap<String, Vec<i64>> = HashMap::default();
             let mut pieces = 0;
             loop {
                 let (piece, at) = pass.piece(n);
