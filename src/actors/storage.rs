@@ -280,6 +280,16 @@ impl Handler<Append> for StorageActor {
         let events: usize = units.iter().map(|u| u.records.len()).sum();
         let span = crate::telemetry::commit_span(events);
         let _entered = span.as_ref().map(tracing::Span::enter);
+        if self.writer.index_behind() {
+            // A piece first: appends go at the pace the index keeps (the pass's own chain
+            // of `IndexTail` goes on as well).
+            if let Err(e) = self.writer.index_tail() {
+                log::warn!(
+                    "indexing the newest events by stream failed (retried later): {}",
+                    crate::error::chain(&e)
+                );
+            }
+        }
         let started = std::time::Instant::now();
         let result = self.writer.append(&units);
         match &result {

@@ -157,6 +157,10 @@ pub(crate) trait LogWriter: Send + 'static {
     /// caller calls again once whatever waits (appends) has run.
     fn index_tail(&mut self) -> Result<bool, StoreError>;
 
+    /// Whether the by-stream index is so far behind that a piece of it should go before
+    /// the next append.
+    fn index_behind(&self) -> bool;
+
     /// Deletes the checkpoints of `subscription` of another concurrency than `partitions`
     /// that the current layout has passed; answers whether any remain.
     fn drop_covered_layouts(

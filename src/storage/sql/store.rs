@@ -124,6 +124,10 @@ impl LogWriter for SqlWriter {
         self.writer.save_checkpoints(checkpoints, letters)
     }
 
+    fn index_behind(&self) -> bool {
+        self.writer.index_behind()
+    }
+
     fn index_tail(&mut self) -> Result<bool, StoreError> {
         self.writer.index_tail()
     }

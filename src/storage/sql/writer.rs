@@ -28,8 +28,15 @@ use crate::storage::StoreError;
 /// next indexing of the tail, so memory stays flat however many streams there are.
 const VERSION_CACHE_LIMIT: usize = 100_000;
 /// An append that leaves more events than this past `indexed_through` indexes the tail in its
-/// own transaction. The storage actor's timer normally indexes it long before (every 200 ms).
+/// own transaction. The storage actor's timer normally indexes it long before (every 200 ms),
+/// and past [`INDEX_TAIL_BEHIND`] each append is preceded by a piece.
 const INDEX_TAIL_LIMIT: i64 = 131_072;
+/// Events past `indexed_through` beyond which the index is behind: the storage actor then
+/// writes a piece before each append, so appends slow to the pace the index keeps, rather
+/// than an append reaching [`INDEX_TAIL_LIMIT`] and indexing 131k events at once (110-145
+/// ms, seen on a million-event bench once the index no longer fit SQLite's cache and a
+/// piece took 4 ms).
+const INDEX_TAIL_BEHIND: i64 = 65_536;
 /// Indexes the events in `($1, $2]` by stream, sorted so each stream's entries go in together
 /// (the raw baseline of `actorbus bench` indexes this way).
 pub(crate) const INDEX_TAIL_SQL: &str =
@@ -390,6 +397,11 @@ impl Writer {
             self.pass = Some(pass);
             Ok(true)
         }
+    }
+
+    /// Whether the index is more than [`INDEX_TAIL_BEHIND`] events behind the head.
+    pub(crate) fn index_behind(&self) -> bool {
+        self.indexed >= 0 && self.head - self.indexed > INDEX_TAIL_BEHIND
     }
 
     /// Indexes everything from the store's mark to its head in one statement.
