@@ -148,6 +148,8 @@ pub(crate) struct StorageActor {
     retention: Retention,
     /// Each group commit's size and duration.
     metrics: crate::telemetry::BusMetrics,
+    /// An `IndexTail` is on its way to this actor.
+    index_queued: bool,
 }
 
 /// The actix system may stop before the application calls `shutdown` (a signal handler that
@@ -274,21 +276,15 @@ impl Handler<Project> for StorageActor {
 impl Handler<Append> for StorageActor {
     type Result = MessageResult<Append>;
 
-    fn handle(&mut self, Append(units): Append, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Append(units): Append, ctx: &mut Context<Self>) -> Self::Result {
         // Checkpoints and dead letters are written by FlushCheckpoints, on a timer: carrying
         // them in every append would cost each small commit a few more page writes.
         let events: usize = units.iter().map(|u| u.records.len()).sum();
         let span = crate::telemetry::commit_span(events);
         let _entered = span.as_ref().map(tracing::Span::enter);
         if self.writer.index_behind() {
-            // A piece first: appends go at the pace the index keeps (the pass's own chain
-            // of `IndexTail` goes on as well).
-            if let Err(e) = self.writer.index_tail() {
-                log::warn!(
-                    "indexing the newest events by stream failed (retried later): {}",
-                    crate::error::chain(&e)
-                );
-            }
+            // A piece first: appends go at the pace the index keeps.
+            self.index_tail(ctx);
         }
         let started = std::time::Instant::now();
         let result = self.writer.append(&units);
@@ -338,16 +334,21 @@ impl Handler<IndexTail> for StorageActor {
     type Result = ();
 
     fn handle(&mut self, _: IndexTail, ctx: &mut Context<Self>) {
+        self.index_queued = false;
         self.index_tail(ctx);
     }
 }
 
 impl StorageActor {
-    /// One piece of the stream index; the next one after what waits in the mailbox.
+    /// One piece of the stream index; the next one after what waits in the mailbox (one
+    /// `IndexTail` queued at a time).
     fn index_tail(&mut self, ctx: &mut Context<Self>) {
         match self.writer.index_tail() {
-            Ok(true) => ctx.notify(IndexTail),
-            Ok(false) => {}
+            Ok(true) if !self.index_queued => {
+                self.index_queued = true;
+                ctx.notify(IndexTail);
+            }
+            Ok(_) => {}
             Err(e) => log::warn!(
                 "indexing the newest events by stream failed (retried later): {}",
                 crate::error::chain(&e)
@@ -415,6 +416,7 @@ impl StorageActor {
             relayouts,
             metrics: crate::telemetry::BusMetrics::default(),
             retention,
+            index_queued: false,
         };
         let (arbiter, thread) = ActorThread::spawn("actorbus-writer")?;
         let storage = StorageActor::start_in_arbiter(&arbiter, move |_| actor);
