@@ -34,8 +34,8 @@ const INDEX_TAIL_LIMIT: i64 = 131_072;
 /// Events past `indexed_through` beyond which the index is behind: the storage actor then
 /// writes a piece before each append, so appends slow to the pace the index keeps, rather
 /// than an append reaching [`INDEX_TAIL_LIMIT`] and indexing 131k events at once (110-145
-/// ms, seen on a million-event bench once the index no longer fit SQLite's cache and a
-/// piece took 4 ms).
+/// ms, seen in about one million-event bench of five: at 280k events/s, passes started by
+/// the 200 ms timer leave about 80k events unindexed, and a late flush leaves more).
 const INDEX_TAIL_BEHIND: i64 = 65_536;
 /// Indexes the events in `($1, $2]` by stream, sorted so each stream's entries go in together
 /// (the raw baseline of `actorbus bench` indexes this way).
