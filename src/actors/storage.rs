@@ -277,15 +277,15 @@ impl Handler<Append> for StorageActor {
     type Result = MessageResult<Append>;
 
     fn handle(&mut self, Append(units): Append, ctx: &mut Context<Self>) -> Self::Result {
+        if self.writer.index_behind() {
+            // A piece first: appends go at the pace the index keeps.
+            self.index_tail(ctx);
+        }
         // Checkpoints and dead letters are written by FlushCheckpoints, on a timer: carrying
         // them in every append would cost each small commit a few more page writes.
         let events: usize = units.iter().map(|u| u.records.len()).sum();
         let span = crate::telemetry::commit_span(events);
         let _entered = span.as_ref().map(tracing::Span::enter);
-        if self.writer.index_behind() {
-            // A piece first: appends go at the pace the index keeps.
-            self.index_tail(ctx);
-        }
         let started = std::time::Instant::now();
         let result = self.writer.append(&units);
         match &result {

@@ -526,7 +526,9 @@ impl Pending {
     }
 
     fn clear(&mut self) {
-        self.take();
+        self.count = 0;
+        self.first = None;
+        self.streams.clear();
     }
 }
 
