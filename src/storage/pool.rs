@@ -322,3 +322,34 @@ impl Drop for WalCheckpointer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        compile_options: String,
+    }
+
+    /// `.cargo/config.toml` compiles the bundled SQLite for this project's builds: the
+    /// benchmark figures assume it, and multi-thread mode assumes what the type system gives
+    /// (a connection is used by one thread at a time).
+    #[test]
+    fn sqlite_is_compiled_as_the_project_configures_it() {
+        let mut conn = SqliteConnection::establish(":memory:").expect("an in-memory database");
+        let options: Vec<String> = diesel::sql_query("PRAGMA compile_options")
+            .load::<CompileOption>(&mut conn)
+            .expect("compile options")
+            .into_iter()
+            .map(|o| o.compile_options)
+            .collect();
+        for wanted in ["THREADSAFE=2", "DEFAULT_MEMSTATUS=0"] {
+            assert!(
+                options.iter().any(|o| o == wanted),
+                "{wanted} not among {options:?}: is LIBSQLITE3_FLAGS of .cargo/config.toml set?"
+            );
+        }
+    }
+}
