@@ -216,8 +216,10 @@ const WAL_AUTOCHECKPOINT: i64 = 16_384;
 /// automatic checkpoint runs in the committing connection, fsyncs the WAL and the database
 /// and copies everything since the last one: 10 to 25 ms of a stalled writer at 8192
 /// frames on this project's bench. The checkpointer instead runs passes until one finds few
-/// new frames and syncs the database itself, so the writer's checkpoint copies a few frames
-/// and syncs only them (about 1 ms; 4-5 ms when it synced every page the passes had copied).
+/// new frames, so the writer's checkpoint copies only those; it still syncs the database,
+/// and with it every page the passes copied since the last sync (3-4 ms). The checkpointer
+/// cannot sync the database for it: the library never opens a store's files itself (see
+/// [`refuse_foreign_file`]).
 #[derive(Debug, Default)]
 pub(crate) struct WalRestart(std::sync::atomic::AtomicBool);
 
@@ -260,15 +262,7 @@ fn passive(conn: &mut SqliteConnection) -> QueryResult<Checkpointed> {
 }
 
 impl WalCheckpointer {
-    pub(crate) fn start(
-        pool: SqlitePool,
-        restart: std::sync::Arc<WalRestart>,
-        path: &Path,
-    ) -> Self {
-        // Synced here before the writer is asked to checkpoint: SQLite syncs the database
-        // only at the end of a checkpoint that copies the whole WAL, which is the writer's,
-        // and that sync would write back every page the passes here copied.
-        let database = std::fs::File::open(path).ok();
+    pub(crate) fn start(pool: SqlitePool, restart: std::sync::Arc<WalRestart>) -> Self {
         let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let flag = std::sync::Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -293,11 +287,6 @@ impl WalCheckpointer {
                                         copied = next.checkpointed;
                                     }
                                     _ => break,
-                                }
-                            }
-                            if let Some(database) = &database {
-                                if let Err(e) = database.sync_data() {
-                                    log::debug!("syncing the database failed: {e}");
                                 }
                             }
                             restart.0.store(true, std::sync::atomic::Ordering::Relaxed);

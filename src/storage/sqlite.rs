@@ -32,7 +32,7 @@ pub(crate) fn open(
         writer: Box::new(SqlWriter {
             writer,
             _guards: vec![
-                Box::new(WalCheckpointer::start(pool.clone(), restart, path)),
+                Box::new(WalCheckpointer::start(pool.clone(), restart)),
                 Box::new(lock),
             ],
         }),
