@@ -326,6 +326,9 @@ impl Writer {
                     // After this commit's streams are pending: they stay cached.
                     self.indexed_tail();
                 }
+                if let Some(restart) = &self.wal_restart {
+                    restart.hold_if_asked();
+                }
                 if self.wal_restart.as_ref().is_some_and(|r| r.due()) {
                     // After the commit, which is answered either way.
                     if let Err(e) = self.conn.checkpoint_wal() {
