@@ -300,7 +300,7 @@ impl std::fmt::Debug for WalCheckpointer {
 
 /// What `PRAGMA wal_checkpoint` answers.
 #[derive(QueryableByName)]
-struct Checkpointed {
+pub(crate) struct Checkpointed {
     /// Frames in the WAL.
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     log: i64,
@@ -309,8 +309,8 @@ struct Checkpointed {
     checkpointed: i64,
 }
 
-/// One `PASSIVE` checkpoint.
-fn passive(conn: &mut SqliteConnection) -> QueryResult<Checkpointed> {
+/// One `PASSIVE` checkpoint: it copies what it can and never waits for the writer.
+pub(crate) fn passive(conn: &mut SqliteConnection) -> QueryResult<Checkpointed> {
     diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result(conn)
 }
 

@@ -97,7 +97,7 @@ impl Dialect for SqliteConnection {
     }
 
     fn checkpoint_wal(&mut self) -> QueryResult<()> {
-        diesel::connection::SimpleConnection::batch_execute(self, "PRAGMA wal_checkpoint(PASSIVE)")
+        crate::storage::pool::passive(self).map(drop)
     }
 
     fn tx(&mut self) -> Tx<'_> {

@@ -328,11 +328,11 @@ impl Writer {
                 }
                 if let Some(restart) = &self.wal_restart {
                     restart.hold_if_asked();
-                }
-                if self.wal_restart.as_ref().is_some_and(|r| r.due()) {
                     // After the commit, which is answered either way.
-                    if let Err(e) = self.conn.checkpoint_wal() {
-                        log::debug!("WAL checkpoint skipped: {e}");
+                    if restart.due() {
+                        if let Err(e) = self.conn.checkpoint_wal() {
+                            log::debug!("WAL checkpoint skipped: {e}");
+                        }
                     }
                 }
                 Ok(outcomes)
@@ -523,9 +523,9 @@ impl Pending {
 
     /// Everything, by stream; `self` starts over empty.
     fn take(&mut self) -> Vec<(String, Vec<(i64, i64)>)> {
-        self.count = 0;
-        self.first = None;
-        self.streams.drain().collect()
+        let streams = self.streams.drain().collect();
+        self.clear();
+        streams
     }
 
     fn clear(&mut self) {
