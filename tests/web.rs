@@ -198,7 +198,9 @@ fn metrics_are_scraped_from_a_running_demo() {
     let db = path(tmp.path());
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut demo = command(&["demo", "--db", db, "--events", "40000", "--serve", &addr]);
+    // More events than it publishes while scraped: the view must still be up for the last
+    // request, however fast the machine; the test ends it with Ctrl-C, as a user would.
+    let mut demo = command(&["demo", "--db", db, "--events", "10000000", "--serve", &addr]);
     demo.env("ACTORBUS_TOKEN", TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -274,7 +276,14 @@ fn metrics_are_scraped_from_a_running_demo() {
     assert_eq!(status, 403);
     let (status, _) = http("POST", port, "/api/purge?handler=notifier", Some("wrong"));
     assert_eq!(status, 403);
-    assert!(demo.0.wait().unwrap().success());
+    // Ctrl-C: it stores no more events, drains the handlers, and exits with SIGINT's code.
+    let kill = Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(demo.0.wait().unwrap().code(), Some(130));
+    assert_eq!(ok(&["check", "--db", db]).trim(), "consistent");
 }
 
 #[test]
