@@ -143,7 +143,9 @@ pub(crate) fn acknowledge(
     for ((unit, outcome), ack) in units.into_iter().zip(outcomes).zip(acks) {
         let answer = match outcome {
             UnitOutcome::Stored(places) => {
+                let places = places.as_slice();
                 let mut receipts = Vec::with_capacity(places.len());
+                let places = places.iter().copied();
                 for (mut record, (position, version)) in unit.records.into_iter().zip(places) {
                     let meta = Arc::make_mut(&mut record.meta);
                     meta.position = Some(position);

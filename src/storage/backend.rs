@@ -28,11 +28,44 @@ pub(crate) struct Unit {
     pub(crate) check_ids: bool,
 }
 
+/// Where a unit's records were stored: (position, stream version) per record. The place of a
+/// unit of one record (a plain `publish`) is kept inline: the writer's thread allocates
+/// nothing per unit that the router's thread would then free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Places {
+    /// The one record of the unit.
+    One([(u64, u64); 1]),
+    /// Every record of the unit, in order (none: an empty unit).
+    Many(Vec<(u64, u64)>),
+}
+
+impl Places {
+    /// The places, one per record, in the unit's order.
+    pub(crate) fn as_slice(&self) -> &[(u64, u64)] {
+        match self {
+            Places::One(one) => one,
+            Places::Many(many) => many,
+        }
+    }
+}
+
+impl FromIterator<(u64, u64)> for Places {
+    fn from_iter<I: IntoIterator<Item = (u64, u64)>>(places: I) -> Self {
+        let mut places = places.into_iter();
+        match (places.next(), places.next()) {
+            (Some(one), None) => Places::One([one]),
+            (first, second) => {
+                Places::Many(first.into_iter().chain(second).chain(places).collect())
+            }
+        }
+    }
+}
+
 /// What became of one unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum UnitOutcome {
-    /// Stored: (position, stream version) per record.
-    Stored(Vec<(u64, u64)>),
+    /// Stored: where each record went.
+    Stored(Places),
     /// Every id was stored before (a retried publish): where they are; nothing new stored.
     Duplicate(Vec<(u64, u64)>),
     /// The stream was not at the expected version; nothing was stored.
@@ -330,5 +363,23 @@ pub(crate) fn open(
         }
         #[cfg(not(feature = "postgres"))]
         StoreConfig::Postgres(_) => Err(StoreError::connection(std::io::Error::other(NO_POSTGRES))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_keep_every_record_in_order_and_one_record_inline() {
+        let one: Places = [(7, 1)].into_iter().collect();
+        assert_eq!(one, Places::One([(7, 1)]));
+        assert_eq!(one.as_slice(), [(7, 1)]);
+        for n in [0u64, 2, 3, 40] {
+            let places: Places = (0..n).map(|i| (100 + i, i + 1)).collect();
+            assert!(matches!(places, Places::Many(_)), "{n}: {places:?}");
+            let expected: Vec<(u64, u64)> = (0..n).map(|i| (100 + i, i + 1)).collect();
+            assert_eq!(places.as_slice(), expected.as_slice(), "{n}");
+        }
     }
 }

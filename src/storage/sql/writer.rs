@@ -273,12 +273,13 @@ impl Writer {
                         }
                     }
                 }
-                let mut stored = Vec::with_capacity(assigned.len());
-                for (r, &version) in assigned.iter().enumerate() {
-                    next_position += 1;
-                    rows.push((u, r, next_position, version));
-                    stored.push((next_position as u64, version as u64));
-                }
+                let stored = (assigned.iter().enumerate())
+                    .map(|(r, &version)| {
+                        next_position += 1;
+                        rows.push((u, r, next_position, version));
+                        (next_position as u64, version as u64)
+                    })
+                    .collect();
                 outcomes.push(UnitOutcome::Stored(stored));
             }
             let new_rows: Vec<NewStoredEvent<'_>> = rows
