@@ -139,7 +139,7 @@ pub(crate) fn acknowledge(
             return Vec::new();
         }
     };
-    let mut stored = Vec::new();
+    let mut stored = Vec::with_capacity(units.iter().map(|u| u.records.len()).sum());
     for ((unit, outcome), ack) in units.into_iter().zip(outcomes).zip(acks) {
         let answer = match outcome {
             UnitOutcome::Stored(places) => {

@@ -207,6 +207,7 @@ impl RouterActor {
     ) -> Vec<Vec<Record>> {
         let mut batches: Vec<Vec<Record>> =
             vec![Vec::new(); self.partition_base.last().copied().unwrap_or(0)];
+        let expected = records.size_hint().0;
         let mut unrouted = 0u64;
         // Events mostly come in runs of one type: skip the map lookup for a repeat.
         let mut last: Option<(Cow<'static, str>, &[usize])> = None;
@@ -230,7 +231,12 @@ impl RouterActor {
             {
                 let partitions = self.subscriptions[g].partitions.len() as u64;
                 let partition = self.partition_base[g] + (record.stream_hash % partitions) as usize;
-                batches[partition].push(record.clone());
+                let batch = &mut batches[partition];
+                if batch.capacity() == 0 {
+                    // Its share of the records at once, rather than growing push by push.
+                    batch.reserve(expected.div_ceil(partitions as usize));
+                }
+                batch.push(record.clone());
             }
         }
         if unrouted > 0 {
@@ -307,7 +313,8 @@ impl RouterActor {
                 Some(_) => chunk,
                 None => chunk,
             };
-            let mut items = Vec::new();
+            // Room for what is queued now (none: nothing allocated before it is needed).
+            let mut items = Vec::with_capacity(rx.len().min(limit));
             match rx.poll_recv_many(cx, &mut items, limit) {
                 Poll::Ready(0) => Poll::Ready(None),
                 Poll::Ready(_) => {
