@@ -20,7 +20,21 @@ use crate::storage::registry::Resume;
 use crate::storage::{Retention, StoreError};
 
 /// Append these units in one transaction (group commit); checkpoints go with [`FlushCheckpoints`].
-pub(crate) struct Append(pub(crate) Vec<Unit>);
+/// The list the outcomes go in comes empty, with room for one per unit: allocated and freed
+/// in the router's thread. (Freed there after the writer's thread allocated it, it took the
+/// writer's malloc arena's lock, against the writer's own allocations, at every commit.)
+pub(crate) struct Append {
+    pub(crate) units: Vec<Unit>,
+    pub(crate) outcomes: Vec<UnitOutcome>,
+}
+
+impl Append {
+    /// `units`, and an empty list of outcomes with room for each.
+    pub(crate) fn new(units: Vec<Unit>) -> Self {
+        let outcomes = Vec::with_capacity(units.len());
+        Self { units, outcomes }
+    }
+}
 
 impl Message for Append {
     /// The units come back, so that the router can deliver them without a copy.
@@ -276,7 +290,11 @@ impl Handler<Project> for StorageActor {
 impl Handler<Append> for StorageActor {
     type Result = MessageResult<Append>;
 
-    fn handle(&mut self, Append(units): Append, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        Append { units, outcomes }: Append,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
         if self.writer.index_behind() {
             // A piece first: appends go at the pace the index keeps.
             self.index_tail(ctx);
@@ -287,7 +305,7 @@ impl Handler<Append> for StorageActor {
         let span = crate::telemetry::commit_span(events);
         let _entered = span.as_ref().map(tracing::Span::enter);
         let started = std::time::Instant::now();
-        let result = self.writer.append(&units);
+        let result = self.writer.append(&units, outcomes);
         match &result {
             Ok(outcomes) => {
                 let metrics = &self.metrics;

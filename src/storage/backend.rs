@@ -175,8 +175,13 @@ impl ProjectError {
 /// Each method is one transaction.
 pub(crate) trait LogWriter: Send + 'static {
     /// Appends every unit (group commit): positions, stream versions, optimistic
-    /// concurrency and idempotent ids. Nothing of a failed call is stored.
-    fn append(&mut self, units: &[Unit]) -> Result<Vec<UnitOutcome>, StoreError>;
+    /// concurrency and idempotent ids; one outcome per unit, pushed onto `outcomes` (given
+    /// empty, so that the caller's thread allocates it). Nothing of a failed call is stored.
+    fn append(
+        &mut self,
+        units: &[Unit],
+        outcomes: Vec<UnitOutcome>,
+    ) -> Result<Vec<UnitOutcome>, StoreError>;
 
     /// Stores dead-letter changes, then the checkpoints whose claims still hold.
     fn save_progress(

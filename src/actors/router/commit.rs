@@ -47,7 +47,7 @@ impl RouterActor {
         log::trace!("group commit of {} publish(es)", units.len());
         let ticket = self.committed.ticket();
         self.gate.enter(acks.len());
-        let committed = storage.send(Append(units));
+        let committed = storage.send(Append::new(units));
         // Spawned, not waited for: the router gathers the next chunk meanwhile (the gate
         // bounds how many are outstanding), and handles results in the order sent.
         ctx.spawn(

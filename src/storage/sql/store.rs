@@ -112,8 +112,12 @@ impl SqlWriter {
 }
 
 impl LogWriter for SqlWriter {
-    fn append(&mut self, units: &[Unit]) -> Result<Vec<UnitOutcome>, StoreError> {
-        self.writer.append(units)
+    fn append(
+        &mut self,
+        units: &[Unit],
+        outcomes: Vec<UnitOutcome>,
+    ) -> Result<Vec<UnitOutcome>, StoreError> {
+        self.writer.append(units, outcomes)
     }
 
     fn save_progress(

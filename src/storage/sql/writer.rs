@@ -166,9 +166,16 @@ impl Writer {
     /// Appends every unit in one transaction (checkpoints and dead letters are written on the
     /// storage actor's timer, by `save_checkpoints`).
     ///
+    /// One outcome per unit, pushed onto `outcomes` (cleared first).
+    ///
     /// # Errors
     /// A database error (disk full, lock timeout ...): nothing of this call was stored.
-    pub(crate) fn append(&mut self, units: &[Unit]) -> Result<Vec<UnitOutcome>, StoreError> {
+    pub(crate) fn append(
+        &mut self,
+        units: &[Unit],
+        mut outcomes: Vec<UnitOutcome>,
+    ) -> Result<Vec<UnitOutcome>, StoreError> {
+        outcomes.clear();
         let mut versions = std::mem::take(&mut self.versions);
         let cached_head = self.head;
         let mut indexed = self.indexed;
@@ -226,7 +233,7 @@ impl Writer {
             load_versions(conn, &mut versions, missing)?;
             // Versions are updated in the cache as units are stored: if the transaction fails,
             // the writer forgets the whole cache anyway.
-            let mut outcomes = Vec::with_capacity(units.len());
+            outcomes.reserve(units.len());
             let mut rows: Vec<(usize, usize, i64, i64)> = Vec::new(); // (unit, record, position, version)
             let mut next_position = head;
             // One unit's streams and versions, cleared for each (they keep their allocation).
