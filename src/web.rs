@@ -433,6 +433,12 @@ fn answer(done: crate::Result<usize>, what: &str) -> HttpResponse {
     match done {
         Ok(n) => HttpResponse::Ok().json(json!({ what: n })),
         Err(e @ crate::Error::UnknownHandler(_)) => HttpResponse::NotFound().body(format!("{e}\n")),
+        // The bus behind the view is gone (shut down, halted): nothing is wrong with the view.
+        Err(
+            e @ (crate::Error::Stopped
+            | crate::Error::Halted { .. }
+            | crate::Error::Store(crate::storage::StoreError::WriterStopped)),
+        ) => HttpResponse::ServiceUnavailable().body(format!("{}\n", crate::error::chain(&e))),
         Err(e) => {
             HttpResponse::InternalServerError().body(format!("{}\n", crate::error::chain(&e)))
         }

@@ -286,6 +286,72 @@ fn metrics_are_scraped_from_a_running_demo() {
     assert_eq!(ok(&["check", "--db", db]).trim(), "consistent");
 }
 
+/// A demo that is done keeps its view up for whoever opened the link, showing the final
+/// counts; its bus is shut down, so changes are answered 503 in one line; Ctrl-C then ends
+/// it with exit code 0 (it finished).
+#[test]
+fn a_finished_demo_keeps_its_view_up_until_ctrl_c() {
+    let tmp = TempStore::new();
+    let db = path(tmp.path());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut demo = command(&["demo", "--db", db, "--events", "3000", "--serve", &addr]);
+    demo.env("ACTORBUS_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut demo = Running(demo.spawn().unwrap());
+    let (lines, said) = std::sync::mpsc::channel();
+    let stdout = BufReader::new(demo.0.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut summary = Vec::new();
+    loop {
+        let line = said
+            .recv_timeout(PATIENCE.saturating_sub(start.elapsed()))
+            .unwrap_or_else(|e| panic!("no word that the view stays ({e}): {summary:#?}"));
+        if line.contains("the demo is done; its live view stays on") {
+            assert!(line.contains(&format!("http://{addr}/")), "{line}");
+            break;
+        }
+        summary.push(line);
+    }
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.contains("events in store       3000 of 3000")),
+        "{summary:#?}"
+    );
+
+    let (status, state) = http("GET", port, "/api/state", None);
+    assert_eq!(status, 200, "{state}");
+    let state: Value = serde_json::from_str(&state).unwrap();
+    let checker = state["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "order-checker")
+        .unwrap_or_else(|| panic!("{state}"));
+    assert_eq!(checker["handled"], 3000, "{state}");
+    let (status, body) = http("POST", port, "/api/redrive?handler=notifier", Some(TOKEN));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body.trim(), "the bus is shut down");
+    assert!(demo.0.try_wait().unwrap().is_none(), "still serving");
+
+    let kill = Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(demo.0.wait().unwrap().code(), Some(0));
+    assert_eq!(ok(&["check", "--db", db]).trim(), "consistent");
+}
+
 #[test]
 fn serve_refuses_an_address_it_cannot_listen_on_in_one_line() {
     let tmp = TempStore::new();

@@ -60,7 +60,8 @@ pub(crate) struct DemoArgs {
     quiet: bool,
     /// Serves the live web view of the running demo on this address (e.g. 127.0.0.1:8080),
     /// with `/metrics`; the token its buttons need is printed (or taken from
-    /// `ACTORBUS_TOKEN`).
+    /// `ACTORBUS_TOKEN`). Once the demo is done, the view stays up until Ctrl-C (or
+    /// SIGTERM), and the demo then exits 0.
     #[arg(long, value_name = "ADDR")]
     serve: Option<String>,
 }
@@ -110,7 +111,8 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }));
 
     let started = Instant::now();
-    let outcome = System::new().block_on(run_bus(&args, shared, already, first_order))?;
+    let system = System::new();
+    let mut outcome = system.block_on(run_bus(&args, shared, already, first_order))?;
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::panic::take_hook();
 
@@ -131,9 +133,27 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         violations == 0,
         "{violations} ordering violation(s) recorded"
     );
+    if let Some(mut serving) = outcome.serving.take() {
+        // Done, not stopped: the view stays up for whoever opened it, until a signal.
+        say!(
+            "the demo is done; its live view stays on http://{}/ until Ctrl-C",
+            serving.addr
+        );
+        system.block_on(async move {
+            serving.signals.next().await;
+            serving.server.stop(true).await;
+        });
+    }
     Ok(outcome
         .stopped
         .map_or(ExitCode::SUCCESS, StopSignal::exit_code))
+}
+
+/// The live view of a demo that is done, and the signals that end it.
+struct StillServing {
+    addr: std::net::SocketAddr,
+    server: actix_web::dev::ServerHandle,
+    signals: StopSignals,
 }
 
 struct Outcome {
@@ -146,6 +166,8 @@ struct Outcome {
     /// The store is PostgreSQL, shared with other demos: this one's figures are its share.
     shared: bool,
     stats: actorbus::Stats,
+    /// `--serve` and the demo finished: the view is still up.
+    serving: Option<StillServing>,
 }
 
 /// A signal that asks the demo to stop.
@@ -329,7 +351,7 @@ async fn run_bus(
             bar.println(format!(
                 "live view on http://{addr}/ (changes need the token {token})"
             ));
-            Some(handle)
+            Some((addr, handle))
         }
         None => None,
     };
@@ -385,17 +407,28 @@ async fn run_bus(
         }
     };
     ticker.abort();
-    if let Some(server) = server {
-        server.stop(true).await;
-    }
     bar.finish_and_clear();
-    let drained = drained?;
+    let finished = matches!(drained, Ok(true)) && next == args.events;
+    let serving = match server {
+        Some((addr, server)) if finished && stopped.is_none() => Some(StillServing {
+            addr,
+            server,
+            signals,
+        }),
+        Some((_, server)) => {
+            server.stop(true).await;
+            None
+        }
+        None => None,
+    };
+    drained?;
     Ok(Outcome {
         stopped,
-        finished: drained && next == args.events,
+        finished,
         published: next - already,
         shared: shared.is_some(),
         stats: bus.stats(),
+        serving,
     })
 }
 
