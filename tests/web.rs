@@ -196,15 +196,9 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 fn metrics_are_scraped_from_a_running_demo() {
     let tmp = TempStore::new();
     let db = path(tmp.path());
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     // More events than it publishes while scraped: the view must still be up for the last
     // request, however fast the machine; the test ends it with Ctrl-C, as a user would.
-    let mut demo = command(&["demo", "--db", db, "--events", "10000000", "--serve", &addr]);
-    demo.env("ACTORBUS_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let mut demo = Running(demo.spawn().unwrap());
+    let (mut demo, port, _) = demo_serving(db, "10000000", Stdio::null());
     until_listening(port, &mut demo.0);
 
     let scrape = || {
@@ -277,13 +271,7 @@ fn metrics_are_scraped_from_a_running_demo() {
     let (status, _) = http("POST", port, "/api/purge?handler=notifier", Some("wrong"));
     assert_eq!(status, 403);
     // Ctrl-C: it stores no more events, drains the handlers, and exits with SIGINT's code.
-    let kill = Command::new("kill")
-        .args(["-INT", &demo.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    assert_eq!(demo.0.wait().unwrap().code(), Some(130));
-    assert_eq!(ok(&["check", "--db", db]).trim(), "consistent");
+    ctrl_c_then_check(&mut demo, db, 130);
 }
 
 /// A demo that is done keeps its view up for whoever opened the link, showing the final
@@ -293,13 +281,7 @@ fn metrics_are_scraped_from_a_running_demo() {
 fn a_finished_demo_keeps_its_view_up_until_ctrl_c() {
     let tmp = TempStore::new();
     let db = path(tmp.path());
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut demo = command(&["demo", "--db", db, "--events", "3000", "--serve", &addr]);
-    demo.env("ACTORBUS_TOKEN", TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut demo = Running(demo.spawn().unwrap());
+    let (mut demo, port, addr) = demo_serving(db, "3000", Stdio::piped());
     let (lines, said) = std::sync::mpsc::channel();
     let stdout = BufReader::new(demo.0.stdout.take().unwrap());
     std::thread::spawn(move || {
@@ -342,13 +324,29 @@ fn a_finished_demo_keeps_its_view_up_until_ctrl_c() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body.trim(), "the bus is shut down");
     assert!(demo.0.try_wait().unwrap().is_none(), "still serving");
+    ctrl_c_then_check(&mut demo, db, 0);
+}
 
+/// `demo --serve` on a free port of 127.0.0.1 with `events` to publish and [`TOKEN`]; the
+/// process, the port and the address.
+fn demo_serving(db: &str, events: &str, stdout: Stdio) -> (Running, u16, String) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut demo = command(&["demo", "--db", db, "--events", events, "--serve", &addr]);
+    demo.env("ACTORBUS_TOKEN", TOKEN)
+        .stdout(stdout)
+        .stderr(Stdio::inherit());
+    (Running(demo.spawn().unwrap()), port, addr)
+}
+
+/// Sends the demo SIGINT, as Ctrl-C does; it exits with `code`, and its store checks out.
+fn ctrl_c_then_check(demo: &mut Running, db: &str, code: i32) {
     let kill = Command::new("kill")
         .args(["-INT", &demo.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    assert_eq!(demo.0.wait().unwrap().code(), Some(0));
+    assert_eq!(demo.0.wait().unwrap().code(), Some(code));
     assert_eq!(ok(&["check", "--db", db]).trim(), "consistent");
 }
 
