@@ -399,10 +399,19 @@ impl EventBus {
     /// Deletes the dead letters of `handler` (all when `None`). Returns how many.
     ///
     /// # Errors
-    /// [`Error::UnknownHandler`]; on a durable bus [`Error::Store`], or a stopped writer after shutdown.
+    /// [`Error::UnknownHandler`]; on a durable bus [`Error::Store`], and [`Error::Stopped`]
+    /// (or [`Error::Halted`]) once the bus and its store's writer are gone.
     pub async fn purge_dead_letters(&self, handler: Option<&str>) -> Result<usize> {
         self.check_handler(handler)?;
-        Ok(self.shared.dead_letters.purge(handler).await?)
+        match self.shared.dead_letters.purge(handler).await {
+            Ok(purged) => Ok(purged),
+            // The store's writer went with the bus: say that, as the bus's other calls do.
+            Err(crate::storage::StoreError::WriterStopped) => {
+                self.shared.lifecycle.check()?;
+                Err(crate::storage::StoreError::WriterStopped.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn check_handler(&self, handler: Option<&str>) -> Result<Option<usize>> {

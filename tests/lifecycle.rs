@@ -40,6 +40,22 @@ async fn stopped_bus_refuses_events_with_stopped() {
     assert_eq!(bus.stats().published, 1);
 }
 
+/// A durable bus's dead letters live in its store, whose writer goes with the bus: after
+/// shutdown, a purge is refused as a redrive is, with `Stopped`.
+#[actix::test]
+async fn a_stopped_durable_bus_refuses_a_purge_with_stopped() {
+    let tmp = TempStore::new();
+    let bus = recording_sqlite_bus(tmp.path(), &new_log());
+    bus.publish(placed(1, 1)).await.unwrap();
+    assert_eq!(bus.purge_dead_letters(Some("recorder")).await.unwrap(), 0);
+    drain(&bus).await;
+    assert!(matches!(
+        bus.purge_dead_letters(Some("recorder")).await,
+        Err(Error::Stopped)
+    ));
+    assert!(matches!(bus.redrive("recorder").await, Err(Error::Stopped)));
+}
+
 #[actix::test]
 async fn shutting_down_twice_is_fine() {
     let log = new_log();
