@@ -14,8 +14,7 @@ use super::progress::{save_checkpoints, save_dead_letters};
 use super::queries::{marks, marks_and_streams_since, set_meta_number, INDEXED_THROUGH};
 use super::{Conn, Dialect};
 use crate::event::Record;
-use crate::storage::backend::Progress;
-use crate::storage::backend::{LetterChange, Unit, UnitOutcome};
+use crate::storage::backend::{LetterChange, Places, Progress, Unit, UnitOutcome};
 use crate::storage::convert::{encode_metadata, micros};
 use crate::storage::error::{classify, classify_connection};
 use crate::storage::models::NewStoredEvent;
@@ -240,9 +239,12 @@ impl Writer {
             // One unit's streams and versions, cleared for each (they keep their allocation).
             let mut local: HashMap<&str, i64> = HashMap::default();
             let mut assigned = Vec::new();
+            // The chosen ids this commit stores: a publisher that retried before its first
+            // publish was answered has the same id twice in one commit.
+            let mut claimed: HashMap<uuid::Uuid, (u64, u64)> = HashMap::default();
             for (u, unit) in units.iter().enumerate() {
                 if unit.check_ids {
-                    if let Some(existing) = already_stored(conn, &unit.records)? {
+                    if let Some(existing) = already_stored(conn, &claimed, &unit.records)? {
                         outcomes.push(UnitOutcome::Duplicate(existing));
                         continue;
                     }
@@ -287,7 +289,11 @@ impl Writer {
                         rows.push((u, r, next_position, version));
                         (next_position as u64, version as u64)
                     })
-                    .collect();
+                    .collect::<Places>();
+                if unit.check_ids {
+                    let ids = unit.records.iter().map(|r| r.meta.id);
+                    claimed.extend(ids.zip(stored.as_slice().iter().copied()));
+                }
                 outcomes.push(UnitOutcome::Stored(stored));
             }
             let new_rows: Vec<NewStoredEvent<'_>> = rows
@@ -670,10 +676,20 @@ fn index_tail(conn: &mut Conn, from: i64, to: i64) -> QueryResult<i64> {
     set_meta_number(conn, INDEXED_THROUGH, to)?;
     Ok(to)
 }
-/// (position, version) of every record when all of their ids are stored already.
-fn already_stored(conn: &mut Conn, records: &[Record]) -> QueryResult<Option<Vec<(u64, u64)>>> {
+
+/// (position, version) of every record when all of their ids are stored already, by an
+/// earlier commit or (`claimed`) by an earlier unit of this one.
+fn already_stored(
+    conn: &mut Conn,
+    claimed: &HashMap<uuid::Uuid, (u64, u64)>,
+    records: &[Record],
+) -> QueryResult<Option<Vec<(u64, u64)>>> {
     let mut found = Vec::with_capacity(records.len());
     for record in records {
+        if let Some(&place) = claimed.get(&record.meta.id) {
+            found.push(place);
+            continue;
+        }
         let row = events::table
             .filter(events::event_id.eq(record.meta.id.as_bytes().as_slice()))
             .select((events::position, events::stream_version))
