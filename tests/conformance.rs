@@ -197,6 +197,23 @@ async fn version_conflicts_and_idempotent_ids_hold(store: TestStore) {
         ),
         "{err}"
     );
+    // Two publishes expecting the same version, usually in one group commit: one wins.
+    let mut winners = Vec::new();
+    for version in 0..10u64 {
+        let expect = PublishOptions::new().expected_version(version);
+        let (x, y) = tokio::join!(
+            bus.publish_with(placed(5, 200 + version), expect.clone()),
+            bus.publish_with(placed(5, 300 + version), expect),
+        );
+        let won = [&x, &y].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "version {version}: {x:?} {y:?}");
+        winners.push(if x.is_ok() { 200 } else { 300 } + version);
+        let lost = if x.is_ok() { y } else { x };
+        assert!(
+            matches!(lost, Err(Error::VersionConflict { actual, .. }) if actual == version + 1),
+            "version {version}: {lost:?}"
+        );
+    }
     let id = uuid::Uuid::now_v7();
     let once = bus
         .publish_with(placed(2, 2), PublishOptions::new().event_id(id))
@@ -227,9 +244,9 @@ async fn version_conflicts_and_idempotent_ids_hold(store: TestStore) {
     let mut handled = seqs(&log);
     handled.sort_unstable();
     let mut expected = vec![0, 2];
-    expected.extend((10..30).chain(110..130));
+    expected.extend((10..30).chain(110..130).chain(winners));
     assert_eq!(handled, expected);
-    assert_eq!(store.number("SELECT count(*) AS n FROM events"), 42);
+    assert_eq!(store.number("SELECT count(*) AS n FROM events"), 52);
 }
 
 /// Fails while the shared switch is on.
