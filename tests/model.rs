@@ -1,7 +1,8 @@
 //! Model-based test of the guarantees: random sequences of what an application and its
-//! operators do to a SQLite store (publish and publish_all on random streams, restart with the
-//! same or another concurrency, retention, a kill, replay, redrive, operator commands from
-//! another process, a second bus trying to start), checked after every step against a simple
+//! operators do to a SQLite store (publish and publish_all on random streams, publishes with
+//! chosen ids sent three times at once and again later, restart with the same or another
+//! concurrency, retention, a kill, replay, redrive, operator commands from another process,
+//! a second bus trying to start), checked after every step against a simple
 //! model: positions only grow over the store's life; every acknowledged event is handled by
 //! every subscription, in stream order within a run; projection effects exactly once; one dead
 //! letter per (handler, event); lag 0 when drained; `check` consistent.
@@ -18,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actorbus::{
-    Envelope, Error, EventBus, EventHandler, HandlerError, HandlerOptions, Replay, Retention,
-    Store, StoreError,
+    Envelope, Error, EventBus, EventHandler, HandlerError, HandlerOptions, PublishOptions, Receipt,
+    Replay, Retention, Store, StoreError,
 };
 use common::{
     applications, create_with_read_model, fast_restart, fast_retry, Applied, OrderPlaced, TempStore,
@@ -48,6 +49,14 @@ enum Op {
     OperatorReads,
     /// A second bus on the same store: refused while this one runs.
     SecondBus,
+    /// `count` publishes with chosen ids on one stream, each sent three times at once
+    /// (retries before the first was answered); with `retry_old`, an id acknowledged before
+    /// (in this run or an earlier one) is published again.
+    Idempotent {
+        stream: u8,
+        count: u8,
+        retry_old: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -60,6 +69,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Redrive),
         1 => Just(Op::OperatorReads),
         1 => Just(Op::SecondBus),
+        2 => (0u8..6, 1u8..6, any::<bool>())
+            .prop_map(|(stream, count, retry_old)| Op::Idempotent { stream, count, retry_old }),
     ]
 }
 
@@ -113,6 +124,10 @@ struct Model {
     letters_expected: BTreeSet<u64>,
     /// Retention may have deleted events: a projection rebuild is refused then.
     pruned: bool,
+    /// Retention was on in some run: an old id may be forgotten with its event.
+    retention_ever: bool,
+    /// (id, position) of every event published with a chosen id.
+    ids: Vec<(uuid::Uuid, u64)>,
 }
 
 struct World {
@@ -231,19 +246,67 @@ impl World {
             }
         });
         for (e, r) in events.iter().zip(receipts) {
-            let position = r.position.expect("durable");
-            assert!(
-                position > self.model.last_position,
-                "position {position} after {}: positions only grow",
-                self.model.last_position
-            );
-            self.model.last_position = position;
-            self.model
-                .acked
-                .insert(e.seq, (format!("order-{}", e.order), position));
-            if e.seq % 7 == 3 {
-                self.model.letters_expected.insert(e.seq);
-            }
+            self.acknowledged(e, &r);
+        }
+    }
+
+    /// Records an acknowledged event in the model; answers its position.
+    fn acknowledged(&mut self, e: &OrderPlaced, r: &Receipt) -> u64 {
+        let position = r.position.expect("durable");
+        assert!(
+            position > self.model.last_position,
+            "position {position} after {}: positions only grow",
+            self.model.last_position
+        );
+        self.model.last_position = position;
+        self.model
+            .acked
+            .insert(e.seq, (format!("order-{}", e.order), position));
+        if e.seq % 7 == 3 {
+            self.model.letters_expected.insert(e.seq);
+        }
+        position
+    }
+
+    /// Each event published three times at once with one chosen id: one event, each
+    /// publish answered with it. Then, unless retention may have forgotten it, an old id again: its event.
+    fn publish_idempotent(&mut self, stream: u8, count: u8, retry_old: bool) {
+        let bus = self.bus.clone().expect("a bus runs");
+        for _ in 0..count {
+            self.model.next_seq += 1;
+            let e = OrderPlaced {
+                order: u64::from(stream),
+                seq: self.model.next_seq,
+            };
+            let id = uuid::Uuid::now_v7();
+            let options = PublishOptions::new().event_id(id);
+            // Three at once: the router splits what waits into two commits, so two of them
+            // share one.
+            let (x, y, z) = self.block_on(async {
+                tokio::join!(
+                    bus.publish_with(e.clone(), options.clone()),
+                    bus.publish_with(e.clone(), options.clone()),
+                    bus.publish_with(e.clone(), options)
+                )
+            });
+            let (x, y, z) = (x.unwrap(), y.unwrap(), z.unwrap());
+            assert!(x == y && y == z, "one id, one event: {x:?} {y:?} {z:?}");
+            let position = self.acknowledged(&e, &x);
+            self.model.ids.push((id, position));
+        }
+        if retry_old && !self.model.retention_ever {
+            let (id, position) =
+                self.model.ids[self.model.next_seq as usize % self.model.ids.len()];
+            let again = OrderPlaced {
+                order: u64::from(stream),
+                seq: u64::MAX,
+            };
+            let receipt = self.block_on(async {
+                bus.publish_with(again, PublishOptions::new().event_id(id))
+                    .await
+                    .unwrap()
+            });
+            assert_eq!(receipt.position, Some(position), "an old id again");
         }
     }
 
@@ -337,6 +400,7 @@ impl World {
                 self.stop();
                 self.concurrency = usize::from(*concurrency);
                 self.retention = *retention;
+                self.model.retention_ever |= *retention;
                 self.start();
             }
             Op::Kill { concurrency } => {
@@ -405,6 +469,11 @@ impl World {
                 );
                 self.publish(&[5, 4, 3], false);
             }
+            Op::Idempotent {
+                stream,
+                count,
+                retry_old,
+            } => self.publish_idempotent(*stream, *count, *retry_old),
             Op::SecondBus => {
                 let second = self.block_on(async { self.builder().build() });
                 assert!(
