@@ -99,7 +99,9 @@ impl EventBus {
     ///
     /// # Errors
     /// [`Error::Stopped`] after `shutdown`, [`Error::Halted`] after an escalation stopped the
-    /// bus, [`Error::Store`] when the commit failed (nothing was stored).
+    /// bus, [`Error::Store`] when the commit failed (nothing was stored),
+    /// [`Error::InvalidEvent`] on a durable bus for an event no store can keep (a NUL
+    /// character in its stream id), [`Error::Encode`] when its `Serialize` impl fails.
     pub async fn publish<E: DomainEvent>(&self, event: E) -> Result<Receipt> {
         self.publish_with(event, PublishOptions::default()).await
     }
@@ -146,10 +148,24 @@ impl EventBus {
         receipts.into_iter().next().ok_or(Error::Stopped)
     }
 
-    /// Wraps an event for the intake; a durable bus also encodes its payload for the store.
+    /// Wraps an event for the intake; a durable bus also encodes its payload for the store,
+    /// and refuses what no store could keep (before the intake: a group commit fails whole,
+    /// so one such event would fail every publish committed with it).
     fn record<E: DomainEvent>(&self, event: E, options: PublishOptions) -> Result<Record> {
         if self.shared.durable {
-            Ok(Record::encoded(event, options)?)
+            let record = Record::encoded(event, options)?;
+            let meta = &record.meta;
+            for (what, text) in [
+                ("stream id", meta.stream_id.as_str()),
+                ("type", &*meta.event_type),
+            ] {
+                if text.contains('\0') {
+                    return Err(Error::InvalidEvent(format!(
+                        "its {what} {text:?} contains a NUL character (U+0000)"
+                    )));
+                }
+            }
+            Ok(record)
         } else {
             Ok(Record::new(event, options))
         }

@@ -71,6 +71,11 @@ pub enum Error {
     /// The store failed; see [`StoreError`] for what to do.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A durable bus cannot store this event: its stream id or type contains a NUL character
+    /// (U+0000), which PostgreSQL cannot keep in text (refused on every store, so that an
+    /// application behaves the same on each). Nothing was published.
+    #[error("event cannot be stored: {0}")]
+    InvalidEvent(String),
     /// An event could not be serialized to JSON. A bug in the event's `Serialize` impl.
     #[error("event could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),

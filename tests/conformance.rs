@@ -249,6 +249,51 @@ async fn version_conflicts_and_idempotent_ids_hold(store: TestStore) {
     assert_eq!(store.number("SELECT count(*) AS n FROM events"), 52);
 }
 
+/// An event whose stream id is whatever the application gives it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Named {
+    stream: String,
+    note: String,
+}
+
+impl actorbus::DomainEvent for Named {
+    const EVENT_TYPE: &'static str = "named";
+    fn stream_id(&self) -> String {
+        self.stream.clone()
+    }
+}
+
+/// A stream id no store can keep (PostgreSQL text holds no NUL) is refused at publish, on
+/// every store: it never reaches a group commit, where it failed every publish beside it.
+async fn an_event_no_store_can_keep_is_refused_alone(store: TestStore) {
+    let bus = store.builder().build().unwrap();
+    let named = |stream: &str, note: &str| Named {
+        stream: stream.into(),
+        note: note.into(),
+    };
+    for _ in 0..10 {
+        let (bad, nul_in_payload, other) = tokio::join!(
+            bus.publish(named("a\0b", "x")),
+            bus.publish(named("good", "y\0z")),
+            bus.publish(named("other", "fine")),
+        );
+        let err = bad.unwrap_err();
+        assert!(matches!(err, Error::InvalidEvent(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            r#"event cannot be stored: its stream id "a\0b" contains a NUL character (U+0000)"#
+        );
+        nul_in_payload.unwrap();
+        other.unwrap();
+    }
+    let batch = bus
+        .publish_all([named("fine", "1"), named("bad\0", "2")])
+        .await;
+    assert!(matches!(batch, Err(Error::InvalidEvent(_))), "{batch:?}");
+    drain(&bus).await;
+    assert_eq!(store.number("SELECT count(*) AS n FROM events"), 20);
+}
+
 /// Fails while the shared switch is on.
 struct Broken(Arc<AtomicBool>, Log);
 
@@ -382,6 +427,7 @@ on_every_store!(
     version_conflicts_and_idempotent_ids_hold,
     dead_letters_are_kept_once_and_redriven,
     retention_then_publish_gives_a_new_position_that_is_handled,
+    an_event_no_store_can_keep_is_refused_alone,
 );
 
 #[actix::test]
