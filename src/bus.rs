@@ -165,6 +165,13 @@ impl EventBus {
                     )));
                 }
             }
+            let bytes = meta.stream_id.len();
+            if bytes > crate::event::MAX_STREAM_ID_BYTES {
+                return Err(Error::InvalidEvent(format!(
+                    "its stream id is {bytes} bytes long; a store keeps at most {}",
+                    crate::event::MAX_STREAM_ID_BYTES
+                )));
+            }
             Ok(record)
         } else {
             Ok(Record::new(event, options))

@@ -72,8 +72,9 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A durable bus cannot store this event: its stream id or type contains a NUL character
-    /// (U+0000), which PostgreSQL cannot keep in text (refused on every store, so that an
-    /// application behaves the same on each). Nothing was published.
+    /// (U+0000), which PostgreSQL cannot keep in text, or its stream id is longer than
+    /// [`MAX_STREAM_ID_BYTES`](crate::MAX_STREAM_ID_BYTES). Refused on every store, so that an
+    /// application behaves the same on each. Nothing was published.
     #[error("event cannot be stored: {0}")]
     InvalidEvent(String),
     /// An event could not be serialized to JSON. A bug in the event's `Serialize` impl.

@@ -18,6 +18,11 @@ mod record;
 pub(crate) use record::new_event_id;
 pub(crate) use record::{Payload, Record};
 
+/// The longest stream id a durable bus stores, in bytes (UTF-8). PostgreSQL keys its stream
+/// index by the id, and an index entry must fit in a fraction of a page; the same limit
+/// holds on every store, so that an application behaves the same on each.
+pub const MAX_STREAM_ID_BYTES: usize = 1024;
+
 /// A domain event: a fact that happened to one aggregate (its *stream*), named in the past
 /// tense (`OrderPlaced`).
 ///
@@ -49,7 +54,9 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The payload's schema version, stored beside it.
     const SCHEMA_VERSION: u32 = 1;
     /// The id of the stream (aggregate) this event belongs to. Events of one stream are
-    /// delivered to each handler in publish order.
+    /// delivered to each handler in publish order. A durable bus stores ids of at most
+    /// [`MAX_STREAM_ID_BYTES`] bytes without a NUL character, and refuses others at publish
+    /// ([`Error::InvalidEvent`](crate::Error::InvalidEvent)).
     fn stream_id(&self) -> String;
     /// The type name of this value: one of `EVENT_TYPES` (by default `EVENT_TYPE`).
     fn event_type(&self) -> &'static str {

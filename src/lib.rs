@@ -118,7 +118,9 @@ pub use crate::builder::BusBuilder;
 pub use crate::bus::EventBus;
 pub use crate::dead_letter::DeadLetter;
 pub use crate::error::{Error, HandlerError, Result};
-pub use crate::event::{partition_for, DomainEvent, Envelope, Metadata, PublishOptions, Receipt};
+pub use crate::event::{
+    partition_for, DomainEvent, Envelope, Metadata, PublishOptions, Receipt, MAX_STREAM_ID_BYTES,
+};
 pub use crate::handler::{handler_fn, EventHandler, Handle, HandlerFn};
 pub use crate::options::{
     HandlerOptions, StartFrom, DEFAULT_INTAKE_CAPACITY, DEFAULT_MAILBOX_CAPACITY,
