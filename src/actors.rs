@@ -1,6 +1,7 @@
 //! The actors of the runtime: supervisor, router and handler actors.
 
 pub(crate) mod handler;
+pub(crate) mod intake;
 pub(crate) mod letters;
 pub(crate) mod panics;
 pub(crate) mod pipeline;

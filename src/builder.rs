@@ -4,8 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 mod subscribe;
 
 use crate::actors::router::Partition;
@@ -349,7 +347,7 @@ impl BusBuilder {
             })
             .collect();
         let durable = store.is_some();
-        let (tx, rx) = mpsc::channel(self.intake_capacity);
+        let (tx, rx) = crate::actors::intake::channel(self.intake_capacity);
         let tree = SupervisorActor::start_tree(TreePlan {
             policies,
             lifecycle: Arc::clone(&lifecycle),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::actors::letters::DeadLetters;
 use crate::actors::router::{Intake, Redrive, RouterActor};
@@ -24,7 +24,7 @@ pub(crate) struct BusShared {
     pub(crate) durable: bool,
     /// The store's readers (durable bus).
     pub(crate) reader: Option<crate::storage::backend::Reader>,
-    pub(crate) intake: mpsc::Sender<Intake>,
+    pub(crate) intake: crate::actors::intake::IntakeTx,
     pub(crate) intake_capacity: usize,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) counters: Arc<BusCounters>,
@@ -279,10 +279,10 @@ impl EventBus {
             Intake::One(record, None)
         };
         self.shared.intake.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Full {
+            crate::actors::intake::TrySendError::Full => Error::Full {
                 capacity: self.shared.intake_capacity,
             },
-            mpsc::error::TrySendError::Closed(_) => self.shared.lifecycle.closed(),
+            crate::actors::intake::TrySendError::Closed => self.shared.lifecycle.closed(),
         })?;
         HandlerCounters::add(&self.shared.counters.published, 1);
         Ok(receipt)

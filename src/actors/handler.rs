@@ -143,7 +143,8 @@ impl<E: DomainEvent, H: RunsEvents<E>> HandlerActor<E, H> {
         let mut setup = self.setup.clone();
         setup.claim = self.fence.map(|token| (self.partition, token));
         let letters: Vec<i64> = pending.batch.iter().filter_map(|r| r.letter).collect();
-        let fut = run_batch::<E, H>(handler, pending, setup);
+        // Publishes from inside the handler never wait for the intake.
+        let fut = crate::actors::intake::within_handler(run_batch::<E, H>(handler, pending, setup));
         ctx.wait(
             fut.into_actor(self)
                 .map(move |outcome, act, ctx| match outcome {

@@ -10,10 +10,11 @@ use std::task::Poll;
 
 use std::time::Duration;
 
+use crate::actors::intake::{IntakeRx, IntakeTx};
 use actix::prelude::*;
 use futures_util::future::{join_all, LocalBoxFuture};
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::actors::handler::{Control, Deliver, Load};
 use crate::actors::pipeline::{acknowledge, CommitGate, Committed, InOrder};
@@ -103,8 +104,8 @@ pub(crate) struct RouterActor {
     /// Index of each subscription's first partition in a flat list of all partitions (plus the total at the end).
     partition_base: Vec<usize>,
     counters: Arc<BusCounters>,
-    intake: Option<(mpsc::Receiver<Intake>, usize)>,
-    close: Option<mpsc::Sender<Intake>>,
+    intake: Option<(IntakeRx, usize)>,
+    close: Option<IntakeTx>,
     durable: Option<Durable>,
     /// Group commits sent and not yet handled (durable bus).
     gate: Rc<CommitGate>,
@@ -133,8 +134,8 @@ impl RouterActor {
     /// `chunk` bounds how many intake items the router takes at once.
     pub(crate) fn new(
         subscriptions: Vec<Subscription>,
-        intake: mpsc::Receiver<Intake>,
-        close: mpsc::Sender<Intake>,
+        intake: IntakeRx,
+        close: IntakeTx,
         chunk: usize,
         counters: Arc<BusCounters>,
         durable: Option<Durable>,

@@ -56,12 +56,11 @@ impl Message for CloseIntake {
 impl Handler<CloseIntake> for RouterActor {
     type Result = ();
 
-    fn handle(&mut self, _: CloseIntake, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: CloseIntake, _ctx: &mut Context<Self>) {
         if let Some(tx) = self.close.take() {
-            // Spawned, not awaited: the intake may be full, and the router is what empties it.
-            ctx.spawn(actix::fut::wrap_future(async move {
-                let _ = tx.send(Intake::Close).await;
-            }));
+            // Over the bound if it must: the intake may be full, and the router is what
+            // empties it.
+            let _ = tx.send_over(Intake::Close);
         }
     }
 }

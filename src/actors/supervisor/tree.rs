@@ -7,10 +7,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::mpsc;
 
+use crate::actors::intake::{IntakeRx, IntakeTx};
 use crate::actors::letters::DeadLetters;
-use crate::actors::router::{Durable, Intake, Partition, RouterActor, Shared, Subscription};
+use crate::actors::router::{Durable, Partition, RouterActor, Shared, Subscription};
 use crate::actors::storage::{CheckpointBoard, StorageActor};
 use crate::actors::supervisor::SupervisorActor;
 use crate::actors::thread::ActorThread;
@@ -28,7 +28,7 @@ pub(crate) struct TreePlan {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) counters: Arc<BusCounters>,
     /// The intake: the router reads `rx`; `tx` lets it close the channel behind the last item.
-    pub(crate) intake: (mpsc::Sender<Intake>, mpsc::Receiver<Intake>),
+    pub(crate) intake: (IntakeTx, IntakeRx),
     /// Most intake items the router takes at once: no delivery is larger than the smallest
     /// mailbox (a `Many` item may still be split per actor).
     pub(crate) chunk: usize,

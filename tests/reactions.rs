@@ -1,0 +1,107 @@
+//! Handlers that publish: a reaction (a policy, a process manager) handles an event and
+//! publishes the next one, awaiting it, on every kind of bus. In memory the router waits for
+//! a full handler mailbox, so a handler that waited for the intake waited for itself: the bus
+//! stopped at the first full mailbox.
+
+mod common;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use actorbus::{BusBuilder, Envelope, EventBus, EventHandler, HandlerError, HandlerOptions};
+use common::*;
+
+/// On each order placed, captures its payment: publishes and awaits it.
+struct Reaction {
+    bus: Arc<OnceLock<EventBus>>,
+}
+
+impl EventHandler<OrderPlaced> for Reaction {
+    async fn handle(&mut self, e: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        let bus = self.bus.get().expect("set after build").clone();
+        bus.publish(PaymentCaptured {
+            order: e.order,
+            cents: e.seq,
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Records each payment as (order, cents).
+struct Payments(Arc<Mutex<Vec<(u64, u64)>>>);
+
+impl EventHandler<PaymentCaptured> for Payments {
+    async fn handle(&mut self, e: &Envelope<PaymentCaptured>) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push((e.order, e.cents));
+        Ok(())
+    }
+}
+
+/// Tiny capacities, so that every mailbox and the intake are full most of the time.
+async fn reactions_complete_in_order(builder: BusBuilder) {
+    const EVENTS: u64 = 3000;
+    const ORDERS: u64 = 40;
+    let cell: Arc<OnceLock<EventBus>> = Arc::default();
+    let payments: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let (reaction_bus, seen) = (Arc::clone(&cell), Arc::clone(&payments));
+    let bus = builder
+        .intake_capacity(4)
+        .handler_with(
+            "reaction",
+            HandlerOptions::new().mailbox_capacity(2).concurrency(2),
+            move || Reaction {
+                bus: Arc::clone(&reaction_bus),
+            },
+        )
+        .handler_with(
+            "payments",
+            HandlerOptions::new().mailbox_capacity(2).concurrency(3),
+            move || Payments(Arc::clone(&seen)),
+        )
+        .build()
+        .unwrap();
+    cell.set(bus.clone()).ok();
+    let all_handled = async {
+        for seq in 0..EVENTS {
+            bus.publish(placed(seq % ORDERS, seq)).await.unwrap();
+        }
+        poll_until("every reaction's payment handled", || {
+            payments.lock().unwrap().len() as u64 == EVENTS
+        })
+        .await;
+    };
+    // Bounded: a bus that stops would otherwise hold the publisher forever.
+    if actix_rt::time::timeout(Duration::from_secs(60), all_handled)
+        .await
+        .is_err()
+    {
+        panic!(
+            "the bus stopped: {} of {EVENTS} payments handled",
+            payments.lock().unwrap().len()
+        );
+    }
+    drain(&bus).await;
+    assert_eq!(bus.stats().published, 2 * EVENTS);
+    // Per order, the payments come in the order its placements were handled.
+    let payments = payments.lock().unwrap();
+    for order in 0..ORDERS {
+        let cents: Vec<u64> = (payments.iter())
+            .filter(|(o, _)| *o == order)
+            .map(|(_, c)| *c)
+            .collect();
+        let expected: Vec<u64> = (order..EVENTS).step_by(ORDERS as usize).collect();
+        assert_eq!(cents, expected, "order {order}");
+    }
+}
+
+#[actix::test]
+async fn a_handler_that_publishes_never_stops_an_in_memory_bus() {
+    reactions_complete_in_order(EventBus::builder()).await;
+}
+
+#[actix::test]
+async fn a_handler_that_publishes_on_a_durable_bus() {
+    let tmp = TempStore::new();
+    reactions_complete_in_order(EventBus::builder().sqlite(tmp.path())).await;
+}
