@@ -115,7 +115,7 @@ impl EventBus {
         event: E,
         options: PublishOptions,
     ) -> Result<Receipt> {
-        self.shared.lifecycle.check()?;
+        self.shared.lifecycle.check_publish()?;
         if !self.shared.durable {
             if options.expected().is_some() {
                 return Err(Error::Config(
@@ -206,7 +206,7 @@ impl EventBus {
         &self,
         events: impl IntoIterator<Item = E>,
     ) -> Result<Vec<Receipt>> {
-        self.shared.lifecycle.check()?;
+        self.shared.lifecycle.check_publish()?;
         let records: Vec<Record> = events
             .into_iter()
             .map(|e| self.record(e, PublishOptions::default()))
@@ -258,7 +258,7 @@ impl EventBus {
         event: E,
         options: PublishOptions,
     ) -> Result<Receipt> {
-        self.shared.lifecycle.check()?;
+        self.shared.lifecycle.check_publish()?;
         if options.expected().is_some() {
             return Err(Error::Config(
                 "expected_version is decided at commit: use publish_with, which waits for it"

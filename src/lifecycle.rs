@@ -26,6 +26,15 @@ impl Lifecycle {
         }
     }
 
+    /// [`check`](Self::check) for a publish: while a shutdown drains, a publish from inside
+    /// a handler is part of the work being drained, and is accepted.
+    pub(crate) fn check_publish(&self) -> Result<()> {
+        match self.state.load(Ordering::Acquire) {
+            STOPPING if crate::actors::intake::in_handler() => Ok(()),
+            _ => self.check(),
+        }
+    }
+
     pub(crate) fn halted(&self) -> Error {
         let reason = self
             .reason

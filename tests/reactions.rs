@@ -1,7 +1,9 @@
 //! Handlers that publish: a reaction (a policy, a process manager) handles an event and
 //! publishes the next one, awaiting it, on every kind of bus. In memory the router waits for
 //! a full handler mailbox, so a handler that waited for the intake waited for itself: the bus
-//! stopped at the first full mailbox.
+//! stopped at the first full mailbox. And a shutdown drains what the reactions publish
+//! while it drains: it used to refuse it, so the reactions failed, retried and
+//! dead-lettered, and the shutdown timed out.
 
 mod common;
 
@@ -104,4 +106,42 @@ async fn a_handler_that_publishes_never_stops_an_in_memory_bus() {
 async fn a_handler_that_publishes_on_a_durable_bus() {
     let tmp = TempStore::new();
     reactions_complete_in_order(EventBus::builder().sqlite(tmp.path())).await;
+}
+
+/// Shutdown at once after the last publish: the reactions still to run publish while the
+/// bus drains, and their events are handled before it stops.
+async fn shutdown_drains_what_reactions_publish(builder: BusBuilder) {
+    const EVENTS: u64 = 2000;
+    let cell: Arc<OnceLock<EventBus>> = Arc::default();
+    let payments: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let (reaction_bus, seen) = (Arc::clone(&cell), Arc::clone(&payments));
+    let bus = builder
+        .handler("reaction", move || Reaction {
+            bus: Arc::clone(&reaction_bus),
+        })
+        .handler("payments", move || Payments(Arc::clone(&seen)))
+        .build()
+        .unwrap();
+    cell.set(bus.clone()).ok();
+    for seq in 0..EVENTS {
+        bus.publish(placed(seq % 10, seq)).await.unwrap();
+    }
+    bus.shutdown(DRAIN).await.unwrap();
+    assert_eq!(payments.lock().unwrap().len() as u64, EVENTS);
+    let reaction = bus.stats().handler("reaction").unwrap().clone();
+    assert_eq!((reaction.failed_attempts, reaction.dead_letters), (0, 0));
+    // Publishers outside handlers are refused once the shutdown began.
+    let refused = bus.publish(placed(0, EVENTS)).await.unwrap_err();
+    assert!(matches!(refused, actorbus::Error::Stopped), "{refused:?}");
+}
+
+#[actix::test]
+async fn shutdown_drains_what_reactions_publish_in_memory() {
+    shutdown_drains_what_reactions_publish(EventBus::builder()).await;
+}
+
+#[actix::test]
+async fn shutdown_drains_what_reactions_publish_on_a_durable_bus() {
+    let tmp = TempStore::new();
+    shutdown_drains_what_reactions_publish(EventBus::builder().sqlite(tmp.path())).await;
 }

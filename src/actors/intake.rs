@@ -26,7 +26,8 @@ pub(crate) async fn within_handler<F: std::future::Future>(handling: F) -> F::Ou
     IN_HANDLER.scope((), handling).await
 }
 
-fn in_handler() -> bool {
+/// Whether the caller runs inside a handler's batch.
+pub(crate) fn in_handler() -> bool {
     IN_HANDLER.try_with(|_| ()).is_ok()
 }
 
@@ -34,6 +35,8 @@ struct Bound {
     permits: Semaphore,
     /// Items handed over without a permit and not yet paid back.
     debt: AtomicUsize,
+    /// Items handed over and not yet taken.
+    queued: AtomicUsize,
 }
 
 /// The intake is closed: the bus is shutting down or stopped.
@@ -68,6 +71,7 @@ pub(crate) fn channel(capacity: usize) -> (IntakeTx, IntakeRx) {
     let bound = Arc::new(Bound {
         permits: Semaphore::new(capacity),
         debt: AtomicUsize::new(0),
+        queued: AtomicUsize::new(0),
     });
     let rx = IntakeRx {
         rx,
@@ -88,7 +92,20 @@ impl IntakeTx {
             .await
             .map_err(|_| Closed)?
             .forget();
-        self.tx.send(item).map_err(|_| Closed)
+        self.hand_over(item)
+    }
+
+    fn hand_over(&self, item: Intake) -> Result<(), Closed> {
+        self.bound.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(item).map_err(|_| {
+            self.bound.queued.fetch_sub(1, Ordering::AcqRel);
+            Closed
+        })
+    }
+
+    /// Whether every item handed over has been taken.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bound.queued.load(Ordering::Acquire) == 0
     }
 
     /// Hands `item` over if a permit is free (always inside a handler).
@@ -101,19 +118,20 @@ impl IntakeTx {
             Err(TryAcquireError::NoPermits) => return Err(TrySendError::Full),
             Err(TryAcquireError::Closed) => return Err(TrySendError::Closed),
         }
-        self.tx.send(item).map_err(|_| TrySendError::Closed)
+        self.hand_over(item).map_err(|_| TrySendError::Closed)
     }
 
     /// Hands `item` over at once: with a permit if one is free, otherwise over the bound.
+    /// Only a closed channel refuses it.
     pub(crate) fn send_over(&self, item: Intake) -> Result<(), Closed> {
         match self.bound.permits.try_acquire() {
             Ok(permit) => permit.forget(),
             Err(TryAcquireError::NoPermits) => {
                 self.bound.debt.fetch_add(1, Ordering::AcqRel);
             }
-            Err(TryAcquireError::Closed) => return Err(Closed),
+            Err(TryAcquireError::Closed) => {}
         }
-        self.tx.send(item).map_err(|_| Closed)
+        self.hand_over(item)
     }
 }
 
@@ -133,6 +151,7 @@ impl IntakeRx {
     ) -> Poll<usize> {
         let polled = self.rx.poll_recv_many(cx, buf, limit);
         if let Poll::Ready(n) = polled {
+            self.bound.queued.fetch_sub(n, Ordering::AcqRel);
             let debt = &self.bound.debt;
             let mut owed = debt.load(Ordering::Acquire);
             let paid = loop {

@@ -56,14 +56,58 @@ impl Message for CloseIntake {
 impl Handler<CloseIntake> for RouterActor {
     type Result = ();
 
-    fn handle(&mut self, _: CloseIntake, _ctx: &mut Context<Self>) {
-        if let Some(tx) = self.close.take() {
-            // Over the bound if it must: the intake may be full, and the router is what
-            // empties it.
-            let _ = tx.send_over(Intake::Close);
-        }
+    fn handle(&mut self, _: CloseIntake, ctx: &mut Context<Self>) {
+        self.close_when_quiet(ctx);
     }
 }
+
+impl RouterActor {
+    /// Closes the intake once nothing is left to do: handlers may publish while they handle
+    /// what the shutdown drains (a reaction publishes the next event), and that is drained
+    /// too. Quiet: every actor answered a `Control::Drain` sent after the last delivery,
+    /// nothing was routed meanwhile, the intake is empty, no commit is outstanding and no
+    /// lane reads the store. Publishers outside handlers are refused already (`Lifecycle`).
+    fn close_when_quiet(&mut self, ctx: &mut Context<Self>) {
+        if self.close.is_none() {
+            return;
+        }
+        let delivered = self.delivered_total();
+        let controls: Vec<_> = (self.subscriptions.iter())
+            .flat_map(|g| g.partitions.iter().map(|s| s.control.clone()))
+            .collect();
+        let barrier = async move {
+            join_all(controls.iter().map(|c| c.send(Control::Drain))).await;
+        };
+        ctx.spawn(
+            actix::fut::wrap_future(barrier).map(move |(), act: &mut Self, ctx| {
+                let quiet = act.delivered_total() == delivered
+                    && act.close.as_ref().is_some_and(IntakeTx::is_empty)
+                    && act.gate.is_idle()
+                    && act.is_settled();
+                if !quiet {
+                    ctx.run_later(QUIET_CHECK, |act, ctx| act.close_when_quiet(ctx));
+                } else if let Some(tx) = act.close.take() {
+                    // Over the bound if it must: the router is what empties the intake.
+                    let _ = tx.send_over(Intake::Close);
+                }
+            }),
+        );
+    }
+
+    /// Events handed to handler actors so far, over every subscription.
+    fn delivered_total(&self) -> u64 {
+        (self.subscriptions.iter())
+            .map(|s| {
+                s.counters
+                    .delivered
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    }
+}
+
+/// How long a shutdown that found work left waits before it looks again.
+const QUIET_CHECK: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Resolves once the intake is closed and every handler mailbox drained.
 pub(crate) struct AwaitDrained;
