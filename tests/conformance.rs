@@ -730,3 +730,51 @@ mod postgres_handover {
         assert_in_stream_order(&log, total);
     }
 }
+
+/// PostgreSQL only: a bus shuts down while another bus on the same store goes on publishing
+/// (another process, as in production). The shutdown does not wait for the other's events.
+#[cfg(feature = "postgres")]
+mod postgres_shutdown {
+    use super::*;
+
+    #[actix::test]
+    async fn a_bus_shuts_down_while_another_keeps_publishing() {
+        let Some(db) = common::postgres::PgDatabase::fresh() else {
+            return;
+        };
+        let log = new_log();
+        let leaving = EventBus::builder()
+            .postgres(&db.url)
+            .handler("recorder", RecordingHandler::factory(&log))
+            .build()
+            .unwrap();
+        let staying = EventBus::builder()
+            .postgres(&db.url)
+            .handler("recorder", RecordingHandler::factory(&new_log()))
+            .build()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let publishing = {
+            let (staying, stop) = (staying.clone(), Arc::clone(&stop));
+            actix_rt::spawn(async move {
+                let mut seq = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    staying.publish(placed(seq % 5, seq)).await.unwrap();
+                    seq += 1;
+                }
+                seq
+            })
+        };
+        for seq in 0..50 {
+            leaving
+                .publish(placed(seq % 5, 1_000_000 + seq))
+                .await
+                .unwrap();
+        }
+        leaving.shutdown(Duration::from_secs(10)).await.unwrap();
+        stop.store(true, Ordering::SeqCst);
+        let published = publishing.await.unwrap();
+        assert!(published > 0);
+        drain(&staying).await;
+    }
+}

@@ -127,6 +127,9 @@ pub(crate) struct RouterActor {
     /// Shutdown waits for every lane to be live again before it drains.
     drain_when_caught_up: bool,
     drained: bool,
+    /// Deliveries of this bus's own publishes (intake chunks in memory, commits on a durable
+    /// bus): a shutdown closes the intake only once none happened during its last barrier.
+    own_deliveries: u64,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -183,6 +186,7 @@ impl RouterActor {
             tail: Tail::default(),
             drain_when_caught_up: false,
             drained: false,
+            own_deliveries: 0,
             drain_waiters: Vec::new(),
         }
     }
@@ -378,6 +382,7 @@ impl StreamHandler<Vec<Intake>> for RouterActor {
                 Intake::Close => {}
             }
         }
+        self.own_deliveries += 1;
         self.deliver(records.into_iter(), None, ctx);
     }
 

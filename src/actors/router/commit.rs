@@ -67,6 +67,7 @@ impl RouterActor {
                 (self.counters.commits).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let stored = acknowledge(reply, acks);
+            self.own_deliveries += 1;
             let ack_seconds = &self.counters.metrics.ack_seconds;
             for record in &stored {
                 ack_seconds.record(record.published_at.elapsed().as_secs_f64());

@@ -64,14 +64,15 @@ impl Handler<CloseIntake> for RouterActor {
 impl RouterActor {
     /// Closes the intake once nothing is left to do: handlers may publish while they handle
     /// what the shutdown drains (a reaction publishes the next event), and that is drained
-    /// too. Quiet: every actor answered a `Control::Drain` sent after the last delivery,
-    /// nothing was routed meanwhile, the intake is empty, no commit is outstanding and no
-    /// lane reads the store. Publishers outside handlers are refused already (`Lifecycle`).
+    /// too. Quiet: every actor answered a `Control::Drain`, none of this bus's own publishes
+    /// was delivered meanwhile, the intake is empty, no commit is outstanding and no lane
+    /// reads the store. Publishers outside handlers are refused already (`Lifecycle`).
+    /// Events other processes append to a shared store are not waited for.
     fn close_when_quiet(&mut self, ctx: &mut Context<Self>) {
         if self.close.is_none() {
             return;
         }
-        let delivered = self.delivered_total();
+        let delivered = self.own_deliveries;
         let controls: Vec<_> = (self.subscriptions.iter())
             .flat_map(|g| g.partitions.iter().map(|s| s.control.clone()))
             .collect();
@@ -80,7 +81,7 @@ impl RouterActor {
         };
         ctx.spawn(
             actix::fut::wrap_future(barrier).map(move |(), act: &mut Self, ctx| {
-                let quiet = act.delivered_total() == delivered
+                let quiet = act.own_deliveries == delivered
                     && act.close.as_ref().is_some_and(IntakeTx::is_empty)
                     && act.gate.is_idle()
                     && act.is_settled();
@@ -92,17 +93,6 @@ impl RouterActor {
                 }
             }),
         );
-    }
-
-    /// Events handed to handler actors so far, over every subscription.
-    fn delivered_total(&self) -> u64 {
-        (self.subscriptions.iter())
-            .map(|s| {
-                s.counters
-                    .delivered
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum()
     }
 }
 
