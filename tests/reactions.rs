@@ -31,7 +31,7 @@ impl EventHandler<OrderPlaced> for Reaction {
 }
 
 /// Records each payment as (order, cents).
-struct Payments(Arc<Mutex<Vec<(u64, u64)>>>);
+struct Payments(Seen);
 
 impl EventHandler<PaymentCaptured> for Payments {
     async fn handle(&mut self, e: &Envelope<PaymentCaptured>) -> Result<(), HandlerError> {
@@ -40,30 +40,41 @@ impl EventHandler<PaymentCaptured> for Payments {
     }
 }
 
+/// (order, cents) of every payment handled.
+type Seen = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// A bus of `builder` with the reaction (`reaction`) and the payments it causes
+/// (`payments`); and what the payments handler saw.
+fn with_reaction(
+    builder: BusBuilder,
+    reaction: HandlerOptions,
+    payments: HandlerOptions,
+) -> (EventBus, Seen) {
+    let cell: Arc<OnceLock<EventBus>> = Arc::default();
+    let seen: Seen = Arc::default();
+    let (reaction_bus, recorded) = (Arc::clone(&cell), Arc::clone(&seen));
+    let bus = builder
+        .handler_with("reaction", reaction, move || Reaction {
+            bus: Arc::clone(&reaction_bus),
+        })
+        .handler_with("payments", payments, move || {
+            Payments(Arc::clone(&recorded))
+        })
+        .build()
+        .unwrap();
+    cell.set(bus.clone()).ok();
+    (bus, seen)
+}
+
 /// Tiny capacities, so that every mailbox and the intake are full most of the time.
 async fn reactions_complete_in_order(builder: BusBuilder) {
     const EVENTS: u64 = 3000;
     const ORDERS: u64 = 40;
-    let cell: Arc<OnceLock<EventBus>> = Arc::default();
-    let payments: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
-    let (reaction_bus, seen) = (Arc::clone(&cell), Arc::clone(&payments));
-    let bus = builder
-        .intake_capacity(4)
-        .handler_with(
-            "reaction",
-            HandlerOptions::new().mailbox_capacity(2).concurrency(2),
-            move || Reaction {
-                bus: Arc::clone(&reaction_bus),
-            },
-        )
-        .handler_with(
-            "payments",
-            HandlerOptions::new().mailbox_capacity(2).concurrency(3),
-            move || Payments(Arc::clone(&seen)),
-        )
-        .build()
-        .unwrap();
-    cell.set(bus.clone()).ok();
+    let (bus, payments) = with_reaction(
+        builder.intake_capacity(4),
+        HandlerOptions::new().mailbox_capacity(2).concurrency(2),
+        HandlerOptions::new().mailbox_capacity(2).concurrency(3),
+    );
     let all_handled = async {
         for seq in 0..EVENTS {
             bus.publish(placed(seq % ORDERS, seq)).await.unwrap();
@@ -97,32 +108,11 @@ async fn reactions_complete_in_order(builder: BusBuilder) {
     }
 }
 
-#[actix::test]
-async fn a_handler_that_publishes_never_stops_an_in_memory_bus() {
-    reactions_complete_in_order(EventBus::builder()).await;
-}
-
-#[actix::test]
-async fn a_handler_that_publishes_on_a_durable_bus() {
-    let tmp = TempStore::new();
-    reactions_complete_in_order(EventBus::builder().sqlite(tmp.path())).await;
-}
-
 /// Shutdown at once after the last publish: the reactions still to run publish while the
 /// bus drains, and their events are handled before it stops.
 async fn shutdown_drains_what_reactions_publish(builder: BusBuilder) {
     const EVENTS: u64 = 2000;
-    let cell: Arc<OnceLock<EventBus>> = Arc::default();
-    let payments: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
-    let (reaction_bus, seen) = (Arc::clone(&cell), Arc::clone(&payments));
-    let bus = builder
-        .handler("reaction", move || Reaction {
-            bus: Arc::clone(&reaction_bus),
-        })
-        .handler("payments", move || Payments(Arc::clone(&seen)))
-        .build()
-        .unwrap();
-    cell.set(bus.clone()).ok();
+    let (bus, payments) = with_reaction(builder, HandlerOptions::new(), HandlerOptions::new());
     for seq in 0..EVENTS {
         bus.publish(placed(seq % 10, seq)).await.unwrap();
     }
@@ -135,13 +125,30 @@ async fn shutdown_drains_what_reactions_publish(builder: BusBuilder) {
     assert!(matches!(refused, actorbus::Error::Stopped), "{refused:?}");
 }
 
-#[actix::test]
-async fn shutdown_drains_what_reactions_publish_in_memory() {
-    shutdown_drains_what_reactions_publish(EventBus::builder()).await;
+/// Runs each scenario in memory and on SQLite.
+macro_rules! in_memory_and_durable {
+    ($($scenario:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[actix::test]
+                async fn $scenario() {
+                    super::$scenario(actorbus::EventBus::builder()).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[actix::test]
+                async fn $scenario() {
+                    let tmp = crate::common::TempStore::new();
+                    super::$scenario(actorbus::EventBus::builder().sqlite(tmp.path())).await;
+                }
+            )*
+        }
+    };
 }
 
-#[actix::test]
-async fn shutdown_drains_what_reactions_publish_on_a_durable_bus() {
-    let tmp = TempStore::new();
-    shutdown_drains_what_reactions_publish(EventBus::builder().sqlite(tmp.path())).await;
-}
+in_memory_and_durable!(
+    reactions_complete_in_order,
+    shutdown_drains_what_reactions_publish,
+);
