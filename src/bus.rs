@@ -101,7 +101,8 @@ impl EventBus {
     /// [`Error::Stopped`] after `shutdown`, [`Error::Halted`] after an escalation stopped the
     /// bus, [`Error::Store`] when the commit failed (nothing was stored),
     /// [`Error::InvalidEvent`] on a durable bus for an event no store can keep (a NUL
-    /// character in its stream id), [`Error::Encode`] when its `Serialize` impl fails.
+    /// character in its stream id, or an id over [`MAX_STREAM_ID_BYTES`](crate::MAX_STREAM_ID_BYTES)),
+    /// [`Error::Encode`] when its `Serialize` impl fails.
     pub async fn publish<E: DomainEvent>(&self, event: E) -> Result<Receipt> {
         self.publish_with(event, PublishOptions::default()).await
     }

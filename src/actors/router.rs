@@ -10,13 +10,13 @@ use std::task::Poll;
 
 use std::time::Duration;
 
-use crate::actors::intake::{IntakeRx, IntakeTx};
 use actix::prelude::*;
 use futures_util::future::{join_all, LocalBoxFuture};
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::actors::handler::{Control, Deliver, Load};
+use crate::actors::intake::{IntakeRx, IntakeTx};
 use crate::actors::pipeline::{acknowledge, CommitGate, Committed, InOrder};
 use crate::actors::storage::{Append, FlushCheckpoints, Prune, StorageActor};
 use crate::error::Result;
