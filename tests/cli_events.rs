@@ -42,6 +42,9 @@ fn events_list_prints_a_table_oldest_first_and_filters_it() {
     assert_eq!(positions(&page), vec![5, 6, 7]);
     let none = ok(&["events", "list", "--db", db, "--stream", "order-404"]);
     assert_eq!(none.trim(), "no events");
+    // A page of nothing is a mistake, not an empty result.
+    let zero = usage_error(&["events", "list", "--db", db, "--limit", "0"]);
+    assert!(zero.contains("not a whole number of at least 1"), "{zero}");
 }
 
 #[test]

@@ -53,8 +53,8 @@ pub(crate) struct ListArgs {
     /// Only events after this global position (to page: the last position shown).
     #[arg(long, value_name = "POS", value_parser = crate::cli::position())]
     after: Option<u64>,
-    /// At most this many events.
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    /// At most this many events (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = crate::cli::whole_number::<u64>(1, u64::MAX))]
     limit: u64,
     /// Print one JSON array of events (full payloads and metadata) instead of a table.
     #[arg(long)]
