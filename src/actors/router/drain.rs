@@ -14,14 +14,10 @@ impl RouterActor {
         // Every actor learns the final watermark first, then drains; the checkpoints and dead
         // letters are written once all of them are done (so not a message earlier).
         self.watermarks(true);
-        let controls: Vec<_> = self
-            .subscriptions
-            .iter()
-            .flat_map(|g| g.partitions.iter().map(|s| s.control.clone()))
-            .collect();
+        let barrier = self.drain_barrier();
         let storage = self.durable.as_ref().map(|d| d.storage.clone());
         let done = async move {
-            join_all(controls.iter().map(|c| c.send(Control::Drain))).await;
+            barrier.await;
             if let Some(storage) = storage {
                 match storage.send(FlushCheckpoints).await {
                     Ok(Err(e)) => log::error!(
@@ -73,12 +69,7 @@ impl RouterActor {
             return;
         }
         let delivered = self.own_deliveries;
-        let controls: Vec<_> = (self.subscriptions.iter())
-            .flat_map(|g| g.partitions.iter().map(|s| s.control.clone()))
-            .collect();
-        let barrier = async move {
-            join_all(controls.iter().map(|c| c.send(Control::Drain))).await;
-        };
+        let barrier = self.drain_barrier();
         ctx.spawn(
             actix::fut::wrap_future(barrier).map(move |(), act: &mut Self, ctx| {
                 let quiet = act.own_deliveries == delivered
@@ -93,6 +84,19 @@ impl RouterActor {
                 }
             }),
         );
+    }
+}
+
+impl RouterActor {
+    /// Resolves once every handler actor has handled what was delivered to it before this
+    /// call (a `Control::Drain` each, answered in mailbox order).
+    fn drain_barrier(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let controls: Vec<_> = (self.subscriptions.iter())
+            .flat_map(|g| g.partitions.iter().map(|s| s.control.clone()))
+            .collect();
+        async move {
+            join_all(controls.iter().map(|c| c.send(Control::Drain))).await;
+        }
     }
 }
 
